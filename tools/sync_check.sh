@@ -4,12 +4,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
+bin=${NBDEV_BIN:-$root/.venv/bin}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 git ls-files -z | xargs -0 -I{} cp --parents {} "$tmp"
 cd "$tmp" && git init -q && git add -A && git -c user.email=ci@x -c user.name=ci commit -qm base
-"$root/.venv/bin/nbdev-export"
-"$root/.venv/bin/nbdev-clean"
+"$bin/nbdev-export"
+"$bin/nbdev-clean"
 if [ -n "$(git status --porcelain)" ]; then
   echo "FAIL: nbdev-export / nbdev-clean change these files; run them and commit the result:" >&2
   git status --porcelain >&2
