@@ -75,8 +75,8 @@ def test_topology_anisotropic_and_bad_patch():
     assert net.encoder[0][0][0].kernel_size == (3, 3, 1)
     with pytest.raises(SegcookError, match=r"axis 2 \(z\) has 9 voxels after 2 halving"):
         get_topology([64, 64, 36], [1, 1, 1])
-    with pytest.raises(SegcookError, match=r"axis 1 \(y\) has 48 voxels, not a multiple of 32"):
-        ARCHS["swin_unetr"](1, 2, [64, 48, 64], [1, 1, 1])
+    with pytest.raises(SegcookError, match=r"axis 1 \(y\) has 80 voxels, not a multiple of 32"):
+        ARCHS["swin_unetr"](1, 2, [64, 80, 64], [1, 1, 1])
     with pytest.raises(SegcookError, match="deep_supervision=4"):
         nnunet(1, 2, [32, 32, 32], deep_supervision=4)
 
