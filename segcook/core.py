@@ -84,16 +84,21 @@ def progress(it:Iterable, # what to loop over
     return tqdm(it, desc=desc, total=total, disable=quiet, file=sys.stderr, dynamic_ncols=True)
 
 # %% ../nbs/00_core.ipynb #2cef9ac7
+def _origin(obj) -> str:
+    "The module an object was defined in (for instances, their class's)."
+    return getattr(obj, "__module__", None) or type(obj).__module__
+
 class Registry:
     "Named builders of one kind (`arch`, `loss`, ...); a miss lists what is available."
     def __init__(self, kind:str): self.kind, self._d = kind, {}
 
     def register(self, name:str|None=None, overwrite:bool=False):
-        "Decorator: register the decorated object under `name` (default: its `__name__`)."
+        "Decorator: register under `name` (default: `__name__`); a second registration replaces the first."
         def deco(obj):
             nm = name or obj.__name__
-            if nm in self._d and not overwrite and self._d[nm] is not obj:
-                raise SegcookError(f"{self.kind} '{nm}' is already registered; pass overwrite=True to replace it")
+            old = self._d.get(nm)
+            if old is not None and not overwrite and _origin(old) != _origin(obj):
+                log.warning(f"{self.kind} '{nm}' from {_origin(old)} is replaced by the one from {_origin(obj)}")
             self._d[nm] = obj
             return obj
         return deco
