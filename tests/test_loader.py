@@ -1,0 +1,207 @@
+"Tests of segcook.loader: real DALI pipelines on CPU over preprocessed arrays written here."
+import json
+from pathlib import Path
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage as ndi
+
+from segcook.core import Plan, override, to_xyz, read_image, SegcookError
+from segcook.loader import (Augment, make_train_loader, make_val_loader, augment_batch, shard_order, check_case_dir)
+
+
+def write_case(root:Path, cid:str, img:np.ndarray, lbl:np.ndarray|None) -> Path:
+    "A preprocessed case folder as CONTRACTS.md describes it (meta.json last)."
+    d = root/cid
+    d.mkdir(parents=True)
+    np.save(d/"image.npy", img.astype(np.float32))
+    if lbl is not None: np.save(d/"label.npy", lbl.astype(np.uint8))
+    (d/"meta.json").write_text(json.dumps({"id": cid}))
+    return d
+
+
+def plan_for(ps, labels=(0, 1), oversampling=0.5) -> Plan:
+    return override(Plan(), **{"spatial.patch_size": list(ps), "labels.labels": list(labels), "train.oversampling": oversampling})
+
+
+@pytest.fixture(scope="module")
+def phantom_pp(tmp_path_factory):
+    "Phantom BraTS cases read with SimpleITK, (x,y,z), z-scored per channel: what preprocessing writes."
+    from segcook.data import make_phantom, load_dataset
+    tmp = tmp_path_factory.mktemp("pp")
+    ds = load_dataset(make_phantom(tmp/"raw", cases=4, size=(40, 40, 32), seed=3))
+    dirs = []
+    for c in ds.cases():
+        im = np.stack([to_xyz(read_image(p)) for p in c.images.values()]).astype(np.float32)
+        im = (im - im.mean(axis=(1, 2, 3), keepdims=True)) / im.std(axis=(1, 2, 3), keepdims=True)
+        dirs.append(write_case(tmp/"pre", c.id, im, to_xyz(read_image(c.label))[None]))
+    return dirs
+
+
+@pytest.fixture(scope="module")
+def id_cases(tmp_path_factory):
+    "Six cases whose image is the constant (case index + 1): a patch tells which case it came from."
+    tmp = tmp_path_factory.mktemp("ids")
+    dirs = []
+    for i in range(6):
+        lbl = np.zeros((1, 20, 20, 20), np.uint8); lbl[0, 5:10, 5:10, 5:10] = 1
+        dirs.append(write_case(tmp, f"case{i}", np.full((1, 20, 20, 20), i + 1, np.float32), lbl))
+    return dirs
+
+
+def batches(dl):
+    return [{k: v.clone() for k, v in b.items()} for b in dl]
+
+
+def test_shapes_dtypes(phantom_pp):
+    plan = plan_for((32, 32, 24), labels=(0, 1, 2, 3))
+    bs = batches(make_train_loader(phantom_pp, plan, batch_size=2, steps=2))
+    assert len(bs) == 2
+    for b in bs:
+        assert b["image"].shape == (2, 4, 32, 32, 24) and b["image"].dtype == torch.float32
+        assert b["label"].shape == (2, 1, 32, 32, 24) and b["label"].dtype == torch.uint8
+        assert set(np.unique(b["label"].numpy())) <= {0, 1, 2, 3}
+    val = list(make_val_loader(phantom_pp, plan))
+    assert [v[0] for v in val] == sorted(d.name for d in phantom_pp)
+    for cid, im, lb in val:
+        ref = np.load(Path(phantom_pp[0]).parent/cid/"image.npy")
+        assert im.shape == (1, *ref.shape) and im.dtype == torch.float32
+        assert lb.shape == (1, 1, *ref.shape[1:]) and lb.dtype == torch.uint8
+        np.testing.assert_array_equal(im[0].numpy(), ref)
+
+
+def test_same_seed_same_batches(phantom_pp):
+    plan = plan_for((24, 24, 24), labels=(0, 1, 2, 3))
+    a = batches(make_train_loader(phantom_pp, plan, 2, seed=1, steps=3))
+    b = batches(make_train_loader(phantom_pp, plan, 2, seed=1, steps=3))
+    c = batches(make_train_loader(phantom_pp, plan, 2, seed=2, steps=3))
+    for x, y in zip(a, b):
+        assert torch.equal(x["image"], y["image"]) and torch.equal(x["label"], y["label"])
+    assert not all(torch.equal(x["image"], z["image"]) for x, z in zip(a, c))
+
+
+def test_set_epoch_reshuffles_and_replays(phantom_pp):
+    plan = plan_for((24, 24, 24), labels=(0, 1, 2, 3))
+    dl = make_train_loader(phantom_pp, plan, 2, seed=1, steps=2)
+    e0, e1 = batches(dl), batches(dl)          # iterating again moves to epoch 1
+    assert not torch.equal(e0[0]["image"], e1[0]["image"])
+    dl.set_epoch(1)
+    again = batches(dl)                         # a resumed run sees the same epoch-1 batches
+    assert all(torch.equal(x["image"], y["image"]) for x, y in zip(e1, again))
+
+
+def test_shards_disjoint_within_epoch(id_cases):
+    plan = plan_for((8, 8, 8))
+    seen = []
+    for k in range(2):
+        dl = make_train_loader(id_cases, plan, batch_size=1, seed=0, shard_id=k, num_shards=2, steps=3, aug=Augment.off())
+        ids = [int(b["image"][0, 0, 4, 4, 4].item()) - 1 for b in dl]
+        assert ids == [int(n[4:]) for n in dl.order(0)][:3]
+        seen.append(ids)
+    assert set(seen[0]).isdisjoint(seen[1])
+    assert sorted(seen[0] + seen[1]) == list(range(6))
+    v = [[c for c, _, _ in make_val_loader(id_cases, plan, shard_id=k, num_shards=2)] for k in range(2)]
+    assert set(v[0]).isdisjoint(v[1]) and len(v[0]) + len(v[1]) == 6
+
+
+def test_padding_small_case(tmp_path):
+    lbl = np.zeros((1, 10, 12, 6), np.uint8); lbl[0, 4:6, 4:6, 2:4] = 1
+    d = write_case(tmp_path, "small", np.ones((2, 10, 12, 6), np.float32), lbl)
+    for p in (0.0, 1.0):
+        b = next(iter(make_train_loader([d], plan_for((16, 16, 16), oversampling=p), 1, steps=1, aug=Augment.off())))
+        im = b["image"][0].numpy()
+        assert im.shape == (2, 16, 16, 16)
+        np.testing.assert_array_equal(np.argwhere(im[0] > 0).min(0), [3, 2, 5])   # centred: (16-10)//2, (16-12)//2, (16-6)//2
+        assert (im > 0).sum() == 2 * 10 * 12 * 6
+        assert b["label"].sum() == 8
+
+
+def _random_rate(n, p, a, w):
+    "Exact chance (1D) that a uniformly placed window [s, s+p) in [0, n) overlaps [a, a+w)."
+    s = np.arange(n - p + 1)
+    return np.mean((s < a + w) & (s + p > a))
+
+
+@pytest.fixture(scope="module")
+def cube_case(tmp_path_factory):
+    lbl = np.zeros((1, 48, 48, 48), np.uint8); lbl[0, 30:34, 30:34, 30:34] = 1
+    return write_case(tmp_path_factory.mktemp("cube"), "cube", np.zeros((1, 48, 48, 48), np.float32), lbl)
+
+
+@pytest.mark.parametrize("p", [0.0, 0.5, 1.0])
+def test_foreground_rate(cube_case, p):
+    n_batches, bs = 10, 20
+    dl = make_train_loader([cube_case], plan_for((16, 16, 16), oversampling=p), bs, seed=3, steps=n_batches, aug=Augment.off())
+    has_fg = np.concatenate([(b["label"].flatten(1).amax(1) > 0).numpy() for b in dl])
+    r0 = _random_rate(48, 16, 30, 4) ** 3
+    want = p + (1 - p) * r0
+    tol = 3 * np.sqrt(max(want * (1 - want), 1e-3) / has_fg.size) + 0.01
+    assert abs(has_fg.mean() - want) <= tol, (has_fg.mean(), want, tol)
+    if p == 1.0: assert has_fg.all()
+
+
+def test_foreground_classes_balanced(tmp_path):
+    "Two classes, one tiny: foreground patches come from each about half of the time."
+    lbl = np.zeros((1, 64, 64, 16), np.uint8); lbl[0, 2:30, 2:30, :] = 1; lbl[0, 60:62, 60:62, 7:9] = 2
+    d = write_case(tmp_path, "two", np.zeros((1, 64, 64, 16), np.float32), lbl)
+    dl = make_train_loader([d], plan_for((16, 16, 16), labels=(0, 1, 2), oversampling=1.0), 20, steps=5, aug=Augment.off())
+    has2 = np.concatenate([(b["label"] == 2).flatten(1).any(1).numpy() for b in dl])
+    assert 0.3 < has2.mean() < 0.7
+
+
+@pytest.fixture(scope="module")
+def smooth_case(tmp_path_factory):
+    "A smooth anisotropic image and label = image > t (so the label is a function of the image)."
+    rng = np.random.default_rng(0)
+    x = ndi.gaussian_filter(rng.normal(size=(48, 40, 36)), sigma=(5, 3, 4))
+    x = (x - x.min()) / (x.max() - x.min()) + 0.1                 # > 0 inside; padding is 0
+    t = float(np.quantile(x, 0.6))
+    return write_case(tmp_path_factory.mktemp("smooth"), "smooth", x[None], (x > t)[None]), t
+
+
+@pytest.mark.parametrize("kind", ["flip", "rotate", "scale", "all"])
+def test_label_follows_image(smooth_case, kind):
+    d, t = smooth_case
+    aug = Augment(p_flip=1.0 if kind in ("flip", "all") else 0.0, p_rotate=1.0 if kind in ("rotate", "all") else 0.0,
+                  p_scale=1.0 if kind in ("scale", "all") else 0.0, p_noise=0, p_blur=0, p_brightness=0, p_contrast=0,
+                  p_lowres=0, p_gamma=0)
+    ref = np.load(d/"image.npy")[0]
+    for b in make_train_loader([d], plan_for((24, 24, 24), oversampling=0.5), 4, seed=5, steps=2, aug=aug):
+        im, lb = b["image"][:, 0].numpy(), b["label"][:, 0].numpy()
+        inner = (slice(None),) + (slice(2, -2),) * 3
+        miss = lambda l: (l != (im > t))[inner].mean()
+        shifted = min(miss(np.roll(lb, s, axis=a)) for a in (1, 2, 3) for s in (-1, 1))
+        # nearest (label) and linear (image) disagree only next to the boundary; a one-voxel misalignment costs more
+        assert miss(lb) < 0.04 and miss(lb) < 0.75 * shifted, (kind, miss(lb), shifted)
+        if kind != "flip":       # the patch really was resampled: not a plain crop of the volume
+            assert not any(np.isin(im[i, 12, 12, 12], ref) for i in range(len(im)))
+
+
+def test_augment_off_is_a_plain_crop(smooth_case):
+    d, _ = smooth_case
+    ref = np.load(d/"image.npy")[0]
+    b = next(iter(make_train_loader([d], plan_for((24, 24, 24)), 2, steps=1, aug=Augment.off())))
+    for im in b["image"][:, 0].numpy():
+        assert np.isin(im, ref).all()
+
+
+def test_augment_batch_seeded_and_off():
+    x = torch.randn(3, 2, 12, 12, 12)
+    mk = lambda s: torch.Generator().manual_seed(s)
+    allon = Augment(p_noise=1, p_blur=1, p_brightness=1, p_contrast=1, p_lowres=1, p_gamma=1)
+    a = augment_batch({"image": x.clone(), "label": None}, allon, mk(0))["image"]
+    b = augment_batch({"image": x.clone(), "label": None}, allon, mk(0))["image"]
+    c = augment_batch({"image": x.clone(), "label": None}, allon, mk(1))["image"]
+    assert torch.equal(a, b) and not torch.equal(a, c) and a.shape == x.shape and torch.isfinite(a).all()
+    assert torch.equal(augment_batch({"image": x.clone()}, Augment.off(), mk(0))["image"], x)
+
+
+def test_bad_cases(tmp_path):
+    d = write_case(tmp_path, "nometa", np.zeros((1, 8, 8, 8), np.float32), np.zeros((1, 8, 8, 8), np.uint8))
+    (d/"meta.json").unlink()
+    with pytest.raises(SegcookError, match="nometa.*meta.json"): check_case_dir(d)
+    e = write_case(tmp_path, "badlabel", np.zeros((1, 8, 8, 8), np.float32), np.zeros((1, 8, 8, 7), np.uint8))
+    with pytest.raises(SegcookError, match="badlabel.*label.npy"): make_train_loader([e], plan_for((8, 8, 8)), 1)
+    f = write_case(tmp_path, "nolabel", np.zeros((1, 8, 8, 8), np.float32), None)
+    with pytest.raises(SegcookError, match="nolabel.*label.npy"): make_val_loader([f], plan_for((8, 8, 8)))
+    with pytest.raises(SegcookError, match="ranks"): shard_order(1, 0, 0, 0, 2)
