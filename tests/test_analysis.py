@@ -69,6 +69,20 @@ def test_nifti_read_equals_simpleitk(phantom):
         assert np.array_equal(a, to_xyz(sitk.ReadImage(str(p)))) and g == Geometry.read(p)
 
 
+def test_nifti_fast_read_scaling_and_nan(tmp_path):
+    import nibabel as nib
+    arr = (np.arange(24 * 20 * 10).reshape(24, 20, 10) % 300).astype(np.int16)
+    img = nib.Nifti1Image(arr, np.diag([1., 2., 3., 1.])); img.header.set_slope_inter(2.0, -5.0)
+    nib.save(img, tmp_path/"s.nii.gz")
+    a, g = _read_xyz(tmp_path/"s.nii.gz")
+    np.testing.assert_allclose(a, to_xyz(sitk.ReadImage(str(tmp_path/"s.nii.gz"))))
+    np.testing.assert_allclose(a, arr * 2.0 - 5.0)
+    f = np.ones((8, 9, 10), np.float32); f[1, 2, 3] = np.nan
+    nib.save(nib.Nifti1Image(f, np.eye(4)), tmp_path/"n.nii")
+    a, _ = _read_xyz(tmp_path/"n.nii")
+    assert np.isnan(a[1, 2, 3]) and np.isfinite(a).sum() == f.size - 1
+
+
 # ---------------------------------------------------------------- rules
 def test_target_spacing_median_and_tenth_percentile_with_direction(tmp_path):
     img_sp = [(1.0, 4.0, 0.8), (1.2, 6.0, 0.9), (0.9, 3.0, 1.0), (1.1, 5.0, 0.7), (1.0, 2.5, 0.8)]
