@@ -264,3 +264,27 @@ def test_real_ct_lungs_anisotropic_tenth_percentile(tmp_path, shared):
     ch = plan.channels[0]
     assert ch.norm == "ct" and -1024 <= ch.window[0] < ch.mean < ch.window[1] <= 3071
     assert all(p & (p - 1) == 0 for p in plan.spatial.patch_size)
+
+
+def test_memory_warning_names_cases(tmp_path, phantom, caplog):
+    import logging
+    caplog.set_level(logging.WARNING, logger="segcook")
+    analyze(phantom, tmp_path/"e", nfolds=2, workers=1, max_case_gb=1e-4)   # 100 kB: every case is "too big"
+    msg = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert "exceed" in msg and all(c.id in msg for c in load_dataset(phantom).cases())
+
+
+def test_real_mr_brains_flipped_axis_and_nonzero_rule(tmp_path, shared):
+    d = shared/"pyradiomics"
+    ids = ["brain1", "brain2"]
+    dj = tmp_path/"ds"/"dataset.json"; dj.parent.mkdir()
+    dj.write_text(json.dumps({"task": "brains", "modality": "mr", "images": {"mr": ["_image."]}, "labels": [0, 1],
+                              "final_classes": {"lesion": [1]},
+                              "train-cases": [{"id": i, "images": {"mr": str(d/f"{i}_image.nrrd")}, "mask": str(d/f"{i}_label.nrrd")} for i in ids]}))
+    plan = analyze(dj, tmp_path/"exp", nfolds=2, workers=1)
+    zf = [float((sitk.GetArrayFromImage(sitk.ReadImage(str(d/f"{i}_image.nrrd"))) == 0).mean()) for i in ids]
+    assert plan.channels[0].use_nonzero == (np.mean(zf) >= 0.2)
+    sp = np.array([sitk.ReadImage(str(d/f"{i}_label.nrrd")).GetSpacing() for i in ids])  # y flipped: axes stay in place
+    exp = np.median(sp, axis=0); exp[2] = np.percentile(sp[:, 2], 10)
+    np.testing.assert_allclose(plan.spatial.target_spacing, exp, rtol=1e-9)
+    assert plan.spatial.anisotropic_axis == 2 and not plan.excluded
