@@ -331,3 +331,19 @@ def test_analysis_then_preprocess_then_back(tmp_path):
 
 def test_cli_errors():
     assert cli_preprocess(["--exp", "/nonexistent/exp"]) == 2
+
+
+def test_mni_template_tissues_round_trip(shared, tmp_path):
+    "MNI152 (1 mm, x and y flipped) with thresholded WM (1) / GM (2) maps as labels, to 1.5 mm and back."
+    m = shared/"mni152"
+    wm, gm = (to_xyz(read_image(m/f"mni_icbm152_{t}_tal_nlin_sym_09a_converted.nii.gz")) > 128 for t in ("wm", "gm"))
+    ref = read_image(m/"mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz")
+    l = np.where(wm, 1, np.where(gm, 2, 0)).astype(np.uint8)
+    lbl = from_xyz(l); lbl.CopyInformation(ref); write_image(lbl, tmp_path/"tissue.nii.gz")
+    plan = Plan(channels=[Channel(name="t1", use_nonzero=True)], labels=Labels(labels=[0, 1, 2]),
+                spatial=Spatial(target_spacing=[1.5, 1.5, 1.5], crop_to_foreground=True))
+    img, lab, meta = preprocess_case({"t1": m/"mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"}, plan, tmp_path/"tissue.nii.gz")
+    assert meta["orientation"]["original"] == "LPI" and meta["resampled"]["spacing"] == [1.5, 1.5, 1.5]
+    assert _vol_mm3(lab[0] > 0, (1.5,) * 3) == pytest.approx(_vol_mm3(l > 0, (1,) * 3), rel=0.02)   # brain tissue volume
+    back = to_xyz(to_native(lab[0], meta))
+    for v in (1, 2): assert _dice(back == v, l == v) >= 0.95
