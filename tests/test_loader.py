@@ -159,14 +159,15 @@ def smooth_case(tmp_path_factory):
     return write_case(tmp_path_factory.mktemp("smooth"), "smooth", x[None], (x > t)[None]), t
 
 
+@pytest.mark.parametrize("warp", ["torch", "dali"])
 @pytest.mark.parametrize("kind", ["flip", "rotate", "scale", "all"])
-def test_label_follows_image(smooth_case, kind):
+def test_label_follows_image(smooth_case, kind, warp):
     d, t = smooth_case
     aug = Augment(p_flip=1.0 if kind in ("flip", "all") else 0.0, p_rotate=1.0 if kind in ("rotate", "all") else 0.0,
                   p_scale=1.0 if kind in ("scale", "all") else 0.0, p_noise=0, p_blur=0, p_brightness=0, p_contrast=0,
                   p_lowres=0, p_gamma=0)
     ref = np.load(d/"image.npy")[0]
-    for b in make_train_loader([d], plan_for((24, 24, 24), oversampling=0.5), 4, seed=5, steps=2, aug=aug):
+    for b in make_train_loader([d], plan_for((24, 24, 24), oversampling=0.5), 4, seed=5, steps=2, aug=aug, warp=warp):
         im, lb = b["image"][:, 0].numpy(), b["label"][:, 0].numpy()
         inner = (slice(None),) + (slice(2, -2),) * 3
         miss = lambda l: (l != (im > t))[inner].mean()
@@ -175,6 +176,27 @@ def test_label_follows_image(smooth_case, kind):
         assert miss(lb) < 0.04 and miss(lb) < 0.75 * shifted, (kind, miss(lb), shifted)
         if kind != "flip":       # the patch really was resampled: not a plain crop of the volume
             assert not any(np.isin(im[i, 12, 12, 12], ref) for i in range(len(im)))
+
+
+def _is_crop(im, ref, atol=1e-4) -> bool:
+    "Whether patch `im` equals ref[a:a+p] for some start a (found from its first voxel)."
+    for a in np.argwhere(np.abs(ref - im[0, 0, 0]) < atol):
+        sl = tuple(slice(int(v), int(v) + p) for v, p in zip(a, im.shape))
+        if ref[sl].shape == im.shape and np.allclose(ref[sl], im, atol=atol): return True
+    return False
+
+
+@pytest.mark.parametrize("warp", ["torch", "dali"])
+def test_identity_warp_is_a_crop(smooth_case, warp):
+    "A warp drawn with zoom 1 and no rotation must give back exactly a crop (checks both resamplers' geometry)."
+    d, t = smooth_case
+    ref = np.load(d/"image.npy")[0]
+    aug = Augment(p_flip=0, p_rotate=0, p_scale=1.0, scale=(1.0, 1.0), p_noise=0, p_blur=0, p_brightness=0,
+                  p_contrast=0, p_lowres=0, p_gamma=0)
+    b = next(iter(make_train_loader([d], plan_for((20, 16, 12), oversampling=1.0), 3, seed=2, steps=1, aug=aug, warp=warp)))
+    for im, lb in zip(b["image"][:, 0].numpy(), b["label"][:, 0].numpy()):
+        assert _is_crop(im, ref), warp
+        assert (lb == (im > t)).mean() > 0.999
 
 
 def test_augment_off_is_a_plain_crop(smooth_case):
