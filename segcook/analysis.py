@@ -106,9 +106,12 @@ class Fingerprint:
 def _inflate(raw:bytes) -> bytes:
     "Decompress gzip bytes, with ISA-L when installed (about 2x zlib)."
     if raw[:2] != b"\x1f\x8b": return raw
-    try: from isal.igzip import decompress
-    except ImportError: from gzip import decompress
-    return decompress(raw)
+    try: from isal import igzip, igzip_lib
+    except ImportError:
+        import gzip; return gzip.decompress(raw)
+    d = igzip_lib.IgzipDecompressor(flag=igzip_lib.DECOMP_GZIP)
+    out = d.decompress(raw)
+    return out if d.eof and not d.unused_data else igzip.decompress(raw)  # several gzip members
 
 def _nifti_array(path:Path) -> np.ndarray:
     "Voxels of a NIfTI file as stored (x, y, z, ...), NaN kept, scaled by scl_slope/scl_inter."

@@ -83,6 +83,13 @@ def test_nifti_fast_read_scaling_and_nan(tmp_path):
     assert np.isnan(a[1, 2, 3]) and np.isfinite(a).sum() == f.size - 1
 
 
+def test_inflate_multi_member_gzip():
+    import gzip
+    from segcook.analysis import _inflate
+    a = b"segcook" * 999
+    assert _inflate(gzip.compress(a) + gzip.compress(a)) == a + a and _inflate(gzip.compress(a)) == a and _inflate(a) == a
+
+
 # ---------------------------------------------------------------- rules
 def test_target_spacing_median_and_tenth_percentile_with_direction(tmp_path):
     img_sp = [(1.0, 4.0, 0.8), (1.2, 6.0, 0.9), (0.9, 3.0, 1.0), (1.1, 5.0, 0.7), (1.0, 2.5, 0.8)]
