@@ -227,3 +227,11 @@ def test_bad_cases(tmp_path):
     f = write_case(tmp_path, "nolabel", np.zeros((1, 8, 8, 8), np.float32), None)
     with pytest.raises(SegcookError, match="nolabel.*label.npy"): make_val_loader([f], plan_for((8, 8, 8)))
     with pytest.raises(SegcookError, match="ranks"): shard_order(1, 0, 0, 0, 2)
+
+
+@pytest.mark.parametrize("sigma", [0.5, 0.75, 1.0, 1.4])
+def test_blur_matches_scipy(sigma):
+    from segcook.loader import blur3d
+    x = torch.randn(2, 13, 11, 9, generator=torch.Generator().manual_seed(0))
+    ref = ndi.gaussian_filter(x.numpy(), sigma=(0, sigma, sigma, sigma), mode="nearest", truncate=3.0)
+    np.testing.assert_allclose(blur3d(x, sigma).numpy(), ref, atol=1e-5)
