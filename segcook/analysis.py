@@ -279,8 +279,16 @@ def kfold(ids:list[str], nfolds:int=5, seed:int=42) -> dict[str, int]:
     order = np.random.default_rng(seed).permutation(sorted(ids))
     return {str(cid): k for k, part in enumerate(np.array_split(order, nfolds)) for cid in part}
 
+def _fold_numbers(raw:dict, path) -> dict[str, int]:
+    "Folds as given when they are integers; names (e.g. institutions) are numbered in sorted order."
+    try: return {k: int(v) for k, v in raw.items()}
+    except (TypeError, ValueError): pass
+    names = sorted({str(v) for v in raw.values()})
+    log.info(f"{path}: fold names numbered " + ", ".join(f"{i}={n}" for i, n in enumerate(names)))
+    return {k: names.index(str(v)) for k, v in raw.items()}
+
 def read_folds(path, ids:list[str]) -> dict[str, int]:
-    "Case id -> fold from a JSON object or a CSV (columns id, fold); every id must have a fold 0..K-1."
+    "Case id -> fold from a JSON object or a CSV (columns id, fold): integers 0..K-1, or names (one fold each)."
     path = Path(path)
     if not path.exists(): raise SegcookError(f"{path}: folds file not found")
     if path.suffix.lower() == ".csv":
@@ -290,8 +298,7 @@ def read_folds(path, ids:list[str]) -> dict[str, int]:
     else:
         raw = read_json(path)
         if not isinstance(raw, dict): raise SegcookError(f'{path}: a folds JSON is an object {{"case id": fold, ...}}')
-    try: folds = {str(k): int(v) for k, v in raw.items()}
-    except (TypeError, ValueError): raise SegcookError(f"{path}: folds should be integers 0, 1, ...") from None
+    folds = _fold_numbers({str(k): v for k, v in raw.items()}, path)
     missing = sorted(set(ids) - set(folds))
     if missing: raise SegcookError(f"{path}: no fold for case(s) {missing[:10]}{' ...' if len(missing) > 10 else ''}; give every case a fold")
     folds = {i: folds[i] for i in ids}

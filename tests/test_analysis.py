@@ -179,6 +179,10 @@ def test_custom_folds_honoured(tmp_path, phantom, fmt):
     folds = read_json(tmp_path/"e"/"folds.json")
     assert plan.train.nfolds == 2
     for k in ("0", "1"): assert folds[k]["test"] == sorted(i for i, v in want.items() if v == int(k))
+    sites = tmp_path/"sites.csv"                                  # leave-one-institution-out by name
+    sites.write_text("id,fold\n" + "".join(f"{i},{'B' if k < 2 else 'A'}\n" for k, i in enumerate(ids)))
+    plan = analyze(phantom, tmp_path/"e3", folds_file=sites, workers=1)
+    assert read_json(tmp_path/"e3"/"folds.json")["0"]["test"] == ids[2:] and plan.train.nfolds == 2
     bad = tmp_path/"bad.json"; bad.write_text(json.dumps({ids[0]: 0}))
     with pytest.raises(SegcookError, match="no fold for case"): analyze(phantom, tmp_path/"e2", folds_file=bad, workers=1)
 
