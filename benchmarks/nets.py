@@ -1,9 +1,11 @@
 """Forward + backward time of segcook's default network vs MIST's default (nnunet), same patch and channels, CPU.
 
-Run: PYTHONPATH=. python benchmarks/nets.py [--patch 64 64 64] [--batch 2] [--channels 4] [--classes 4] [--reps 5]
+Run: PYTHONPATH=. python benchmarks/nets.py [--patch 64 64 64] [--batch 2] [--channels 4] [--classes 4] [--reps 3] [--rounds 3]
 MIST runs in its own venv (/work/peers/mist, mist-medical==2.3.0) in a subprocess, one after the other
 (never concurrently), with the same number of torch threads. Without that venv it falls back to MONAI's
-DynUNet configured like MIST's default and says so.
+DynUNet configured like MIST's default and says so. On a shared machine the load changes from minute to minute,
+so the three networks are timed in `--rounds` interleaved rounds (each: median of `--reps` steps); the table gives
+the median over rounds, and the ratio is the median of the per-round ratios (each measured minutes apart at most).
 """
 import argparse, json, os, subprocess, sys, textwrap, time
 from pathlib import Path
@@ -66,15 +68,28 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--patch", type=int, nargs=3, default=[64, 64, 64]); p.add_argument("--batch", type=int, default=2)
     p.add_argument("--channels", type=int, default=4); p.add_argument("--classes", type=int, default=4)
-    p.add_argument("--reps", type=int, default=5); p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--reps", type=int, default=3); p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (segcook, segcook MIST-config, MIST)")
     a = p.parse_args()
-    rows = [("segcook nnunet (default: plain, no DS)", ours({}, a)),
-            ("segcook nnunet residual=True, deep_supervision=2 (MIST's default config)", ours({"residual": True, "deep_supervision": 2}, a))]
-    m = mist(a); rows.append((m.pop("what"), m))
-    ref = rows[-1][1]["median_s"]
+    cfgs = [("segcook nnunet (default: plain, no DS)", {}),
+            ("segcook nnunet residual=True, deep_supervision=2 (MIST's default config)", {"residual": True, "deep_supervision": 2})]
+    runs, loads, mist_name = {n: [] for n, _ in cfgs}, [], None
+    for k in range(a.rounds):
+        loads.append(os.getloadavg()[0])
+        res = {n: ours(c, a) for n, c in cfgs}
+        m = mist(a); mist_name = m.pop("what"); res[mist_name] = m
+        for n, r in res.items(): runs.setdefault(n, []).append(r)
+        print(f"round {k + 1}: " + "; ".join(f"{n.split(' (')[0]}{' MIST-config' if 'residual' in n else ''}: {r['median_s']:.3f} s" for n, r in res.items())
+              + f" (1-min load {loads[-1]:.1f})", file=sys.stderr, flush=True)
+    med = lambda xs: sorted(xs)[len(xs) // 2]
     print(f"\nforward+backward, batch {a.batch} x {a.channels} ch x {tuple(a.patch)}, {a.classes} classes, "
-          f"{a.threads} torch threads, CPU, median of {a.reps}\n")
-    print("| network | params (M) | fwd+bwd (s) | time / MIST |\n|---|---|---|---|")
-    for name, r in rows: print(f"| {name} | {r['params'] / 1e6:.2f} | {r['median_s']:.3f} | {r['median_s'] / ref:.2f} |")
+          f"{a.threads} torch threads, CPU; per round the median of {a.reps} steps, then the median over {a.rounds} "
+          f"interleaved rounds; 1-min load average at the start of each round: {', '.join(f'{l:.1f}' for l in loads)}\n")
+    print("| network | params (M) | fwd+bwd (s), median over rounds | per-round times (s) | time / MIST (median of per-round ratios) |\n|---|---|---|---|---|")
+    ref = runs[mist_name]
+    for name, rs in runs.items():
+        ratio = med([r["median_s"] / q["median_s"] for r, q in zip(rs, ref)])
+        per_round = ", ".join(f"{r['median_s']:.2f}" for r in rs)
+        print(f"| {name} | {rs[0]['params'] / 1e6:.2f} | {med([r['median_s'] for r in rs]):.3f} | {per_round} | {ratio:.2f} |")
 
 if __name__ == "__main__": main()
