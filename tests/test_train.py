@@ -173,3 +173,17 @@ def test_quality_whole_tumour(tmp_path):
     net, plan = load_model(exp/"models/fold_0/best.pt")
     sc = score_cases(net, exp, fold_ids(exp, 0)["test"], plan)
     assert np.mean([v["WT"] for v in sc.values()]) >= 0.85, sc
+
+
+def test_dice_scores_softmax_with_ignore_label():
+    "Softmax plans score final classes on the argmax label map; ignore-label voxels do not count (hand-computed)."
+    from segcook.core import Plan
+    from segcook.train import dice_scores
+    p = Plan(); p.labels.labels, p.labels.ignore_label = [0, 1, 2], 9
+    p.labels.final_classes = {"fg": [1, 2], "two": [2]}
+    lab = torch.tensor([0, 1, 2, 2, 1, 0])                                  # predicted labels
+    logits = torch.nn.functional.one_hot(lab, 3).T.float().reshape(1, 3, 6, 1, 1) * 5
+    y = torch.tensor([0, 1, 1, 2, 9, 9]).reshape(1, 1, 6, 1, 1)             # last two voxels ignored
+    s = dice_scores(logits, y, p)
+    assert s["fg"] == pytest.approx(2 * 3 / (3 + 3))                         # pred fg {1,2,3}, true fg {1,2,3}
+    assert s["two"] == pytest.approx(2 * 1 / (2 + 1))                        # pred {2,3}, true {3}
