@@ -167,30 +167,42 @@ def _ct_sample(img:np.ndarray, fg:np.ndarray, max_samples:int) -> np.ndarray:
     return v[::max(10, int(math.ceil(v.size / max_samples)))].astype(np.float32)
 
 # %% ../nbs/02_analysis.ipynb #a6556c3f
+def _same_geometry(g:Geometry, other:Geometry, what:str, ref:str, path, tol:dict):
+    diff = g.compare(other, **tol)
+    if diff: raise SegcookError(f"{path}: geometry of {what} disagrees with {ref}: " + "; ".join(diff))
+
+def _measure(case:Case, fp:Fingerprint, ct_channels, allowed, ignore, ct_max_samples, fg_samples, tol) -> Fingerprint:
+    "Fill `fp` reading the label, then one channel at a time (at most one image in memory)."
+    ref = next(iter(case.images))
+    g = Geometry.read(case.images[ref])
+    lab = fgm = None
+    if case.label:
+        lab, gl = _read_xyz(case.label)
+        _same_geometry(g, gl, "label", ref, case.label, tol)
+        if allowed is not None and (bad := _label_problem(lab, allowed)): raise SegcookError(f"{case.label}: {bad}")
+        if ct_channels: fgm = (lab != 0) & (lab != ignore) if ignore is not None else lab != 0
+    fg = None
+    for ch, p in case.images.items():
+        a, gc = _read_xyz(p)
+        if ch != ref: _same_geometry(g, gc, ch, ref, p, tol)
+        if (bad := _n_nonfinite(a)): raise SegcookError(f"{p}: {ch} has {bad} NaN/inf voxels; fix or remove the case")
+        m = foreground_mask([a], fg_samples)
+        fg = m if fg is None else fg | m
+        fp.zero_frac[ch] = float(np.count_nonzero(a == 0) / a.size)
+        if fgm is not None and ch in ct_channels: fp.ct_samples[ch] = _ct_sample(a, fgm, ct_max_samples)
+        del a
+    fp.bbox = bbox_of(fg)
+    fp.spacing, fp.size = to_rai(g.spacing, g.direction), to_rai(g.size, g.direction)
+    fp.crop_size = to_rai([b - a for a, b in zip(*fp.bbox)], g.direction)
+    return fp
+
 def _fingerprint(case:Case, ct_channels:set=frozenset(), allowed:set|None=None, ignore:int|None=None,
                  ct_max_samples:int=100_000, fg_samples:int|None=2**20, **tol) -> Fingerprint:
     "Read `case` once and measure it (problems are recorded in the fingerprint, not raised)."
-    fp, arrs, geos = Fingerprint(case.id), {}, {}
-    for ch, p in [*case.images.items(), *([("label", case.label)] if case.label else [])]:
-        try: arrs[ch], geos[ch] = _read_xyz(p)
-        except SegcookError as e: fp.problem = str(e); return fp
-        if ch != "label" and (bad := _n_nonfinite(arrs[ch])):
-            fp.problem = f"{p}: {ch} has {bad} NaN/inf voxels; fix or remove the case"; return fp
-    ref = next(iter(case.images))
-    for ch, g in geos.items():
-        diff = geos[ref].compare(g, **tol) if ch != ref else []
-        if diff: fp.problem = f"{case.images.get(ch, case.label)}: geometry of {ch} disagrees with {ref}: " + "; ".join(diff); return fp
-    if "label" in arrs and allowed is not None and (bad := _label_problem(arrs["label"], allowed)):
-        fp.problem = f"{case.label}: {bad}"; return fp
-    g, imgs = geos[ref], [arrs[ch] for ch in case.images]
-    fp.bbox = bbox_of(foreground_mask(imgs, fg_samples))
-    fp.spacing, fp.size = to_rai(g.spacing, g.direction), to_rai(g.size, g.direction)
-    fp.crop_size = to_rai([b - a for a, b in zip(*fp.bbox)], g.direction)
-    fp.zero_frac = {ch: float(np.count_nonzero(arrs[ch] == 0) / arrs[ch].size) for ch in case.images}
-    if ct_channels and "label" in arrs:
-        lab = arrs["label"]
-        fgm = (lab != 0) & (lab != ignore) if ignore is not None else lab != 0
-        fp.ct_samples = {ch: _ct_sample(arrs[ch], fgm, ct_max_samples) for ch in case.images if ch in ct_channels}
+    fp = Fingerprint(case.id)
+    try: return _measure(case, fp, ct_channels, allowed, ignore, ct_max_samples, fg_samples, tol)
+    except SegcookError as e: fp.problem = str(e)
+    except Exception as e: fp.problem = f"unexpected error reading the case: {type(e).__name__}: {e}"
     return fp
 
 def _fingerprint_job(args): return _fingerprint(args[0], **args[1])
