@@ -159,11 +159,12 @@ def test_normalisation_by_hand():
     a[5, 5, 5] = 5000                                                  # an outlier: clipped at the 99.5th percentile
     m = a != 0
     n = normalize(a, Channel(use_nonzero=True), m)
-    lo, hi = np.percentile(a[m], [0.5, 99.5]); w = np.clip(a[m], lo, hi)
-    assert np.allclose(n[m], (w - w.mean()) / w.std(), atol=1e-4) and (n[~m] == 0).all()
+    lo, hi = np.percentile(a[m], [0.5, 99.5]); w = np.clip(a[m], lo, hi)          # MIST: stats before the window
+    assert np.allclose(n[m], (w - a[m].mean()) / a[m].std(), atol=1e-4) and (n[~m] == 0).all()
+    assert n[5, 5, 5] == pytest.approx((hi - a[m].mean()) / a[m].std(), abs=1e-4)    # the outlier, clipped
     n2 = normalize(a, Channel(use_nonzero=False), m)
     lo, hi = np.percentile(a, [0.5, 99.5]); w = np.clip(a, lo, hi)
-    assert np.allclose(n2, (w - w.mean()) / w.std(), atol=1e-4)
+    assert np.allclose(n2, (w - a.mean()) / a.std(), atol=1e-4)
     ct = normalize(np.array([[[-3000., -1000., 100., 2000.]]], np.float32), _ct_channel())
     assert np.allclose(ct.ravel(), [(-1000 + 300) / 400, (-1000 + 300) / 400, 1.0, (400 + 300) / 400])
     with pytest.raises(SegcookError, match="window/mean/std"):
