@@ -303,7 +303,8 @@ def test_end_to_end_phantom(tmp_path):
     exp = tmp_path/"exp"
     analyze(dj, exp, nfolds=2, workers=1, patch_size=(16, 16, 16))
     preprocess(exp, workers=1)
-    train(exp, folds=[0, 1], epochs=1, steps_per_epoch=1, batch_size=1)
+    train(exp, folds=[0, 1], epochs=1, steps_per_epoch=1, batch_size=1,
+          **{"train.arch_kwargs": {"base": 4, "max_width": 8, "max_pools": 2}})   # a tiny net, recorded in the checkpoints
     assert available_folds(exp) == [0, 1]
     done = predict(exp, dj, tmp_path/"pred", device="cpu")
     assert len(done) == 1
@@ -312,3 +313,9 @@ def test_end_to_end_phantom(tmp_path):
     oof = predict_oof(exp, device="cpu")
     assert sorted(p.name.split(".")[0] for p in oof) == [f"brats_{i:03d}" for i in range(4)]
     assert all(p.parent == exp/"predictions"/"oof" for p in oof)
+    for p in oof:
+        cid = p.name.split(".")[0]
+        assert compare_headers(p, next((Path(dj).parent/"train"/cid).glob("*_t1.nii.gz"))) == []
+    t0 = {p: p.stat().st_mtime_ns for p in oof}
+    assert cli_predict(["--exp", str(exp), "--oof", "--device", "cpu"]) == 0       # finished: all skipped
+    assert all(p.stat().st_mtime_ns == t0[p] for p in oof)
