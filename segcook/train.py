@@ -521,7 +521,11 @@ def train(exp, # experiment folder (config.json, folds.json, preprocessed/)
     world = gpus or procs
     if world == 1: return _worker(0, 1, None, kw)
     import torch.multiprocessing as mp
-    mp.spawn(_worker, args=(world, _free_port(), kw), nprocs=world, join=True)
+    try: mp.spawn(_worker, args=(world, _free_port(), kw), nprocs=world, join=True)
+    except mp.ProcessRaisedException as e:                         # a worker's SegcookError stays one clear line
+        last = str(e).strip().splitlines()[-1]
+        if "SegcookError: " in last: raise SegcookError(last.split("SegcookError: ", 1)[1]) from None
+        raise
     return {k: load_checkpoint(exp/"models"/f"fold_{k}"/"last.pt")["best_score"] for k in kw["folds"]}
 
 # %% ../nbs/07_train.ipynb #b72d6dce

@@ -187,3 +187,15 @@ def test_dice_scores_softmax_with_ignore_label():
     s = dice_scores(logits, y, p)
     assert s["fg"] == pytest.approx(2 * 3 / (3 + 3))                         # pred fg {1,2,3}, true fg {1,2,3}
     assert s["two"] == pytest.approx(2 * 1 / (2 + 1))                        # pred {2,3}, true {3}
+
+
+@pytest.mark.slow
+def test_torchrun_entry_point(exp):
+    "`torchrun --nproc_per_node 2 segcook train ...` runs the same entry point as 2 gloo ranks."
+    bin_ = Path(sys.executable).parent
+    r = subprocess.run([str(bin_/"torchrun"), "--nproc_per_node", "2", str(bin_/"segcook"), "train", "--exp", str(exp), "--folds", "0",
+                        "--epochs", "1", "--steps-per-epoch", "1", "--loader", "global"],
+                       capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "fold 0: best validation Dice" in r.stdout
+    assert load_checkpoint(exp/"models/fold_0/last.pt")["run"]["world_size"] == 2
