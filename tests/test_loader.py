@@ -235,3 +235,31 @@ def test_blur_matches_scipy(sigma):
     x = torch.randn(2, 13, 11, 9, generator=torch.Generator().manual_seed(0))
     ref = ndi.gaussian_filter(x.numpy(), sigma=(0, sigma, sigma, sigma), mode="nearest", truncate=3.0)
     np.testing.assert_allclose(blur3d(x, sigma).numpy(), ref, atol=1e-5)
+
+
+def test_intensity_transforms_keep_their_promises():
+    from segcook.loader import _gamma, _lowres
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 10, 9, 8, generator=g) * 3 - 1
+    y = _gamma(x.clone(), 1.4, invert=False)
+    assert abs(y.mean() - x.mean()) < 1e-4 and abs(y.std() - x.std()) < 1e-4 and not torch.allclose(x, y)
+    assert abs(_gamma(x.clone(), 1.4, invert=True).mean() - x.mean()) < 1e-4
+    torch.testing.assert_close(_lowres(x, 1.0), x)                    # zoom 1: nothing lost
+    z = _lowres(x, 0.5)
+    assert z.shape == x.shape and not torch.allclose(z, x)
+
+
+@pytest.mark.parametrize("name", ["brightness", "noise", "contrast"])
+def test_intensity_probability(name):
+    "A transform with probability 0.5 changes about half of the patches, and only that one runs."
+    probs = dict(p_noise=0, p_blur=0, p_brightness=0, p_contrast=0, p_lowres=0, p_gamma=0)
+    aug = Augment(**{**probs, f"p_{name}": 0.5})
+    x = torch.rand(400, 1, 4, 4, 4, generator=torch.Generator().manual_seed(1)) + 0.5
+    y = augment_batch({"image": x.clone()}, aug, torch.Generator().manual_seed(2))["image"]
+    changed = ~torch.isclose(x, y).flatten(1).all(1)
+    assert 0.4 < changed.float().mean() < 0.6
+    if name == "brightness":     # a multiplicative factor in range, the same for the whole patch
+        f = (y / x).flatten(1)
+        assert torch.allclose(f.amin(1), f.amax(1), atol=1e-5) and f.min() >= 0.75 - 1e-6 and f.max() <= 1.25 + 1e-6
+    if name == "contrast":       # range preserved
+        assert (y.flatten(1).amin(1) >= x.flatten(1).amin(1) - 1e-6).all() and (y.flatten(1).amax(1) <= x.flatten(1).amax(1) + 1e-6).all()
