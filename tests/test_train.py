@@ -66,6 +66,16 @@ def test_resume_after_kill_equals_uninterrupted(exp, tmp_path):
     assert [r["train_loss"] for r in log_rows(exp)] == [r["train_loss"] for r in log_rows(ref)]
 
 
+def test_dali_loader_continues_exactly(exp, tmp_path):
+    "With the DALI loader (augmentation on), 1 epoch + extend to 2 equals 2 epochs straight (constant schedule)."
+    ref = tmp_path/"ref"; shutil.copytree(exp, ref)
+    train(ref, folds=[0], epochs=2, steps_per_epoch=2, loader="dali")
+    train(exp, folds=[0], epochs=1, steps_per_epoch=2, loader="dali")
+    train(exp, folds=[0], epochs=2, steps_per_epoch=2, loader="dali", extend=True)
+    a, b = weights(ref/"models/fold_0/last.pt"), weights(exp/"models/fold_0/last.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_warmup_longer_than_run_is_clamped(exp, caplog):
     "warmup_epochs >= epochs trains (clamped, with a warning), and the learning rate rises then follows the schedule."
     with caplog.at_level(logging.WARNING, logger="segcook"):
