@@ -263,3 +263,15 @@ def test_intensity_probability(name):
         assert torch.allclose(f.amin(1), f.amax(1), atol=1e-5) and f.min() >= 0.75 - 1e-6 and f.max() <= 1.25 + 1e-6
     if name == "contrast":       # range preserved
         assert (y.flatten(1).amin(1) >= x.flatten(1).amin(1) - 1e-6).all() and (y.flatten(1).amax(1) <= x.flatten(1).amax(1) + 1e-6).all()
+
+
+@pytest.mark.real
+def test_real_ct_small_tumour_oversampled(shared, tmp_path):
+    "Real CT (pyradiomics lung1, 512x512x48, an 837-voxel tumour): oversampling 1.0 finds it in every patch."
+    img = to_xyz(read_image(shared/"pyradiomics"/"lung1_image.nrrd")).astype(np.float32)
+    lbl = (to_xyz(read_image(shared/"pyradiomics"/"lung1_label.nrrd")) > 0).astype(np.uint8)
+    d = write_case(tmp_path, "lung1", ((img - img.mean()) / img.std())[None], lbl[None])
+    dl = make_train_loader([d], plan_for((64, 64, 16), oversampling=1.0), 4, seed=0, steps=2)
+    for b in dl:
+        assert (b["label"].flatten(1).amax(1) > 0).all()
+        assert b["image"].shape == (4, 1, 64, 64, 16) and torch.isfinite(b["image"]).all()
