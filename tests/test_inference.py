@@ -283,7 +283,7 @@ def test_flat_folder_nnunet_names(tmp_path, oblique):
 
 def test_cli_predict(tmp_path, oblique):
     exp = hand_experiment(tmp_path, oblique)
-    assert cli_predict(["--exp", str(exp), "--input", str(oblique), "--out", str(tmp_path/"c"), "--fast", "--device", "cpu"]) == 0
+    assert cli_predict(["--exp", str(exp), "--input", str(oblique), "--out", str(tmp_path/"c"), "--fast", "--device", "cpu", "--stitch-device", "cpu"]) == 0
     assert sorted(p.name for p in (tmp_path/"c").glob("*.nii.gz")) == ["brats_test_000.nii.gz", "brats_test_001.nii.gz"]
     assert cli_predict(["--exp", str(exp), "--input", str(tmp_path/"nope.csv"), "--out", str(tmp_path/"d")]) == 2
     assert cli_predict(["--exp", str(exp)]) == 2
