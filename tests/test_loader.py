@@ -275,3 +275,10 @@ def test_real_ct_small_tumour_oversampled(shared, tmp_path):
     for b in dl:
         assert (b["label"].flatten(1).amax(1) > 0).all()
         assert b["image"].shape == (4, 1, 64, 64, 16) and torch.isfinite(b["image"]).all()
+
+
+def test_case_without_foreground(tmp_path):
+    "Oversampling cannot find foreground where there is none: the patch is placed at random, no error."
+    d = write_case(tmp_path, "empty", np.ones((1, 30, 30, 30), np.float32), np.zeros((1, 30, 30, 30), np.uint8))
+    b = next(iter(make_train_loader([d], plan_for((16, 16, 16), labels=(0, 1, 2), oversampling=1.0), 3, steps=1)))
+    assert b["label"].sum() == 0 and b["image"].shape == (3, 1, 16, 16, 16)
