@@ -387,6 +387,7 @@ def _fit_fold(r:Run, fold:int, ck:dict|None) -> float:
                      r.rank, r.world, r.local_rank if r.device.type == "cuda" else None, t.steps_per_epoch)
     if r.main and not ids["val"]: log.warning(f"fold {fold}: no validation cases; the best checkpoint is chosen by training loss")
     run = {"world_size": r.world, "loader": r.loader, "overrides": r.overrides, "device": r.device.type}
+    if r.main: write_json(d/"run.json", {**run, "resumed_from_epoch": start, "plan": plan_to_dict(r.plan)})
     for e in range(start, t.epochs):
         t0, lr = time.time(), opt.param_groups[0]["lr"]
         tl = _epoch(r, fold, e, net, loss_fn, opt, dl)
@@ -438,7 +439,7 @@ def _run_folds(r:Run, folds:list[int]) -> dict[int, float]:
         plan, ck = fold_start(r, k)
         if plan is None: out[k] = load_checkpoint(r.fold_dir(k)/"last.pt")["best_score"]; continue
         if r.overwrite and ck is None and r.main:
-            for f in ("best.pt", "last.pt", "log.csv", "curves.png"): (r.fold_dir(k)/f).unlink(missing_ok=True)
+            for f in ("best.pt", "last.pt", "log.csv", "curves.png", "run.json"): (r.fold_dir(k)/f).unlink(missing_ok=True)
         r.barrier(); r.plan = plan
         out[k] = _fit_fold(r, k, ck); r.plan = base
     return out

@@ -1,5 +1,5 @@
 "Trainer: learning, exact resume after a kill, flags, overrides, checkpoints, DDP on CPU (gloo), GPU checks."
-import logging, os, shutil, signal, subprocess, sys, time
+import json, logging, os, shutil, signal, subprocess, sys, time
 from pathlib import Path
 import numpy as np
 import pytest
@@ -112,6 +112,8 @@ def test_overrides_stay_out_of_config(exp):
     ck = load_checkpoint(exp/"models/fold_1/last.pt")
     assert (ck["plan"]["train"]["arch"], ck["plan"]["train"]["loss"], ck["plan"]["train"]["lr"]) == ("unet", "dice", 5e-4)
     assert ck["run"]["overrides"]["train.arch"] == "unet"
+    run = json.loads((exp/"models/fold_1/run.json").read_text())
+    assert run["overrides"]["train.lr"] == 5e-4 and run["plan"]["train"]["loss"] == "dice"
     assert load_plan(exp).train.arch == "nnunet"
 
 
