@@ -241,8 +241,11 @@ def test_intensity_transforms_keep_their_promises():
     from segcook.loader import _gamma, _lowres
     g = torch.Generator().manual_seed(0)
     x = torch.rand(2, 10, 9, 8, generator=g) * 3 - 1
+    x[1] = x[1] * 5 + 3                                               # channels with different statistics
     y = _gamma(x.clone(), 1.4, invert=False)
-    assert abs(y.mean() - x.mean()) < 1e-4 and abs(y.std() - x.std()) < 1e-4 and not torch.allclose(x, y)
+    for c in range(2):                                                # each channel keeps its mean and std
+        assert abs(y[c].mean() - x[c].mean()) < 1e-4 and abs(y[c].std() - x[c].std()) < 1e-4
+    assert not torch.allclose(x, y)
     assert abs(_gamma(x.clone(), 1.4, invert=True).mean() - x.mean()) < 1e-4
     torch.testing.assert_close(_lowres(x, 1.0), x)                    # zoom 1: nothing lost
     z = _lowres(x, 0.5)
