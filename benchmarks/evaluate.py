@@ -89,6 +89,7 @@ def main():
         np.save(d / f"gt{i}.npy", g); np.save(d / f"pr{i}.npy", p)
         write_image(from_xyz(g, spacing=SP), d / f"gt{i}.nii.gz"); write_image(from_xyz(p, spacing=SP), d / f"pr{i}.nii.gz")
         cases.append({"id": f"case{i}", "gt": str(d / f"gt{i}.npy"), "pr": str(d / f"pr{i}.npy"), "gt_nii": str(d / f"gt{i}.nii.gz"), "pr_nii": str(d / f"pr{i}.nii.gz")})
+    load0 = os.getloadavg()[0]
     times = {k: [] for k in ("segcook", "DeepMind surface-distance", "MONAI", "MIST 2.3.0")}
     e2e = {"segcook": [], "MIST 2.3.0": []}
     vals = {k: [] for k in times}
@@ -96,11 +97,11 @@ def main():
     for c in cases:
         g, p = np.load(c["gt"]), np.load(c["pr"])
         for name, fn in (("segcook", run_segcook), ("DeepMind surface-distance", run_deepmind)) + ((("MONAI", run_monai),) if not a.skip_monai else ()):
-            t, v = t_min(lambda: fn(g, p), a.reps if name == "segcook" else 1); times[name].append(t); vals[name].append(v)
+            t, v = t_min(lambda: fn(g, p), 1 if name == "MONAI" else a.reps); times[name].append(t); vals[name].append(v)
         t, _ = t_min(lambda: evaluate_case(c["id"], c["gt_nii"], c["pr_nii"], CLASSES, ["dice", "haus95", "surf_dice"]), 1); e2e["segcook"].append(t)
     mist_err = None
     if Path(a.mist_python).exists():
-        r = subprocess.run([a.mist_python, "-c", MIST_SNIPPET, json.dumps(cases), str(1)], capture_output=True, text=True)
+        r = subprocess.run([a.mist_python, "-c", MIST_SNIPPET, json.dumps(cases), str(a.reps)], capture_output=True, text=True)
         line = [l for l in r.stdout.splitlines() if l.startswith("MISTJSON")]
         if line:
             for m in json.loads(line[0][8:]):
@@ -114,8 +115,9 @@ def main():
         return f"{max(rel):.1e}"
     fastest = min((np.mean(v), k) for k, v in times.items() if v and k != "segcook")
     print(f"\n{a.cases} cases of 240x240x155 (1 mm), classes WT/TC/ET, metrics Dice + HD95 + NSD@1mm; "
-          f"compute time per case from arrays in memory (best of {a.reps} for segcook, 1 run for the others)\n")
-    print("| evaluator | s / case | segcook speed-up | max rel. difference to segcook (all values) |")
+          f"compute time per case from arrays in memory (best of {a.reps} runs; MONAI 1 run; MIST in its own venv right after); "
+          f"1-min load average {load0:.1f} at the start, {os.getloadavg()[0]:.1f} at the end\n")
+    print("| evaluator | s / case | time / segcook | max rel. difference to segcook (all values) |")
     print("|---|---|---|---|")
     for k, v in times.items():
         if not v: print(f"| {k} | not run | | |"); continue

@@ -154,16 +154,15 @@ def report(w:Path, name:str):
     print(f"\n## {name}\n")
     info = json.loads((w/"info.json").read_text()) if (w/"info.json").exists() else {}
     if info: print(f"dataset: {info.get('data')}; {info.get('cases')} case(s); workers {info.get('workers')}; nfolds {info.get('nfolds')}\n")
-    print("| stage | MIST 2.3.0 (s) | segcook (s) | MIST / segcook | runs (MIST, segcook) |\n|---|---|---|---|---|")
-    med = {t: {s: statistics.median([r[s] for r in tim.get(t, [])]) if tim.get(t) else None for s in ("analyze", "preprocess")} for t in ("mist", "segcook")}
+    print("| stage | MIST 2.3.0 (s), median | segcook (s), median | MIST / segcook, median of per-run ratios | per-run ratios | runs |\n|---|---|---|---|---|---|")
+    val = lambda r, s: r["analyze"] + r["preprocess"] if s == "total" else r[s]
     for s in ("analyze", "preprocess", "total"):
-        m = None if med["mist"]["analyze"] is None else (med["mist"][s] if s != "total" else med["mist"]["analyze"] + med["mist"]["preprocess"])
-        g = None if med["segcook"]["analyze"] is None else (med["segcook"][s] if s != "total" else med["segcook"]["analyze"] + med["segcook"]["preprocess"])
-        ratio = f"{m / g:.2f}" if m and g else "n/a"
-        print(f"| {s} | {_fmt(m) if m is not None else 'not run'} | {_fmt(g) if g is not None else 'not run'} | {ratio} | "
-              f"{len(tim.get('mist', []))}, {len(tim.get('segcook', []))} |")
+        m = [val(r, s) for r in tim.get("mist", [])]; g = [val(r, s) for r in tim.get("segcook", [])]
+        ratios = [x / y for x, y in zip(m, g)]
+        print(f"| {s} | {_fmt(statistics.median(m)) if m else 'not run'} | {_fmt(statistics.median(g)) if g else 'not run'} | "
+              f"{f'{statistics.median(ratios):.2f}' if ratios else 'n/a'} | {', '.join(f'{x:.2f}' for x in ratios)} | {len(m)}, {len(g)} |")
     if tim:
-        print("\nall runs (s): " + "; ".join(f"{t}: " + ", ".join(f"{r['analyze']:.1f}+{r['preprocess']:.1f} (load {r.get('load', '?')})" for r in tim[t]) for t in tim))
+        print("\nall runs, analyze + preprocess (s), in order: " + "; ".join(f"{t}: " + ", ".join(f"{r['analyze']:.1f}+{r['preprocess']:.1f} ({r.get('when', '?')}, load {r.get('load', '?')})" for r in tim[t]) for t in tim))
     have_m, have_s = (w/"mist"/"results"/"config.json").exists(), (w/"segcook"/"config.json").exists()
     if not (have_m and have_s): print("\n(outputs of both tools are needed to compare them)"); return
     pm, ps = _mist_plan(w), _segcook_plan(w)
