@@ -32,5 +32,26 @@ def test_recipe_smoke(tmp_path):
     assert (t["deep_supervision"], t["l2"], t["scheduler"], t["lr"], t["arch_kwargs"]["residual"]) == (2, 1e-5, "cosine", 1e-3, True)
     cfg = json.loads((exp/"config.json").read_text())
     assert cfg["train"]["deep_supervision"] == 0                              # the protocol stayed out of config.json
+    # inference -> evaluation -> postprocessing selection -> test inference
+    import SimpleITK as sitk
+    from segcook.core import read_image, compare_headers
+    folds = json.loads((exp/"folds.json").read_text())
+    held_out = set(folds["0"]["test"])
+    oof = {p.name[:-7] for p in (exp/"predictions"/"oof").glob("*.nii.gz")}
+    assert oof == held_out                                                    # fold 0 predicts exactly its held-out cases
+    res = (exp/"results_oof.csv").read_text().splitlines()
+    assert res[0].split(",")[:3] == ["id", "WT_dice", "WT_haus95"] and len(res) == 1 + len(held_out) + 5
+    steps = json.loads((exp/"postprocess"/"strategy.json").read_text())["steps"]
+    assert isinstance(steps, list)
+    cases = {l.split(",")[0]: l for l in (exp/"cases.csv").read_text().splitlines()[1:]}
+    tests = sorted(c for c, l in cases.items() if ",test," in l)
+    assert len(tests) == 2
+    for cid in tests:
+        pred = exp/"postprocess"/"test"/f"{cid}.nii.gz"
+        src = exp.parent/"exp_data"/"test"/cid
+        ref = read_image(src/f"{cid}_t1.nii.gz")
+        assert compare_headers(read_image(pred), ref) == []                  # native geometry of the input
+        assert set(sitk.GetArrayFromImage(read_image(pred)).ravel()) <= {0, 1, 2, 3}
+    assert len((exp/"results_test.csv").read_text().splitlines()) == 1 + 2 + 5
     nb = json.loads(out.read_text())
     assert any(o.get("output_type") == "display_data" and "image/png" in o.get("data", {}) for c in nb["cells"] for o in c.get("outputs", []))
