@@ -2,7 +2,7 @@
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test install sync-check
+.PHONY: demo test test-slow install sync-check
 
 $(VENV)/.installed: pyproject.toml tools/setup.sh
 	bash tools/setup.sh
@@ -14,8 +14,12 @@ demo: $(VENV)/.installed
 
 # tier 1: the lesson cells of every notebook; tier 2: pytest (integration, CLI, recipes, references)
 test: $(VENV)/.installed
-	$(BIN)/nbdev-test --n-workers 2
-	$(BIN)/pytest -n 2 -q
+	OMP_NUM_THREADS=1 $(BIN)/nbdev-test --n-workers 2
+	OMP_NUM_THREADS=1 $(BIN)/pytest -n 2 -q -m "not slow" --durations=10
+
+# the long tests (more than a minute each on 2 cores): training quality, overfitting, end-to-end, torchrun
+test-slow: $(VENV)/.installed
+	OMP_NUM_THREADS=1 $(BIN)/pytest -n 2 -q -m slow
 
 # fails when nbdev-export or nbdev-clean would change a tracked file
 sync-check: $(VENV)/.installed

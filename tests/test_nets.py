@@ -118,6 +118,7 @@ def _phantom(ps=(32, 32, 32), seed=0):
     img = lbl.float() + 0.5 * torch.randn(ps, generator=g)
     return img[None, None], lbl[None, None]
 
+@pytest.mark.slow   # 2-8 minutes on 2 cores
 def test_default_net_overfits_a_phantom_patch():
     torch.manual_seed(0)
     x, y = _phantom()
