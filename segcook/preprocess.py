@@ -18,7 +18,7 @@ from scipy import ndimage as ndi
 from .core import (Plan, Channel, SegcookError, log, load_plan, read_image, to_xyz, from_xyz, Geometry,
                           compare_headers, atomic_path, write_json, read_json, progress, cli_parser, run_cli)
 from .analysis import foreground_mask, bbox_of
-from .analysis import _read_xyz
+from .analysis import _read_xyz, _n_nonfinite
 
 # %% auto #0
 __all__ = ['MIND_CHANNELS', 'META_FORMAT', 'label_values', 'read_case', 'crop_box', 'crop', 'n4_correct', 'sitk_code',
@@ -31,29 +31,62 @@ __all__ = ['MIND_CHANNELS', 'META_FORMAT', 'label_values', 'read_case', 'crop_bo
 def _case_err(cid, path, msg) -> SegcookError:
     return SegcookError(f"case {cid}: {path}: {msg}")
 
-def _read(path, cid, float32:bool=True) -> sitk.Image:
-    "Read one 3D file of case `cid` (NaN and infinities are an error naming the case and file)."
+def _read_arr(path, cid, float32:bool=True) -> tuple[np.ndarray, Geometry]:
+    "Voxels (x, y, z) and header of one 3D file of case `cid` (NaN and infinities are an error naming the case and file)."
     if not Path(path).exists(): raise _case_err(cid, path, "file not found")
     try: a, g = _read_xyz(Path(path))                 # NIfTI raw (ITK's reader turns NaN into 0), else SimpleITK
     except SegcookError as e: raise SegcookError(f"case {cid}: {e}") from None
-    if a.dtype.kind == "f":
-        n = int(a.size - np.count_nonzero(np.isfinite(a)))
-        if n: raise _case_err(cid, path, f"{n} voxels are NaN or infinite; fix or exclude this case")
-    a = a.astype(np.float32, copy=False) if float32 else a
+    n = _n_nonfinite(a)
+    if n: raise _case_err(cid, path, f"{n} voxels are NaN or infinite; fix or exclude this case")
+    return (a.astype(np.float32, copy=False) if float32 else a), g
+
+def _image(a:np.ndarray, g:Geometry) -> sitk.Image:
+    "A SimpleITK image of the (x, y, z) voxels `a` with header `g`."
     return from_xyz(a, spacing=g.spacing, origin=g.origin, direction=g.direction)
+
+def _read(path, cid, float32:bool=True) -> sitk.Image:
+    "Read one 3D file of case `cid` (NaN and infinities are an error naming the case and file)."
+    return _image(*_read_arr(path, cid, float32))
 
 def _check_same_grid(ref, img, ref_path, path, cid):
     diff = compare_headers(ref, img)
     if diff: raise _case_err(cid, path, f"geometry disagrees with {Path(ref_path).name}: {'; '.join(diff)}; "
                                         "resample it onto the first channel's grid or exclude the case")
 
-def label_values(img:sitk.Image) -> list[int]:
-    "The distinct values of a label image (fast for small non-negative integers)."
-    a = sitk.GetArrayViewFromImage(img)
+def _values(a:np.ndarray) -> list:
+    "The distinct values of a label array (fast for small non-negative integers)."
     if a.dtype.kind in "ui" and a.size and a.min() >= 0 and a.max() < 4096:
-        return np.flatnonzero(np.bincount(a.ravel())).tolist()
+        return np.flatnonzero(np.bincount(np.ravel(a, order="K"))).tolist()
     u = np.unique(a)
     return u.astype(int).tolist() if np.all(u == np.round(u)) else u.tolist()
+
+def label_values(img:sitk.Image) -> list[int]:
+    "The distinct values of a label image (fast for small non-negative integers)."
+    return _values(sitk.GetArrayViewFromImage(img))
+
+def _bad_labels(a:np.ndarray, known:list|None) -> list:
+    "Values of label array `a` that are not in `known` (when given), not integers or outside 0..255."
+    if a.dtype.kind in "ui" and a.size:                   # every integer of [min, max] allowed: nothing to list
+        lo, hi = int(a.min()), int(a.max())
+        if lo >= 0 and hi < 256 and (known is None or set(range(lo, hi + 1)) <= set(known)): return []
+    return [v for v in _values(a) if (known is not None and v not in known) or not float(v).is_integer() or not 0 <= v < 256]
+
+def _read_arrays(images:dict, label, plan:Plan|None, cid:str):
+    "Channel -> (x, y, z) float32 voxels, the label's (uint8) or None, and each file's header (channels, then label); checked."
+    if not images: raise SegcookError(f"case {cid}: no image files")
+    (ch0, p0), arrs, geoms = next(iter(images.items())), {}, []
+    for ch, p in images.items():
+        a, g = _read_arr(p, cid)
+        if arrs: _check_same_grid(geoms[0], g, p0, p, cid)
+        arrs[ch] = a; geoms.append(g)
+    if label is None: return arrs, None, geoms
+    lab, g = _read_arr(label, cid, float32=False)
+    _check_same_grid(geoms[0], g, p0, label, cid)
+    known = list(plan.labels.labels) + ([plan.labels.ignore_label] if plan.labels.ignore_label is not None else []) if plan else None
+    bad = _bad_labels(lab, known)
+    if bad: raise _case_err(cid, label, f"label values {bad} are not in the plan's labels {known}; "
+                                        "fix the label file or the plan's labels.labels")
+    return arrs, lab.astype(np.uint8, copy=False), geoms + [g]
 
 def read_case(images:dict, # channel name -> image path, in channel order
               label=None, # label path or None
@@ -61,34 +94,26 @@ def read_case(images:dict, # channel name -> image path, in channel order
               cid:str="case", # case id used in messages
              ) -> tuple[dict[str, sitk.Image], sitk.Image|None]:
     "The images (float32) and label (uint8) of one case, checked for geometry, NaNs and label values."
-    if not images: raise SegcookError(f"case {cid}: no image files")
-    (ch0, p0), imgs = next(iter(images.items())), {}
-    for ch, p in images.items():
-        img = _read(p, cid)
-        if imgs: _check_same_grid(imgs[ch0], img, p0, p, cid)
-        imgs[ch] = img
-    if label is None: return imgs, None
-    lbl = _read(label, cid, float32=False)
-    _check_same_grid(imgs[ch0], lbl, p0, label, cid)
-    vals = label_values(lbl)
-    known = list(plan.labels.labels) + ([plan.labels.ignore_label] if plan.labels.ignore_label is not None else []) if plan else None
-    bad = [v for v in vals if (known is not None and v not in known) or not float(v).is_integer() or not 0 <= v < 256]
-    if bad: raise _case_err(cid, label, f"label values {bad} are not in the plan's labels {known}; "
-                                        "fix the label file or the plan's labels.labels")
-    return imgs, sitk.Cast(lbl, sitk.sitkUInt8)
+    arrs, lab, geoms = _read_arrays(images, label, plan, cid)
+    imgs = {ch: _image(a, g) for (ch, a), g in zip(arrs.items(), geoms)}
+    return imgs, (_image(lab, geoms[-1]) if lab is not None else None)
 
 # %% ../nbs/03_preprocess.ipynb #057c4726
 def _xyz_view(img:sitk.Image) -> np.ndarray:
     "An (x, y, z) view of the voxels of `img` (no copy; valid while `img` lives)."
     return sitk.GetArrayViewFromImage(img).T
 
+def _fg_box(arrs:list[np.ndarray], lab:np.ndarray|None=None, margin:int=0) -> tuple[list[int], list[int]]:
+    "The foreground box (start, stop) of the (x, y, z) arrays of a case, labelled voxels included."
+    m = foreground_mask(arrs)
+    if lab is not None: m |= lab > 0
+    return bbox_of(m, margin)
+
 def crop_box(imgs:list[sitk.Image], # the channels of one case
              lbl:sitk.Image|None=None, # labelled voxels are kept inside the box
              margin:int=0) -> tuple[list[int], list[int]]:
     "The foreground box (start, stop) in voxels (x, y, z) of a case."
-    m = foreground_mask([_xyz_view(i) for i in imgs])
-    if lbl is not None: m |= _xyz_view(lbl) > 0
-    return bbox_of(m, margin)
+    return _fg_box([_xyz_view(i) for i in imgs], _xyz_view(lbl) if lbl is not None else None, margin)
 
 def crop(img:sitk.Image, start, stop) -> sitk.Image:
     "The voxels `start:stop` (x, y, z) of `img`, keeping their physical positions."
@@ -119,9 +144,12 @@ def sitk_code(code:str) -> str:
         raise SegcookError(f"orientation '{code}' should name each of R/L, A/P, I/S once, e.g. 'RAI'")
     return code.translate(_FLIP)
 
+def _orientation(direction) -> str:
+    return sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines([float(d) for d in direction]).translate(_FLIP)
+
 def orientation_of(img:sitk.Image) -> str:
     "The MIST/ITK orientation code of `img` (identity direction: 'RAI')."
-    return sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(img.GetDirection()).translate(_FLIP)
+    return _orientation(img.GetDirection())
 
 def reorient(img:sitk.Image, code:str="RAI") -> sitk.Image:
     "`img` with axes permuted and flipped to orientation `code` (voxels keep their world positions)."
@@ -129,14 +157,18 @@ def reorient(img:sitk.Image, code:str="RAI") -> sitk.Image:
     return sitk.DICOMOrient(img, sitk_code(code))
 
 # %% ../nbs/03_preprocess.ipynb #6984c2ae
-def _grid(img:sitk.Image, sp, axes=(0, 1, 2)):
-    "Size, spacing and origin of a grid over `img`'s extent with spacing `sp` on `axes` (other axes unchanged)."
-    n0, s0 = np.array(img.GetSize()), np.array(img.GetSpacing())
+def _grid_of(size, spacing, origin, direction, sp, axes=(0, 1, 2)):
+    "Size, spacing and origin of a grid over the extent of an image (`size`, `spacing`, `origin`, `direction`) with spacing `sp` on `axes`."
+    n0, s0 = np.array(size), np.array(spacing)
     s1 = np.array([float(sp[i]) if i in axes else s0[i] for i in range(3)])
     n1 = np.maximum(1, np.round(n0 * s0 / s1)).astype(int)
-    d = np.array(img.GetDirection()).reshape(3, 3)
-    origin = np.array(img.GetOrigin()) + d @ ((n0 - 1) * s0 / 2 - (n1 - 1) * s1 / 2)   # same centre
+    d = np.array(direction).reshape(3, 3)
+    origin = np.array(origin) + d @ ((n0 - 1) * s0 / 2 - (n1 - 1) * s1 / 2)   # same centre
     return n1.tolist(), s1.tolist(), origin.tolist()
+
+def _grid(img:sitk.Image, sp, axes=(0, 1, 2)):
+    "Size, spacing and origin of a grid over `img`'s extent with spacing `sp` on `axes` (other axes unchanged)."
+    return _grid_of(img.GetSize(), img.GetSpacing(), img.GetOrigin(), img.GetDirection(), sp, axes)
 
 def _resample(img:sitk.Image, grid, interp, pixel=sitk.sitkFloat32) -> sitk.Image:
     "`img` on `grid` (size, spacing, origin; same direction) with interpolator `interp`."
@@ -144,19 +176,28 @@ def _resample(img:sitk.Image, grid, interp, pixel=sitk.sitkFloat32) -> sitk.Imag
     return sitk.Resample(img, [int(s) for s in size], sitk.Transform(), interp, [float(o) for o in origin],
                          [float(s) for s in sp], img.GetDirection(), 0, pixel)
 
-def _same_grid(img, grid) -> bool:
-    return list(img.GetSize()) == list(grid[0]) and np.allclose(img.GetSpacing(), grid[1], rtol=1e-6, atol=0)
+def _same_size_spacing(size, spacing, grid) -> bool:
+    return list(size) == list(grid[0]) and np.allclose(spacing, grid[1], rtol=1e-6, atol=0)
+
+def _same_grid(img, grid) -> bool: return _same_size_spacing(img.GetSize(), img.GetSpacing(), grid)
 
 def coarse_axis(sp, ratio:float=3.0) -> int|None:
     "The low-resolution axis when spacing `sp` is anisotropic (max/min > `ratio`), else None."
     sp = np.asarray(sp, float)
     return int(np.argmax(sp)) if sp.max() / sp.min() > ratio else None
 
-def _steps(img, sp):
-    "The grids to go through: one, or in-plane then the coarse axis when `img` is anisotropic."
-    ax = coarse_axis(img.GetSpacing())
+def _steps_for(spacing):
+    "The axes of each resampling step: all at once, or in-plane then the coarse axis when `spacing` is anisotropic."
+    ax = coarse_axis(spacing)
     if ax is None: return [(0, 1, 2)], None
     return [tuple(i for i in range(3) if i != ax), (ax,)], ax
+
+def _steps(img, sp): return _steps_for(img.GetSpacing())
+
+def _on_target(size, g:Geometry, sp) -> bool:
+    "Whether `resample_image` would leave an image of `size` voxels with `g`'s spacing as it is at target spacing `sp`."
+    return all(_same_size_spacing(size, g.spacing, _grid_of(size, g.spacing, g.origin, g.direction, sp, axes))
+               for axes in _steps_for(g.spacing)[0])
 
 def _bspline_weights(t:np.ndarray) -> np.ndarray:
     "Cubic B-spline weights of the taps floor(x)-1 .. floor(x)+2 for fractional offsets `t` (n, 4)."
@@ -237,23 +278,48 @@ def resample_label(lbl:sitk.Image, sp, # target spacing (x, y, z) mm
     return lbl
 
 # %% ../nbs/03_preprocess.ipynb #1c2ba3fa
+_BLOCK = 1 << 16   # voxels per block of the float64 arithmetic (stays in cache)
+
+def _zscore_into(a:np.ndarray, lo, hi, mu:float, sd:float, m:np.ndarray|None, out:np.ndarray) -> np.ndarray:
+    "`out` = float32((clip(a, lo, hi) - mu) / sd [* m]) with float64 arithmetic, block by block (`out` may be `a`)."
+    if not (a.flags.c_contiguous and out.flags.c_contiguous and (m is None or m.flags.c_contiguous)):
+        r = (np.clip(a, lo, hi) - mu) / sd; out[...] = r * m if m is not None else r; return out
+    af, of, mf = a.reshape(-1), out.reshape(-1), m.reshape(-1) if m is not None else None
+    buf = np.empty(min(_BLOCK, af.size), np.float64)
+    for i in range(0, af.size, _BLOCK):
+        t = buf[:min(_BLOCK, af.size - i)]
+        t[...] = af[i:i + _BLOCK]                                          # exact: float32 -> float64
+        np.clip(t, lo, hi, out=t); t -= mu; t /= sd
+        if mf is not None: t *= mf[i:i + _BLOCK]
+        of[i:i + _BLOCK] = t                                               # rounded to float32 once, as astype
+    return out
+
 def normalize(a:np.ndarray, # one channel (x, y, z), float32
               ch:Channel, # the plan's channel: norm, use_nonzero, window, mean, std
               mask:np.ndarray|None=None, # nonzero mask (for use_nonzero)
-              cid:str="case") -> np.ndarray:
+              cid:str="case",
+              inplace:bool=False, # overwrite `a` (float32) with the result instead of allocating one
+             ) -> np.ndarray:
     "Window and normalise one channel as the plan says."
     if ch.norm == "ct":
         if ch.window is None or ch.mean is None or not ch.std:
             raise SegcookError(f"case {cid}: channel '{ch.name}' has norm 'ct' but no window/mean/std in the plan; run `segcook analyze`")
-        return ((np.clip(a, *ch.window) - ch.mean) / ch.std).astype(np.float32)
+        if not (inplace and np.result_type(a, *ch.window, ch.mean, ch.std) == np.float32):
+            return ((np.clip(a, *ch.window) - ch.mean) / ch.std).astype(np.float32)
+        np.clip(a, *ch.window, out=a); np.subtract(a, ch.mean, out=a); np.divide(a, ch.std, out=a)   # float32, as above
+        return a
     if ch.norm != "zscore": raise SegcookError(f"channel '{ch.name}': unknown norm '{ch.norm}'; use 'zscore' or 'ct'")
     m = mask if (ch.use_nonzero and mask is not None and mask.any()) else None
     v = a[m] if m is not None else a
-    lo, hi = np.percentile(v, [0.5, 99.5])
     mu, sd = float(v.mean(dtype=np.float64)), float(v.std(dtype=np.float64))   # before windowing, as MIST
-    if sd == 0: return np.zeros(a.shape, np.float32)                          # constant image: no information
-    a = (np.clip(a, lo, hi) - mu) / sd
-    return (a * m if m is not None else a).astype(np.float32)
+    lo, hi = np.percentile(v, [0.5, 99.5], overwrite_input=m is not None)     # a[m] is a copy: partition it in place
+    if sd == 0:                                                               # constant image: no information
+        if inplace and a.dtype == np.float32: a[...] = 0; return a
+        return np.zeros(a.shape, np.float32)
+    if a.dtype != np.float32:
+        a = (np.clip(a, lo, hi) - mu) / sd
+        return (a * m if m is not None else a).astype(np.float32)
+    return _zscore_into(a, lo, hi, mu, sd, m, a if inplace else np.empty(a.shape, np.float32))
 
 def rescale_2_98(a:np.ndarray, mask:np.ndarray|None=None) -> np.ndarray:
     "Map the 2nd-98th percentile range of `a` (inside `mask`) onto [0, 1]; outside the mask stays 0."
@@ -346,11 +412,11 @@ def _mind_channels(arrs:list[np.ndarray], names:list[str], how:str|None):
     return (arrs + marrs, names + mn) if how == "extra" else (marrs, mn)
 
 # %% ../nbs/03_preprocess.ipynb #4765d39c
-def _spatial(imgs:list, lbl, plan:Plan, n4:bool, cid):
-    "Crop, N4, reorient and resample the images and label of one case; returns them and the geometry record."
+def _spatial(imgs:list, lbl, plan:Plan, n4:bool, cid, box=None):
+    "Crop (to `box` when given), N4, reorient and resample the images and label of one case; returns them and the geometry record."
     meta = {"original": _geom(imgs[0])}
     start, stop = [0, 0, 0], list(imgs[0].GetSize())
-    if plan.spatial.crop_to_foreground: start, stop = crop_box(imgs, lbl)
+    if plan.spatial.crop_to_foreground: start, stop = box if box is not None else crop_box(imgs, lbl)
     meta["crop"] = {"start": [int(s) for s in start], "stop": [int(s) for s in stop]}
     if meta["crop"] != {"start": [0, 0, 0], "stop": list(imgs[0].GetSize())}:
         imgs = [crop(i, start, stop) for i in imgs]; lbl = crop(lbl, start, stop) if lbl is not None else None
@@ -382,10 +448,44 @@ def _intensity(imgs:list, nz, plan:Plan, reference:dict|None, cid) -> list[np.nd
                 raise SegcookError(f"case {cid}: intensity 'histmatch' needs a reference case with channel '{ch.name}' "
                                    "(plan.preprocess.histmatch_reference)")
             img = hist_match(img, _reference_image(str(reference[ch.name])))
-        a = normalize(to_xyz(img), ch, nz, cid)
+        a = normalize(to_xyz(img), ch, nz, cid, inplace=True)         # to_xyz's copy is ours to overwrite
         if how == "zscore_rescale" and ch.norm == "zscore": a = rescale_2_98(a, nz if ch.use_nonzero else None)
         out.append(a)
     return out
+
+def _numpy_ok(geoms:list[Geometry], plan:Plan, n4:bool) -> bool:
+    "Whether N4, reorientation and histogram matching would leave this case as it is (all files on one grid)."
+    g = geoms[0]
+    return (not (n4 and any(c.modality == "mr" for c in plan.channels)) and plan.preprocess.intensity != "histmatch"
+            and all(x == g for x in geoms[1:]) and _orientation(g.direction) == plan.spatial.orientation.upper())
+
+def _cropped(g:Geometry, start, stop) -> Geometry:
+    "The header of voxels `start:stop` of an image with header `g`, as SimpleITK gives it (`sitk.RegionOfInterest` moves the origin)."
+    h = _image(np.zeros((1, 1, 1), np.uint8), g)                           # header only: ITK's index -> world mapping
+    crop = not (list(start) == [0, 0, 0] and list(stop) == list(g.size))
+    return Geometry([int(b - a) for a, b in zip(start, stop)], list(h.GetSpacing()),
+                    list(h.TransformIndexToPhysicalPoint([int(a) for a in start]) if crop else h.GetOrigin()), list(h.GetDirection()))
+
+def _numpy_case(arrs:list[np.ndarray], lab, g:Geometry, box, plan:Plan, cid) -> tuple[np.ndarray, np.ndarray|None, dict]:
+    "`_spatial` + `_intensity` for a case that only needs cropping (see `_numpy_ok`, `_on_target`): numpy, in place."
+    start, stop = box
+    sl = tuple(slice(int(a), int(b)) for a, b in zip(start, stop))
+    image = np.empty((len(arrs), *[b - a for a, b in zip(start, stop)]), np.float32)
+    for x, a in zip(image, arrs): x[...] = a[sl]                            # crop, in (x, y, z) C order
+    if lab is not None: out = np.empty((1, *image.shape[1:]), np.uint8); out[0] = lab[sl]; lab = out
+    nz = None
+    if any(c.use_nonzero and c.norm == "zscore" for c in plan.channels):
+        nz = image[0] != 0
+        for x in image[1:]: nz |= x != 0
+    how = plan.preprocess.intensity
+    for x, ch in zip(image, plan.channels):
+        normalize(x, ch, nz, cid, inplace=True)
+        if how == "zscore_rescale" and ch.norm == "zscore": x[...] = rescale_2_98(x, nz if ch.use_nonzero else None)
+    g1 = _cropped(g, start, stop).to_dict()
+    meta = {"original": _cropped(g, [0, 0, 0], g.size).to_dict(), "crop": {"start": [int(s) for s in start], "stop": [int(s) for s in stop]},
+            "orientation": {"original": _orientation(g.direction), "target": plan.spatial.orientation.upper()},
+            "reoriented": g1, "anisotropic_axis": coarse_axis(g.spacing), "resampled": g1}
+    return image, lab, meta
 
 # %% ../nbs/03_preprocess.ipynb #c4e85a0a
 def preprocess_case(images:dict, # channel name -> image path, in the plan's channel order
@@ -398,25 +498,40 @@ def preprocess_case(images:dict, # channel name -> image path, in the plan's cha
     "Image (C, x, y, z) float32, label (1, x, y, z) uint8 or None, and the meta needed to go back."
     cid = cid or Path(str(next(iter(images.values())))).name.split(".")[0]
     chans = _channel_plan(plan, images, cid)
-    d, lbl = read_case(images, label, plan, cid)
-    imgs = list(d.values()); n4 = plan.preprocess.n4 if n4 is None else n4
+    arrs, lab, geoms = _read_arrays(images, label, plan, cid)
+    arrs = list(arrs.values()); n4 = plan.preprocess.n4 if n4 is None else n4
     names = [c.name for c in chans]
+    box = None
+    if not plan.preprocess.skip:
+        box = _fg_box(arrs, lab) if plan.spatial.crop_to_foreground else ([0, 0, 0], list(geoms[0].size))
+        sp = plan.spatial.target_spacing
+        if sp is not None and _numpy_ok(geoms, plan, n4) and _on_target([b - a for a, b in zip(*box)], geoms[0], sp):
+            image, lab, meta = _numpy_case(arrs, lab, geoms[0], box, plan, cid)   # no SimpleITK step needed
+            if plan.preprocess.mind:
+                arrs, names = _mind_channels(list(image), names, plan.preprocess.mind); image = np.stack(arrs)
+            return image, lab, _case_meta(meta, image, names, images, label, n4, plan, cid)
+    imgs = [_image(a, g) for a, g in zip(arrs, geoms)]; del arrs
+    lbl = _image(lab, geoms[-1]) if lab is not None else None
     if plan.preprocess.skip:
         g = _geom(imgs[0])
         meta = {"original": g, "crop": {"start": [0, 0, 0], "stop": g["size"]}, "reoriented": g, "resampled": g,
                 "orientation": {"original": orientation_of(imgs[0]), "target": orientation_of(imgs[0])}, "anisotropic_axis": None}
         arrs = [to_xyz(i) for i in imgs]
     else:
-        imgs, lbl, nz, meta = _spatial(imgs, lbl, plan, n4, cid)
+        imgs, lbl, nz, meta = _spatial(imgs, lbl, plan, n4, cid, box)
         arrs = _intensity(imgs, nz, plan, reference, cid)
         arrs, names = _mind_channels(arrs, names, plan.preprocess.mind)
-    image = np.stack(arrs).astype(np.float32)
-    lab = to_xyz(lbl)[None].astype(np.uint8) if lbl is not None else None
+    image = np.stack(arrs).astype(np.float32, copy=False)
+    lab = to_xyz(lbl)[None].astype(np.uint8, copy=False) if lbl is not None else None
+    return image, lab, _case_meta(meta, image, names, images, label, n4, plan, cid)
+
+def _case_meta(meta:dict, image, names, images, label, n4, plan:Plan, cid) -> dict:
+    "The whole meta of a case: what was done to it, then the geometry record `meta`."
     meta = {"format": META_FORMAT, "id": cid, "channels": names, "images": {k: str(v) for k, v in images.items()},
             "label": str(label) if label is not None else None, "n4": bool(n4) and not plan.preprocess.skip,
             "skip": plan.preprocess.skip, "intensity": plan.preprocess.intensity, "mind": plan.preprocess.mind,
             "shape": list(image.shape[1:]), "n_channels": int(image.shape[0]), **meta}
-    return image, lab, meta
+    return meta
 
 # %% ../nbs/03_preprocess.ipynb #76ef2e54
 def _on_grid(img:sitk.Image, g:dict, is_label:bool) -> sitk.Image:
