@@ -27,7 +27,10 @@ def otsu_threshold(a:np.ndarray, # any array of intensities
     "Otsu's threshold of `a`: the bin edge that maximises the between-class variance of its histogram."
     lo, hi = float(np.min(a)), float(np.max(a))
     if not hi > lo: return hi
-    idx = np.minimum(((np.asarray(a, np.float64).ravel() - lo) * (nbins / (hi - lo))).astype(np.int64), nbins - 1)
+    x = np.asarray(a, np.float64).ravel() - lo                       # a new array: scaled in place
+    x *= nbins / (hi - lo)
+    idx = x.astype(np.int64); del x
+    np.minimum(idx, nbins - 1, out=idx)
     hist = np.bincount(idx, minlength=nbins).astype(np.float64)
     edges = np.linspace(lo, hi, nbins + 1)
     centres = (edges[:-1] + edges[1:]) / 2
@@ -47,7 +50,7 @@ def _sample(a:np.ndarray, max_samples:int|None) -> np.ndarray:
 def _channel_fg(a:np.ndarray, max_samples:int|None=2**20) -> np.ndarray:
     "Foreground of one image: window at the 33rd/99.5th percentiles, then voxels >= Otsu's threshold."
     s = _sample(a, max_samples).astype(np.float32)
-    lo, hi = np.percentile(s, [33, 99.5])
+    lo, hi = np.percentile(s, [33, 99.5], overwrite_input=True)  # s is a copy; Otsu's histogram ignores the order
     if not hi > lo: return np.zeros(a.shape, bool)  # constant after windowing: no information
     t = otsu_threshold(np.clip(s, lo, hi))
     return a >= t  # the threshold lies in (lo, hi], so windowing would not change this comparison
@@ -187,8 +190,9 @@ def _measure(case:Case, fp:Fingerprint, ct_channels, allowed, ignore, ct_max_sam
         if ch != ref: _same_geometry(g, gc, ch, ref, p, tol)
         if (bad := _n_nonfinite(a)): raise SegcookError(f"{p}: {ch} has {bad} NaN/inf voxels; fix or remove the case")
         m = foreground_mask([a], fg_samples)
-        fg = m if fg is None else fg | m
-        fp.zero_frac[ch] = float(np.count_nonzero(a == 0) / a.size)
+        if fg is None: fg = m
+        else: fg |= m
+        fp.zero_frac[ch] = float((a.size - np.count_nonzero(a)) / a.size)
         if fgm is not None and ch in ct_channels: fp.ct_samples[ch] = _ct_sample(a, fgm, ct_max_samples)
         del a
     fp.bbox = bbox_of(fg)

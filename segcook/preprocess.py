@@ -14,7 +14,6 @@ from concurrent.futures.process import BrokenProcessPool
 import multiprocessing as mp
 import numpy as np
 import SimpleITK as sitk
-from scipy import ndimage as ndi
 from .core import (Plan, Channel, SegcookError, log, load_plan, read_image, to_xyz, from_xyz, Geometry,
                           compare_headers, atomic_path, write_json, read_json, progress, cli_parser, run_cli)
 from .analysis import foreground_mask, bbox_of
@@ -221,6 +220,7 @@ def bspline_axis(a:np.ndarray, ax:int, n1:int, # new number of samples along axi
                  s0:float, s1:float, # old and new spacing along `ax`
                 ) -> np.ndarray:
     "Cubic B-spline resampling of `a` along one axis onto the centred grid of `n1` samples at spacing `s1`."
+    from scipy import ndimage as ndi                                      # here: a quarter second to import
     n0 = a.shape[ax]
     x = (n0 - 1) / 2 - (n1 - 1) * s1 / (2 * s0) + np.arange(n1) * s1 / s0   # new centres, old index units
     c = np.ascontiguousarray(np.moveaxis(a, ax, -1), dtype=np.float32)
@@ -347,6 +347,7 @@ def mind_ssc(a:np.ndarray, # one channel (x, y, z)
              dilation:int=2, # distance of the six neighbours (voxels)
             ) -> np.ndarray:
     "MIND-SSC descriptors of `a`: 12 channels (12, x, y, z) float32 in (0, 1]."
+    from scipy import ndimage as ndi
     a = np.asarray(a, np.float32); d = int(dilation)
     p = np.pad(a, d, mode="edge")
     sh = lambda o: p[d + o[0]: d + o[0] + a.shape[0], d + o[1]: d + o[1] + a.shape[1], d + o[2]: d + o[2] + a.shape[2]]
