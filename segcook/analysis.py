@@ -116,13 +116,33 @@ def _inflate(raw:bytes) -> bytes:
     out = d.decompress(raw)
     return out if d.eof and not d.unused_data else igzip.decompress(raw)  # several gzip members
 
+def _inflate_np(raw:bytes, step:int=1 << 22) -> np.ndarray|None:
+    "One-member gzip bytes decompressed into a numpy buffer (large pages: far fewer page faults than a bytes object); None if not that simple."
+    try: from isal import igzip_lib
+    except ImportError: return None
+    n = int.from_bytes(raw[-4:], "little")                             # ISIZE: the size mod 2**32
+    out, pos = np.empty(n, np.uint8), 0
+    d = igzip_lib.IgzipDecompressor(flag=igzip_lib.DECOMP_GZIP)
+    while not d.eof:
+        b = d.decompress(raw if pos == 0 else b"", step)                  # step-sized pieces, copied in
+        if not b or pos + len(b) > n: return None
+        out[pos:pos + len(b)] = np.frombuffer(b, np.uint8); pos += len(b)
+    return out if pos == n and not d.unused_data else None
+
+def _inflate_buf(raw:bytes):
+    "The decompressed bytes of `raw` as a numpy uint8 buffer when possible, else as bytes."
+    if raw[:2] != b"\x1f\x8b": return raw
+    out = _inflate_np(raw)
+    return out if out is not None else _inflate(raw)
+
 def _nifti_array(path:Path) -> np.ndarray:
     "Voxels of a NIfTI file as stored (x, y, z, ...), NaN kept, scaled by scl_slope/scl_inter."
     import nibabel as nib
-    raw = _inflate(Path(path).read_bytes())
+    raw = _inflate_buf(Path(path).read_bytes())
     try:
-        n2 = 540 in (int.from_bytes(raw[:4], "little"), int.from_bytes(raw[:4], "big"))
-        h = (nib.Nifti2Header if n2 else nib.Nifti1Header).from_fileobj(io.BytesIO(raw[:4096]), check=False)
+        head = bytes(raw[:4096])
+        n2 = 540 in (int.from_bytes(head[:4], "little"), int.from_bytes(head[:4], "big"))
+        h = (nib.Nifti2Header if n2 else nib.Nifti1Header).from_fileobj(io.BytesIO(head), check=False)
         sh = h.get_data_shape()
         a = np.frombuffer(raw, h.get_data_dtype(), count=int(np.prod(sh)), offset=int(h["vox_offset"])).reshape(sh, order="F")
     except Exception:  # anything unusual: let nibabel do it the slow way
