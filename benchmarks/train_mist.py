@@ -22,7 +22,14 @@ backward + optimiser step). The first --skip intervals (warm-up) are dropped; st
 Neither tool's logs have per-step times (segcook's log.csv has per-epoch seconds including validation; MIST logs
 losses to tensorboard only), hence the wrappers.
 
-Measured 2026-11-22 (see the docstring's end, filled in from the printed table).
+Measured 2026-11-22 on the shared 2-core development machine, defaults (patch 64^3, batch 2, 1 thread, 10 steps, first
+3 intervals dropped, 1 round), 16:10-16:19 UTC, 1-min load average 1.9 (segcook run) and 3.0 (MIST run):
+  segcook 0.066 steps/s (median step 14.9 s; nnunet 16.55 M params, DALI CPU loader with augmentation)
+  MIST    0.061 steps/s (median step 15.6 s; nnunet 16.67 M params, generic loader, 2 workers, augmentation, fp32)
+  segcook / MIST = 1.09x.
+An earlier run (15:52-16:03, load 5.2 / 3.8) gave 0.031 vs 0.066 (0.47x), but its segcook half overlapped with a smoke
+test of benchmarks/pipeline.py started by the same engineer: discard it. One round each, on a machine whose load
+moves between 1 and 6 within minutes: the two tools are within noise of each other; use --rounds 3 on a quiet machine.
 """
 import argparse, json, os, shutil, subprocess, sys, textwrap, time
 from pathlib import Path
