@@ -96,9 +96,11 @@ def timed(cmd, log:Path) -> tuple[float, str]:
 
 def run_segcook(w:Path, dj:Path, a) -> dict:
     "Every segcook stage through its CLI into a fresh experiment; wall seconds per stage."
-    e = w/"segcook"; shutil.rmtree(e, ignore_errors=True); s = {}
+    e = w/("segcook_mistlike" if a.match_mist else "segcook"); shutil.rmtree(e, ignore_errors=True); s = {}
     s["analyze"], _ = timed([SEGCOOK, "analyze", "--data", dj, "--exp", e, "--nfolds", a.nfolds, "--workers", 1], w/"sc_analyze.log")
     c = json.loads((e/"config.json").read_text()); c["spatial"]["patch_size"] = list(a.patch); c["train"]["batch_size"] = 2
+    if a.match_mist:   # MIST 2.3.0's training defaults, to separate the tool from its defaults
+        c["train"].update(optimizer="adamw", lr=1e-3, scheduler="cosine", deep_supervision=2, arch_kwargs={"residual": True})
     (e/"config.json").write_text(json.dumps(c, indent=2))
     s["preprocess"], _ = timed([SEGCOOK, "preprocess", "--exp", e, "--workers", 1], w/"sc_preprocess.log")
     s["train"], _ = timed([SEGCOOK, "train", "--exp", e, "--epochs", a.epochs, "--steps-per-epoch", a.steps], w/"sc_train.log")
@@ -146,6 +148,7 @@ def main():
     p.add_argument("--nfolds", type=int, default=2); p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--steps", type=int, default=10); p.add_argument("--workers", type=int, default=2, help="MIST loader workers")
     p.add_argument("--tools", nargs="+", default=["segcook", "mist"])
+    p.add_argument("--match-mist", action="store_true", help="segcook trains with MIST 2.3.0's defaults (AdamW 1e-3, cosine, residual, 2 DS heads); stored as 'segcook_mistlike'")
     a = p.parse_args()
     w = Path(a.work); w.mkdir(parents=True, exist_ok=True)
     dj = w/"data/dataset.json"
@@ -156,7 +159,7 @@ def main():
         load = os.getloadavg()[0]; t0 = time.strftime("%H:%M:%S", time.gmtime())
         r = (run_segcook if tool == "segcook" else run_mist)(w, dj, a)
         r["dice"] = score(w, tool, r.pop("test_dir"), dj)
-        res[tool] = {**r, "load_start": load, "load_end": os.getloadavg()[0], "start_utc": t0, "settings": vars(a)}
+        res[tool + ("_mistlike" if tool == "segcook" and a.match_mist else "")] = {**r, "load_start": load, "load_end": os.getloadavg()[0], "start_utc": t0, "settings": vars(a)}
         print(f"{tool}: total {r['total']:.0f} s, test Dice {r['dice']['mean']} (load {load:.1f})", file=sys.stderr, flush=True)
         (w/"result.json").write_text(json.dumps(res, indent=1, default=str))
     if not {"segcook", "mist"} <= set(res): return
