@@ -93,11 +93,11 @@ def sym_net(seed, cin=2, cout=3):
 
 
 def test_tta_with_flip_equivariant_net_gives_plain_result():
-    x = torch.randn(2, 20, 16, 8)       # symmetric window placement on every axis
+    x = torch.randn(2, 20, 16, 8, generator=torch.Generator().manual_seed(0))   # symmetric window placement on every axis
     net = sym_net(3)
     plain = predict_volume(net, x, (8, 8, 8))
     for axes in ([0], [1, 2], [0, 1, 2]):
-        torch.testing.assert_close(predict_volume(net, x, (8, 8, 8), tta_axes=axes), plain, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(predict_volume(net, x, (8, 8, 8), tta_axes=axes), plain, rtol=1e-5, atol=1e-5)  # float32 sums in another order
     assert len(flip_sets([0, 1, 2])) == 8
 
 

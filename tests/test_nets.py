@@ -134,3 +134,18 @@ def test_default_net_overfits_a_phantom_patch():
             dice = min(2 * ((pred == c) & (y == c)).sum().item() / ((pred == c).sum() + (y == c).sum()).item() for c in (1, 2))
             if dice > 0.9: break
     assert dice > 0.9, (step, dice)
+
+
+def test_region_heads_start_at_foreground_prior():
+    "Region (sigmoid) models start near p=0.1 everywhere, not 0.5 (above the BraTS thresholds); softmax models are untouched."
+    p = Plan(); p.spatial.patch_size, p.spatial.target_spacing = [32, 32, 32], [1.0, 1.0, 1.0]
+    p.labels.labels, p.labels.regions = [0, 1, 2, 3], {"WT": [1, 2, 3], "TC": [1, 3], "ET": [3]}
+    p.train.deep_supervision = 2
+    torch.manual_seed(0)
+    net = build_net(p).train()
+    with torch.no_grad(): outs = net(torch.randn(1, 1, 32, 32, 32))
+    for o in outs: assert abs(torch.sigmoid(o).mean().item() - 0.1) < 0.05
+    p.labels.regions = None
+    torch.manual_seed(0)
+    with torch.no_grad(): q = torch.softmax(build_net(p).eval()(torch.randn(1, 1, 32, 32, 32)), 1)
+    assert abs(q.mean((0, 2, 3, 4)) - 0.25).max() < 0.2      # no prior forced onto softmax heads
