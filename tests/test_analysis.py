@@ -255,13 +255,18 @@ def test_cli_writes_three_files_refuses_overwrite_and_bad_max_patch(tmp_path, ph
 
 
 # ---------------------------------------------------------------- real scans
+def _real_dataset(tmp_path, d, ids, modality, cls):
+    "A dataset.json listing the real scans `<id>_image.nrrd` / `<id>_label.nrrd` of folder `d` (one channel)."
+    dj = tmp_path/"ds"/"dataset.json"; dj.parent.mkdir()
+    dj.write_text(json.dumps({"task": cls, "modality": modality, "images": {modality: ["_image."]}, "labels": [0, 1],
+                              "final_classes": {cls: [1]},
+                              "train-cases": [{"id": i, "images": {modality: str(d/f"{i}_image.nrrd")}, "mask": str(d/f"{i}_label.nrrd")} for i in ids]}))
+    return dj
+
 def test_real_ct_lungs_anisotropic_tenth_percentile(tmp_path, shared):
     d = shared/"pyradiomics"
     ids = ["lung1", "lung2"]
-    dj = tmp_path/"ds"/"dataset.json"; dj.parent.mkdir()
-    dj.write_text(json.dumps({"task": "lungs", "modality": "ct", "images": {"ct": ["_image."]}, "labels": [0, 1],
-                              "final_classes": {"tumour": [1]},
-                              "train-cases": [{"id": i, "images": {"ct": str(d/f"{i}_image.nrrd")}, "mask": str(d/f"{i}_label.nrrd")} for i in ids]}))
+    dj = _real_dataset(tmp_path, d, ids, "ct", "tumour")
     plan = analyze(dj, tmp_path/"exp", nfolds=2, workers=2)
     sp = []
     for i in ids:                                               # spacings from the headers, RAI order by hand
@@ -288,10 +293,7 @@ def test_memory_warning_names_cases(tmp_path, phantom, caplog):
 def test_real_mr_brains_flipped_axis_and_nonzero_rule(tmp_path, shared):
     d = shared/"pyradiomics"
     ids = ["brain1", "brain2"]
-    dj = tmp_path/"ds"/"dataset.json"; dj.parent.mkdir()
-    dj.write_text(json.dumps({"task": "brains", "modality": "mr", "images": {"mr": ["_image."]}, "labels": [0, 1],
-                              "final_classes": {"lesion": [1]},
-                              "train-cases": [{"id": i, "images": {"mr": str(d/f"{i}_image.nrrd")}, "mask": str(d/f"{i}_label.nrrd")} for i in ids]}))
+    dj = _real_dataset(tmp_path, d, ids, "mr", "lesion")
     plan = analyze(dj, tmp_path/"exp", nfolds=2, workers=1)
     zf = [float((sitk.GetArrayFromImage(sitk.ReadImage(str(d/f"{i}_image.nrrd"))) == 0).mean()) for i in ids]
     assert plan.channels[0].use_nonzero == (np.mean(zf) >= 0.2)
