@@ -174,3 +174,22 @@ def test_brats_sweep_slurm(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     df = pd.read_csv(out/"results.csv")
     assert len(df) == 4 and set(df.state) == {"done"} and df.oof_WT_dice.between(0, 1).all()
+
+
+@slurm
+def test_train_nodes_srun_torchrun(tmp_path):
+    """Inside a real Slurm job (submitted like a multi-node run: the function runs once, not under srun),
+    `train_nodes` starts `srun` + `torchrun` with the job's rendezvous: 2 gloo ranks train one fold."""
+    import submitit
+    from segcook.train import toy_experiment, load_checkpoint
+    from segcook.sweep import train_nodes
+    exp = toy_experiment(tmp_path/"exp", cases=4, size=(24, 24, 16), patch=(16, 16, 16), nfolds=2, val_fraction=0.5,
+                         epochs=1, steps_per_epoch=1, batch_size=2, arch_kwargs={"base": 4})
+    ex = submitit.SlurmExecutor(folder=tmp_path/"slurm", python=sys.executable)
+    ex.update_parameters(nodes=1, ntasks_per_node=1, cpus_per_task=2, mem="2000M", time=10, use_srun=False)
+    job = ex.submit(train_nodes, str(exp), torchrun=True, procs=2, folds=[0], epochs=1, steps_per_epoch=1, loader="global")
+    scores = job.result()
+    assert list(scores) == [0] and 0 <= scores[0] <= 1
+    ck = load_checkpoint(exp/"models"/"fold_0"/"last.pt")
+    assert ck["run"]["world_size"] == 2
+    assert "srun --nodes=1" in Path(job.paths.stderr).read_text() + Path(job.paths.stdout).read_text()
