@@ -193,3 +193,13 @@ def test_train_nodes_srun_torchrun(tmp_path):
     ck = load_checkpoint(exp/"models"/"fold_0"/"last.pt")
     assert ck["run"]["world_size"] == 2
     assert "srun --nodes=1" in Path(job.paths.stderr).read_text() + Path(job.paths.stdout).read_text()
+
+
+def test_recipe_parameters_agree_with_papermill():
+    "Our reading of the parameters cell (ast) gives papermill's names, defaults and help texts, for every recipe."
+    from papermill import inspect_notebook
+    from segcook.sweep import recipe_parameters
+    for nb in sorted((REPO/"recipes").glob("*.ipynb")):
+        ours, theirs = recipe_parameters(nb), inspect_notebook(str(nb))
+        assert list(ours) == list(theirs), nb
+        for k, v in theirs.items(): assert (ours[k]["default"], ours[k]["help"]) == (v["default"], v["help"]), (nb, k)
