@@ -107,13 +107,13 @@ def write_results(df:pd.DataFrame, out):
 
 # %% ../nbs/11_evaluate.ipynb #e86003c7
 def plot_results(df:pd.DataFrame, path=None):
-    "Box plot of every class x metric column of a results table (per-case rows only)."
-    import matplotlib; matplotlib.use("Agg") if path is not None else None
-    import matplotlib.pyplot as plt
+    "Box plot of every class x metric column of a results table (per-case rows only); saved to `path` when given."
+    from matplotlib.figure import Figure  # not pyplot: no global backend switch, no figure left open
     df = df[~df["id"].isin(list(SUMMARY))]
     cols = [c for c in df.columns if c != "id"]
     metrics = list(dict.fromkeys(_metric_of(c, cols) for c in cols))
-    fig, axs = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.2), squeeze=False)
+    fig = Figure(figsize=(3.2 * len(metrics), 3.2))
+    axs = fig.subplots(1, len(metrics), squeeze=False)
     for ax, m in zip(axs[0], metrics):
         cs = [c for c in cols if _metric_of(c, cols) == m]
         vals = [df[c].dropna().to_numpy(float) for c in cs]
@@ -122,8 +122,7 @@ def plot_results(df:pd.DataFrame, path=None):
         ax.set_xticks(range(1, len(cs) + 1), [c[: -len(m) - 1] for c in cs]); ax.set_title(m)
     fig.tight_layout()
     if path is not None:
-        with atomic_path(path) as tmp: fig.savefig(tmp, dpi=100)
-        plt.close(fig)
+        with atomic_path(path) as tmp: fig.savefig(tmp, dpi=100, format="png")
     return fig
 
 def _metric_of(col, cols):
