@@ -81,7 +81,7 @@ def build(out:Path, proc:Path) -> list[Path]:
     pages = []
     for p in nbs:
         nav = '<nav class="segcook">' + "".join(
-            f'<a href="{names[q]}"{" class=here" if q == p else ""}>{html.escape("Home" if q.stem == "index" else metas[q].get("title", q.stem))}</a>'
+            f'<a href="{names[q]}"{" class=here" if q == p else ""}>{html.escape("Home" if q.stem == "index" else metas[q].get("title", q.stem).replace("`", ""))}</a>'
             for q in nbs) + "</nav>"
         nb = nbformat.reads(json.dumps(prepare(json.loads(p.read_text()))), as_version=4)
         body, _ = ex.from_notebook_node(nb)
