@@ -277,7 +277,9 @@ def plan_from_dict(d:dict) -> Plan:
     if problems: raise SegcookError("config.json: " + "; ".join(problems))
     return plan
 
-def plan_to_dict(plan:Plan) -> dict: return asdict(plan)
+def plan_to_dict(plan:Plan) -> dict:
+    "`plan` as plain dicts and lists (what config.json holds)."
+    return asdict(plan)
 
 # %% ../nbs/00_core.ipynb #4fd8a6f8
 def _positive3(x, name):

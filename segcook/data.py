@@ -529,7 +529,8 @@ def convert_nnunet(src, # the nnU-Net raw dataset folder (dataset.json, imagesTr
     return write_json(out/"dataset.json", desc)
 
 # %% ../nbs/01_data.ipynb #bfcb6a5e
-def cli_phantom(argv=None) -> int:
+def cli_phantom(argv:list[str]|None=None) -> int:
+    "segcook phantom: write a synthetic BraTS-like (or CT-like) dataset"
     p = cli_parser("segcook phantom", "Write a synthetic BraTS-like (4 MR channels) or CT-like dataset with labels and its dataset.json.",
                    "segcook phantom --out data/phantom --cases 10 --kind brats --size 96 96 64")
     p.add_argument("--out", required=True, help="folder to write (must be empty or an earlier phantom)")
@@ -548,7 +549,8 @@ def cli_phantom(argv=None) -> int:
     return run_cli(go)
 
 # %% ../nbs/01_data.ipynb #05f13e84
-def cli_convert(argv=None) -> int:
+def cli_convert(argv:list[str]|None=None) -> int:
+    "segcook convert: make a dataset.json from an MSD, CSV or nnU-Net v2 dataset"
     p = cli_parser("segcook convert", "Write a segcook dataset.json for an MSD task, a CSV of paths, or an nnU-Net v2 raw dataset. The source is never modified.",
                    "segcook convert nnunet --src nnUNet_raw/Dataset001_BrainTumour --out data/brain")
     sub = p.add_subparsers(dest="fmt", required=True)
@@ -568,7 +570,8 @@ def cli_convert(argv=None) -> int:
     return run_cli(go)
 
 # %% ../nbs/01_data.ipynb #81b088a4
-def cli_check(argv=None) -> int:
+def cli_check(argv:list[str]|None=None) -> int:
+    "segcook check: report every problem in a dataset at once"
     p = cli_parser("segcook check", "Open every file of a dataset and report every problem at once (missing or unreadable files, undeclared labels, "
                    "non-3D images, NaN/inf, geometry mismatches, empty labels, duplicate ids, paths outside the root). Writes nothing.",
                    "segcook check --data data/phantom/dataset.json")

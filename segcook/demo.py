@@ -52,7 +52,8 @@ def run_demo(root=None, # working folder (default: a new temporary one)
     return root
 
 # %% ../nbs/15_demo.ipynb #79e68b57
-def cli_demo(argv=None) -> int:
+def cli_demo(argv:list[str]|None=None) -> int:
+    "segcook demo: every stage on a fresh phantom dataset, small budget"
     p = cli_parser("segcook demo", "Run every stage of the pipeline on a fresh phantom dataset (no download, CPU, a few minutes).",
                    "segcook demo --out /tmp/segcook-demo")
     p.add_argument("--out", help="working folder (default: a new temporary folder)")

@@ -362,7 +362,10 @@ def _stunet(v):
     build.__doc__ = f"STU-Net-{v.upper()} (Huang et al. 2023): widths {base_w(v)}, {STUNET_VARIANTS[v][1]} block(s) per stage."
     return build
 
-def base_w(v): b = STUNET_VARIANTS[v][0]; return [b * 2**min(i, 4) for i in range(6)]
+def base_w(v:str, # STU-Net variant: s, b, l or h
+          ) -> list[int]:
+    "Feature widths of the 6 stages of STU-Net variant `v` (doubling, capped after 4 doublings)."
+    b = STUNET_VARIANTS[v][0]; return [b * 2**min(i, 4) for i in range(6)]
 for _v in STUNET_VARIANTS: register_arch(f"stunet_{_v}")(_stunet(_v))
 
 # %% ../nbs/04_nets.ipynb #9af75371

@@ -589,7 +589,11 @@ def read_cases_csv(exp, plan:Plan) -> list[dict]:
     return [{"id": r["id"], "split": r.get("split", "train"), "images": {n: res(r[n]) for n in names},
              "label": res(r.get("label") or "")} for r in rows]
 
-def case_dir(exp, cid:str) -> Path: return Path(exp)/"preprocessed"/cid
+def case_dir(exp, # experiment folder
+             cid:str, # case id
+            ) -> Path:
+    "The folder of case `cid`'s preprocessed arrays in `exp`."
+    return Path(exp)/"preprocessed"/cid
 
 def is_done(exp, cid:str) -> bool:
     "Whether case `cid` of `exp` is finished (its meta.json exists)."
