@@ -337,7 +337,8 @@ def build_loss(plan:Plan, **overrides) -> nn.Module:
     return DeepSupervisionLoss(loss, ds_mode) if plan.train.deep_supervision > 0 else loss
 
 # %% ../nbs/05_losses.ipynb #d60b9ba5
-def cli_losses(argv:list[str]|None=None) -> int:
+def cli_losses(argv:list[str]|None=None, # command-line arguments (None: `sys.argv[1:]`)
+              ) -> int:
     "segcook losses: list registered losses with one-line descriptions."
     p = cli_parser("segcook losses", "List registered losses (set one with train.loss in config.json).", "segcook losses")
     p.parse_args(argv)

@@ -458,7 +458,8 @@ def arch_table(plan:Plan|None=None) -> list[tuple[str, str, str]]:
         rows.append((name, n, (ARCHS[name].__doc__ or "").strip().split("\n")[0]))
     return rows
 
-def cli_archs(argv:list[str]|None=None) -> int:
+def cli_archs(argv:list[str]|None=None, # command-line arguments (None: `sys.argv[1:]`)
+             ) -> int:
     "segcook archs: list registered architectures with parameter counts."
     p = cli_parser("segcook archs", "List registered architectures with their parameter counts for a plan.",
                    "segcook archs --plan exp/config.json")
