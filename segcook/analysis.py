@@ -467,7 +467,8 @@ def analyze(data, # dataset.json path or Dataset
             folds_file=None, # JSON {id: fold} or CSV (id, fold): custom folds
             max_patch_size=(256, 256, 256), # cap per axis (x, y, z)
             workers:int=2, # processes reading cases
-            **opts) -> Plan:
+            **opts, # analysis options overriding the defaults
+           ) -> Plan:
     "Fingerprint the training cases, apply MIST's rules, and write config.json, cases.csv and folds.json to `exp`."
     t0, o = time.time(), _check_opts(opts)
     ds = data if isinstance(data, Dataset) else load_dataset(data)

@@ -481,7 +481,10 @@ def cli_parser(prog:str, # e.g. 'segcook check'
     return argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter,
                                    epilog="example:\n  " + example)
 
-def run_cli(fn:Callable, *args, **kwargs) -> int:
+def run_cli(fn:Callable, # the command function
+            *args, # its positional arguments
+            **kwargs, # its keyword arguments
+           ) -> int:
     "Run `fn`; a `SegcookError` becomes a one-line message on stderr and exit code 2."
     try:
         fn(*args, **kwargs)

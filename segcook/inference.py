@@ -213,7 +213,10 @@ def _resample_axis(t:torch.Tensor, c:torch.Tensor, dim:int) -> torch.Tensor:
     return t.index_select(dim, i0) * (1 - w) + t.index_select(dim, i1) * w
 
 def resample_torch(t:torch.Tensor, # (C, X, Y, Z)
-                   sp_in:Sequence[float], size_out:Sequence[int], sp_out:Sequence[float]) -> torch.Tensor:
+                   sp_in:Sequence[float], # spacing of `t`, mm (x, y, z)
+                   size_out:Sequence[int], # voxels of the new grid (x, y, z)
+                   sp_out:Sequence[float], # spacing of the new grid, mm
+                  ) -> torch.Tensor:
     "`t` resampled linearly (one axis at a time) onto a grid with the same centre: (C, *size_out)."
     for a in range(3):
         if t.shape[a + 1] == size_out[a] and abs(sp_in[a] - sp_out[a]) < 1e-9: continue
@@ -227,12 +230,14 @@ def _vector_to_xyz(img) -> np.ndarray:
     return a.transpose(3, 2, 1, 0) if a.ndim == 4 else a.transpose(2, 1, 0)[None]
 
 def native_probs(probs:torch.Tensor, # (C, X, Y, Z) on the training grid
-                 meta:dict) -> np.ndarray:
+                 meta:dict, # the case's meta (from preprocessing)
+                ) -> np.ndarray:
     "Probabilities on the input's voxels (C, x, y, z), linear per channel (accurate path)."
     return _vector_to_xyz(to_native(probs.float().cpu().numpy(), meta, is_label=False))
 
 def native_fast(out:torch.Tensor, # (C, X, Y, Z) logits (or probabilities) on the training grid
-                meta:dict) -> torch.Tensor:
+                meta:dict, # the case's meta (from preprocessing)
+               ) -> torch.Tensor:
     "`out` resampled with torch onto the reoriented input grid (before un-reorienting and un-cropping)."
     r, g = meta["resampled"], meta["reoriented"]
     return resample_torch(out.float(), r["spacing"], g["size"], g["spacing"])
@@ -414,9 +419,19 @@ def _refuse_inside(out:Path, cases, extra=()):
     if bad: raise SegcookError(f"{out}: output folder is inside the input data folder {bad[0]}; choose a folder outside the dataset")
 
 # %% ../nbs/09_inference.ipynb #d51d44e4
-def run_cases(nets, cases:list, # [(id, {channel: path}), ...]
-              plan, out, fast:bool=False, tta_axes=None, probs:str|None=None, device=None,
-              overwrite:bool=False, exp=None, reference=None, stitch_device=None) -> list[Path]:
+def run_cases(nets, # the ensemble (eval mode)
+              cases:list, # [(id, {channel: path}), ...]
+              plan, # the plan the models were trained with
+              out, # folder for the predictions
+              fast:bool=False, # no TTA, argmax on logits, resampling in torch
+              tta_axes=None, # axes flipped for TTA (None: no TTA)
+              probs:str|None=None, # also write probabilities: 'npz' or 'nifti' (None: no)
+              device=None, # torch device (None: CUDA when available)
+              overwrite:bool=False, # redo finished cases
+              exp=None, # experiment folder (for histogram-matching references)
+              reference=None, # histogram-matching reference (channel -> path)
+              stitch_device=None, # where windows are stitched (None: the image's device)
+             ) -> list[Path]:
     "Predict `cases` with the ensemble `nets` into `out`; skips finished cases; returns the label files."
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
