@@ -23,7 +23,8 @@ __all__ = ['OPTS', 'otsu_threshold', 'foreground_mask', 'bbox_of', 'rai_axes', '
 
 # %% ../nbs/02_analysis.ipynb #dbd3acc4
 def otsu_threshold(a:np.ndarray, # any array of intensities
-                   nbins:int=256) -> float:
+                   nbins:int=256, # histogram bins
+                  ) -> float:
     "Otsu's threshold of `a`: the bin edge that maximises the between-class variance of its histogram."
     lo, hi = float(np.min(a)), float(np.max(a))
     if not hi > lo: return hi
@@ -88,7 +89,9 @@ def rai_axes(direction, # row-major 3x3 direction cosines (SimpleITK order)
     if sorted(perm) != [0, 1, 2]: raise SegcookError(f"direction {list(np.ravel(direction))} is degenerate (two image axes along one world axis)")
     return perm
 
-def to_rai(values, direction) -> list:
+def to_rai(values, # one value per array axis (x, y, z)
+           direction, # row-major 3x3 direction cosines of the image
+          ) -> list:
     "Per-axis `values` (spacing, size) of an image, in RAI order."
     return [values[j] for j in rai_axes(direction)]
 
@@ -96,10 +99,10 @@ def to_rai(values, direction) -> list:
 @dataclass
 class Fingerprint:
     "What analysis needs to know about one case (spacing, size and crop size in RAI order)."
-    id: str
-    spacing: list[float] = field(default_factory=list)
-    size: list[int] = field(default_factory=list)
-    crop_size: list[int] = field(default_factory=list)
+    id: str  # case id
+    spacing: list[float] = field(default_factory=list)  # mm, RAI order
+    size: list[int] = field(default_factory=list)  # voxels, RAI order
+    crop_size: list[int] = field(default_factory=list)  # voxels of the foreground box, RAI order
     bbox: tuple = ()                                   # (start, stop) in the image's own axes
     zero_frac: dict = field(default_factory=dict)      # channel -> fraction of voxels == 0
     ct_samples: dict = field(default_factory=dict)     # CT channel -> float32 foreground intensities
@@ -255,11 +258,17 @@ def target_spacing(spacings:list, # per case, mm (x, y, z) in RAI order
     return [float(s) for s in ts], ax
 
 # %% ../nbs/02_analysis.ipynb #a02a7117
-def resampled_size(size, spacing, target) -> list[int]:
+def resampled_size(size, # voxels (x, y, z)
+                   spacing, # mm (x, y, z)
+                   target, # target spacing, mm (x, y, z)
+                  ) -> list[int]:
     "Voxels per axis after resampling `size` voxels at `spacing` mm to `target` mm."
     return [int(round(n * s / t)) for n, s, t in zip(size, spacing, target)]
 
-def case_bytes(size, n_channels:int, n_labels:int) -> int:
+def case_bytes(size, # voxels (x, y, z) after resampling
+               n_channels:int, # image channels
+               n_labels:int, # labels (one-hot channels)
+              ) -> int:
     "float32 bytes of a resampled case: image channels plus one-hot labels (MIST's estimate)."
     return int(4 * np.prod(size, dtype=float) * (n_channels + n_labels))
 
@@ -275,7 +284,9 @@ def patch_size_for(median_size, # median resampled size (x, y, z)
 # %% ../nbs/02_analysis.ipynb #9e2c388b
 def check_spatial(target_spacing=None, # mm (x, y, z)
                   patch_size=None, # voxels (x, y, z)
-                  max_patch_size=(256, 256, 256), min_patch:int=8):
+                  max_patch_size=(256, 256, 256), # cap per axis, voxels (x, y, z)
+                  min_patch:int=8, # smallest patch size per axis, voxels
+                 ):
     "Raise a `SegcookError` naming the field when spacing or patch size is impossible."
     def three(v, nm, kind):
         if v is None: return
@@ -308,7 +319,10 @@ def ct_stats(samples:list[np.ndarray], # per case, foreground intensities
     return [float(lo), float(hi)], float(w.mean()), float(w.std())
 
 # %% ../nbs/02_analysis.ipynb #c69d64f8
-def kfold(ids:list[str], nfolds:int=5, seed:int=42) -> dict[str, int]:
+def kfold(ids:list[str], # case ids
+          nfolds:int=5, # number of folds
+          seed:int=42, # seed of the shuffle
+         ) -> dict[str, int]:
     "Case id -> test fold, from a seeded shuffle split into `nfolds` near-equal folds."
     if nfolds < 2: raise SegcookError(f"nfolds should be at least 2, got {nfolds}")
     if len(ids) < nfolds: raise SegcookError(f"{len(ids)} usable case(s) cannot fill {nfolds} folds; lower --nfolds")
@@ -323,7 +337,9 @@ def _fold_numbers(raw:dict, path) -> dict[str, int]:
     log.info(f"{path}: fold names numbered " + ", ".join(f"{i}={n}" for i, n in enumerate(names)))
     return {k: names.index(str(v)) for k, v in raw.items()}
 
-def read_folds(path, ids:list[str]) -> dict[str, int]:
+def read_folds(path, # JSON `{id: fold}` or CSV (id, fold)
+               ids:list[str], # the case ids that must all get a fold
+              ) -> dict[str, int]:
     "Case id -> fold from a JSON object or a CSV (columns id, fold): integers 0..K-1, or names (one fold each)."
     path = Path(path)
     if not path.exists(): raise SegcookError(f"{path}: folds file not found")
@@ -344,7 +360,8 @@ def read_folds(path, ids:list[str]) -> dict[str, int]:
 
 def split_folds(fold_of:dict[str, int], # case id -> test fold
                 val_fraction:float=0.1, # of each fold's training cases, at least one
-                seed:int=42) -> dict[str, dict[str, list[str]]]:
+                seed:int=42, # seed of the validation draw
+               ) -> dict[str, dict[str, list[str]]]:
     "Per fold: disjoint `train`, `val` (drawn from the training part) and `test` case ids."
     out = {}
     for k in sorted(set(fold_of.values())):
@@ -450,7 +467,8 @@ def analyze(data, # dataset.json path or Dataset
             folds_file=None, # JSON {id: fold} or CSV (id, fold): custom folds
             max_patch_size=(256, 256, 256), # cap per axis (x, y, z)
             workers:int=2, # processes reading cases
-            **opts) -> Plan:
+            **opts, # analysis options overriding the defaults
+           ) -> Plan:
     "Fingerprint the training cases, apply MIST's rules, and write config.json, cases.csv and folds.json to `exp`."
     t0, o = time.time(), _check_opts(opts)
     ds = data if isinstance(data, Dataset) else load_dataset(data)
@@ -493,7 +511,8 @@ def show_crop(case:Case, # from `Dataset.cases()`
     return fig
 
 # %% ../nbs/02_analysis.ipynb #d6f45d80
-def cli_analyze(argv:list[str]|None=None) -> int:
+def cli_analyze(argv:list[str]|None=None, # command-line arguments (None: `sys.argv[1:]`)
+               ) -> int:
     "`segcook analyze`: dataset -> <exp>/config.json, cases.csv, folds.json."
     p = cli_parser("segcook analyze", "Read every training case once and write the plan (config.json), cases.csv and folds.json "
                    "to the experiment folder: crop decision, target spacing, patch size, normalisation, excluded cases, folds.",

@@ -34,7 +34,8 @@ def _usage() -> str:
     return "\n".join(lines)
 
 # %% ../nbs/14_cli.ipynb #d466c19e
-def main(argv:list[str]|None=None) -> int:
+def main(argv:list[str]|None=None, # command-line arguments (None: `sys.argv[1:]`)
+        ) -> int:
     "Entry point of the `segcook` console script."
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help", "help"):

@@ -53,12 +53,17 @@ def atomic_path(path, # final file name
         with contextlib.suppress(FileNotFoundError): os.remove(tmp)
         raise
 
-def write_text(path, text:str):
+def write_text(path, # file to write (its folder must exist)
+               text:str, # the whole content
+              ):
     "Write `text` to `path` atomically."
     with atomic_path(path) as tmp: Path(tmp).write_text(text)
     return Path(path)
 
-def write_json(path, obj, indent=2):
+def write_json(path, # file to write
+               obj, # anything `json` can serialise (plus numpy scalars/arrays and paths)
+               indent=2, # spaces per indentation level
+              ):
     "Write `obj` as JSON to `path` atomically (numpy scalars and paths are converted)."
     return write_text(path, json.dumps(obj, indent=indent, default=_json_default) + "\n")
 
@@ -68,7 +73,8 @@ def _json_default(o):
     if isinstance(o, Path): return str(o)
     raise TypeError(f"cannot write {type(o).__name__} to JSON")
 
-def read_json(path):
+def read_json(path, # JSON file
+             ):
     "Read JSON from `path`, naming the file when it is missing or malformed."
     path = Path(path)
     if not path.exists(): raise SegcookError(f"{path}: file not found")
@@ -77,7 +83,10 @@ def read_json(path):
 
 # %% ../nbs/00_core.ipynb #c2711e2b
 def progress(it:Iterable, # what to loop over
-             desc:str='', total:int|None=None, quiet:bool|None=None):
+             desc:str='', # label in front of the bar
+             total:int|None=None, # number of items (default: `len(it)` when known)
+             quiet:bool|None=None, # no bar (None: `SEGCOOK_QUIET=1` decides)
+            ):
     "A progress bar over `it` (tqdm on stderr), silent when `quiet` or `SEGCOOK_QUIET=1`."
     from tqdm.auto import tqdm
     if quiet is None: quiet = os.environ.get("SEGCOOK_QUIET", "0") == "1"
@@ -158,9 +167,9 @@ class Spatial:
     "Geometry of the training space."
     target_spacing: list[float] | None = None  # mm, (x, y, z) in SimpleITK order
     patch_size: list[int] | None = None         # voxels, (x, y, z)
-    max_patch_size: list[int] = field(default_factory=lambda: [256, 256, 256])
-    crop_to_foreground: bool = False
-    orientation: str = "RAI"
+    max_patch_size: list[int] = field(default_factory=lambda: [256, 256, 256])  # voxels (x, y, z): cap on the patch size
+    crop_to_foreground: bool = False  # crop every case to its foreground box first
+    orientation: str = "RAI"  # MIST/ITK orientation code every case is reoriented to
     anisotropic_axis: int | None = None         # axis resampled nearest-first when anisotropic
     median_size: list[float] | None = None      # voxels after resampling (from analysis)
 
@@ -178,56 +187,56 @@ class Preprocess:
 @dataclass
 class Train:
     "Training settings; a recipe or command may override them in memory."
-    arch: str = "nnunet"
+    arch: str = "nnunet"  # registered architecture (`segcook archs`)
     arch_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {'pocket': True, 'residual': True}
-    loss: str = "dice_ce"
-    loss_kwargs: dict[str, Any] = field(default_factory=dict)
+    loss: str = "dice_ce"  # registered loss (`segcook losses`)
+    loss_kwargs: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the loss
     deep_supervision: int = 0          # number of extra supervised heads (0 = off)
-    epochs: int = 1000
-    steps_per_epoch: int = 250
-    batch_size: int = 2
+    epochs: int = 1000  # training epochs per fold
+    steps_per_epoch: int = 250  # batches per epoch
+    batch_size: int = 2  # patches per step (global, over all processes)
     optimizer: str = "adam"            # 'adam', 'adamw', 'sgd' (Nesterov)
-    lr: float = 3e-4
+    lr: float = 3e-4  # peak learning rate
     scheduler: str = "constant"        # 'constant', 'cosine', 'poly'
-    warmup_epochs: int = 0
-    l1: float = 0.0
-    l2: float = 0.0
-    clip_grad: float | None = None
+    warmup_epochs: int = 0  # linear warmup epochs before the schedule
+    l1: float = 0.0  # L1 penalty weight on the trainable weights
+    l2: float = 0.0  # L2 penalty weight on the trainable weights
+    clip_grad: float | None = None  # gradient-norm clip (None: off)
     amp: bool = True                   # bf16 on GPU; ignored on CPU
     oversampling: float = 0.6          # probability a patch is centred on foreground
-    nfolds: int = 5
+    nfolds: int = 5  # cross-validation folds
     folds: list[int] | None = None     # folds to train (None: all)
     val_fraction: float = 0.1          # validation split taken from each fold's *training* part
-    seed: int = 42
+    seed: int = 42  # seed of the folds, weights and patch draws
 
 @dataclass
 class Infer:
     "Inference settings."
-    overlap: float = 0.5
+    overlap: float = 0.5  # fraction of a window shared with its neighbour
     sigma: float = 0.125               # Gaussian blending, fraction of the window
-    tta: bool = True
-    tta_axes: list[int] = field(default_factory=lambda: [0, 1, 2])
+    tta: bool = True  # test-time flips
+    tta_axes: list[int] = field(default_factory=lambda: [0, 1, 2])  # axes flipped for TTA (0 = x)
     fast: bool = False                 # no TTA, argmax on logits, resampling in torch
-    sw_batch_size: int = 1
+    sw_batch_size: int = 1  # windows per network call
 
 @dataclass
 class Evaluate:
     "Evaluation settings."
-    metrics: list[str] = field(default_factory=lambda: ["dice", "haus95"])
-    nsd_tolerance_mm: float = 1.0
+    metrics: list[str] = field(default_factory=lambda: ["dice", "haus95"])  # metric names (`segcook.core.METRICS`)
+    nsd_tolerance_mm: float = 1.0  # NSD tolerance, mm
 
 @dataclass
 class Plan:
     "The experiment plan, serialised to `<exp>/config.json`."
-    version: int = SCHEMA_VERSION
-    dataset: DatasetInfo = field(default_factory=DatasetInfo)
-    channels: list[Channel] = field(default_factory=lambda: [Channel()])
-    labels: Labels = field(default_factory=Labels)
-    spatial: Spatial = field(default_factory=Spatial)
-    preprocess: Preprocess = field(default_factory=Preprocess)
-    train: Train = field(default_factory=Train)
-    infer: Infer = field(default_factory=Infer)
-    evaluate: Evaluate = field(default_factory=Evaluate)
+    version: int = SCHEMA_VERSION  # schema version of config.json
+    dataset: DatasetInfo = field(default_factory=DatasetInfo)  # where the data are and what they hold
+    channels: list[Channel] = field(default_factory=lambda: [Channel()])  # image channels and how each is normalised
+    labels: Labels = field(default_factory=Labels)  # labels, regions and the ignore label
+    spatial: Spatial = field(default_factory=Spatial)  # spacing, patch size, crop, orientation
+    preprocess: Preprocess = field(default_factory=Preprocess)  # preprocessing options
+    train: Train = field(default_factory=Train)  # training settings
+    infer: Infer = field(default_factory=Infer)  # inference settings
+    evaluate: Evaluate = field(default_factory=Evaluate)  # evaluation settings
     excluded: list[dict[str, str]] = field(default_factory=list)  # [{'id':..., 'reason':...}] from analysis
 
 # %% ../nbs/00_core.ipynb #44a70383
@@ -265,7 +274,8 @@ def _from_dict(cls, d:dict, path:str):
     return cls(**kw)
 
 # %% ../nbs/00_core.ipynb #1b3a86d5
-def plan_from_dict(d:dict) -> Plan:
+def plan_from_dict(d:dict, # as read from config.json
+                  ) -> Plan:
     "Build and validate a `Plan` from a dict (as read from config.json)."
     v = d.get("version", SCHEMA_VERSION) if isinstance(d, dict) else None
     if not isinstance(v, int) or v > SCHEMA_VERSION:
@@ -277,7 +287,10 @@ def plan_from_dict(d:dict) -> Plan:
     if problems: raise SegcookError("config.json: " + "; ".join(problems))
     return plan
 
-def plan_to_dict(plan:Plan) -> dict: return asdict(plan)
+def plan_to_dict(plan:Plan, # the plan to serialise
+                ) -> dict:
+    "`plan` as plain dicts and lists (what config.json holds)."
+    return asdict(plan)
 
 # %% ../nbs/00_core.ipynb #4fd8a6f8
 def _positive3(x, name):
@@ -285,7 +298,8 @@ def _positive3(x, name):
     if len(x) != 3 or any(v <= 0 for v in x): return [f"{name} should be three positive numbers (x, y, z), got {x}"]
     return []
 
-def validate_plan(plan:Plan) -> list[str]:
+def validate_plan(plan:Plan, # the plan to check
+                 ) -> list[str]:
     "Every problem with `plan`, as messages naming the field (empty when valid)."
     p, out = plan, []
     out += _positive3(p.spatial.target_spacing, "spatial.target_spacing")
@@ -316,13 +330,16 @@ def validate_plan(plan:Plan) -> list[str]:
     return out
 
 # %% ../nbs/00_core.ipynb #c9338c94
-def save_plan(plan:Plan, path):
+def save_plan(plan:Plan, # the plan to write (validated first)
+              path, # usually `<exp>/config.json`
+             ):
     "Validate and write `plan` atomically to `path` (usually `<exp>/config.json`)."
     problems = validate_plan(plan)
     if problems: raise SegcookError(f"{path}: refusing to save an invalid plan: " + "; ".join(problems))
     return write_json(path, plan_to_dict(plan))
 
-def load_plan(path) -> Plan:
+def load_plan(path, # config.json or the experiment folder holding it
+             ) -> Plan:
     "Read and validate a plan; `path` is config.json or the experiment folder holding it."
     path = Path(path)
     if path.is_dir(): path = path/"config.json"
@@ -331,7 +348,9 @@ def load_plan(path) -> Plan:
     except SegcookError as e: raise SegcookError(str(e).replace("config.json:", f"{path}:", 1)) from None
 
 # %% ../nbs/00_core.ipynb #6864da01
-def override(plan:Plan, **kw) -> Plan:
+def override(plan:Plan, # the plan to copy (left unchanged)
+             **kw, # dotted field names and values, e.g. `**{'train.epochs': 10}`
+            ) -> Plan:
     "A validated copy of `plan` with dotted-name overrides, e.g. `override(p, **{'train.epochs': 10})`."
     d = plan_to_dict(plan)
     for k, v in kw.items():
@@ -347,11 +366,14 @@ def override(plan:Plan, **kw) -> Plan:
 # %% ../nbs/00_core.ipynb #6313b3df
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 
-def is_image_file(p) -> bool:
+def is_image_file(p, # a file name or path
+                 ) -> bool:
     "Whether `p` has an image extension segcook reads."
     return str(p).lower().endswith(IMAGE_SUFFIXES)
 
-def read_image(path, dtype=None) -> sitk.Image:
+def read_image(path, # NIfTI, NRRD, MHA, ... file
+               dtype=None, # SimpleITK pixel type to read as (None: as stored)
+              ) -> sitk.Image:
     "Read an image with SimpleITK; a missing or unreadable file raises a `SegcookError` naming it."
     path = Path(path)
     if not path.exists(): raise SegcookError(f"{path}: file not found")
@@ -360,7 +382,10 @@ def read_image(path, dtype=None) -> sitk.Image:
     except RuntimeError as e: raise SegcookError(f"{path}: unreadable image ({str(e).strip().splitlines()[-1][:200]})") from None
     return img
 
-def write_image(img:sitk.Image, path, compress:bool=True):
+def write_image(img:sitk.Image, # the image to write
+                path, # destination; the extension chooses the format
+                compress:bool=True, # compress (e.g. gzip for .nii.gz)
+               ):
     "Write `img` atomically to `path` (the extension chooses the format)."
     with atomic_path(path) as tmp: sitk.WriteImage(img, str(tmp), compress)
     return Path(path)
@@ -368,7 +393,10 @@ def write_image(img:sitk.Image, path, compress:bool=True):
 # %% ../nbs/00_core.ipynb #4b6f86de
 def array_to_image(arr:np.ndarray, # (z, y, x) array
                    ref:sitk.Image|None=None, # copy spacing, origin, direction from this image
-                   spacing=None, origin=None, direction=None) -> sitk.Image:
+                   spacing=None, # mm (x, y, z), when no `ref`
+                   origin=None, # mm (x, y, z), when no `ref`
+                   direction=None, # row-major 3x3 direction cosines, when no `ref`
+                  ) -> sitk.Image:
     "An image from a `(z,y,x)` array with geometry from `ref` or given explicitly."
     img = sitk.GetImageFromArray(arr)
     if ref is not None: img.CopyInformation(ref)
@@ -378,12 +406,17 @@ def array_to_image(arr:np.ndarray, # (z, y, x) array
     return img
 
 # %% ../nbs/00_core.ipynb #38875ea2
-def to_xyz(img:sitk.Image) -> np.ndarray:
+def to_xyz(img:sitk.Image, # a 3D SimpleITK image
+          ) -> np.ndarray:
     "The voxels of a 3D image as a C-contiguous array with axes (x, y, z)."
     return np.ascontiguousarray(sitk.GetArrayFromImage(img).transpose(2, 1, 0))
 
 def from_xyz(arr:np.ndarray, # (x, y, z) array
-             ref:sitk.Image|None=None, spacing=None, origin=None, direction=None) -> sitk.Image:
+             ref:sitk.Image|None=None, # image to copy the geometry from
+             spacing=None, # mm (x, y, z), when no `ref`
+             origin=None, # mm (x, y, z), when no `ref`
+             direction=None, # row-major 3x3 direction cosines, when no `ref`
+            ) -> sitk.Image:
     "A SimpleITK image from an (x, y, z) array, with geometry from `ref` or given explicitly."
     return array_to_image(np.ascontiguousarray(np.asarray(arr).transpose(2, 1, 0)), ref, spacing, origin, direction)
 
@@ -391,10 +424,10 @@ def from_xyz(arr:np.ndarray, # (x, y, z) array
 @dataclass
 class Geometry:
     "The header of an image: size and spacing (x,y,z), origin (mm), direction (row-major 3x3)."
-    size: list[int]
-    spacing: list[float]
-    origin: list[float]
-    direction: list[float]
+    size: list[int]  # voxels (x, y, z)
+    spacing: list[float]  # mm (x, y, z)
+    origin: list[float]  # mm, world position of voxel 0
+    direction: list[float]  # row-major 3x3 direction cosines
 
     @classmethod
     def of(cls, img:sitk.Image) -> 'Geometry':
@@ -430,7 +463,10 @@ class Geometry:
 
 def _fmt(v): return "(" + ", ".join(f"{x:.4g}" for x in v) + ")"
 
-def compare_headers(a, b, **tol) -> list[str]:
+def compare_headers(a, # an image or image file
+                    b, # the other image or image file
+                    **tol, # tolerances overriding the defaults (e.g. `spacing_rtol`)
+                   ) -> list[str]:
     "Differences between the geometry of two images or image files (empty: they agree)."
     ga = a if isinstance(a, Geometry) else Geometry.of(a) if isinstance(a, sitk.Image) else Geometry.read(a)
     gb = b if isinstance(b, Geometry) else Geometry.of(b) if isinstance(b, sitk.Image) else Geometry.read(b)
@@ -445,7 +481,10 @@ def cli_parser(prog:str, # e.g. 'segcook check'
     return argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter,
                                    epilog="example:\n  " + example)
 
-def run_cli(fn:Callable, *args, **kwargs) -> int:
+def run_cli(fn:Callable, # the command function
+            *args, # its positional arguments
+            **kwargs, # its keyword arguments
+           ) -> int:
     "Run `fn`; a `SegcookError` becomes a one-line message on stderr and exit code 2."
     try:
         fn(*args, **kwargs)

@@ -23,9 +23,9 @@ __all__ = ['MODALITIES', 'Case', 'Dataset', 'load_dataset', 'find_cases', 'make_
 @dataclass
 class Case:
     "One patient: an id, one image per channel (in channel order) and an optional label file."
-    id: str
-    images: dict[str, Path]
-    label: Path | None = None
+    id: str  # case id
+    images: dict[str, Path]  # channel -> image file, in channel order
+    label: Path | None = None  # label file (None: unlabelled)
 
     def files(self) -> list[Path]: return list(self.images.values()) + ([self.label] if self.label else [])
 
@@ -83,7 +83,8 @@ def _dataset_errors(d:dict) -> list[str]:
         if m not in MODALITIES: errs.append(f"channel-modality['{ch}'] should be one of {list(MODALITIES)}, got '{m}'")
     return errs
 
-def load_dataset(path) -> Dataset:
+def load_dataset(path, # dataset.json
+                ) -> Dataset:
     "Read a dataset description (MIST-compatible JSON, plus segcook's fields)."
     path = Path(path).resolve()
     d = read_json(path)
@@ -142,7 +143,10 @@ def _listed_case(i:int, entry:dict, ds:Dataset, errs:list[str]) -> Case | None:
     return Case(cid, images, label)
 
 # %% ../nbs/01_data.ipynb #fcd21a3f
-def find_cases(ds:Dataset, split:str="train", strict:bool=True) -> tuple[list[Case], list[str]]:
+def find_cases(ds:Dataset, # from `load_dataset`
+               split:str="train", # 'train' or 'test'
+               strict:bool=True, # raise a `SegcookError` listing every problem
+              ) -> tuple[list[Case], list[str]]:
     "Cases of a split and the problems met finding them (raises on problems when `strict`)."
     errs, cases = [], []
     listed, folder = ds.raw.get(f"{split}-cases"), ds.raw.get(f"{split}-data")
@@ -275,7 +279,7 @@ def make_phantom(out, # folder to create (must not hold another dataset)
                  seed:int=0, # same seed, same dataset
                  post_treatment:bool=False, # BraTS 2024 label set: adds label 4 (resection cavity)
                  test_cases:int=0, # extra labelled cases in test-data
-                 workers:int=1,
+                 workers:int=1, # threads writing cases
                 ) -> Path:
     "Write a phantom dataset (images, labels, dataset.json) to `out`; returns the dataset.json path."
     if kind not in ("brats", "ct"): raise SegcookError(f"unknown phantom kind '{kind}'; available: ['brats', 'ct']")
@@ -311,7 +315,8 @@ def make_phantom(out, # folder to create (must not hold another dataset)
 # %% ../nbs/01_data.ipynb #1a228934
 def show_case(case:Case, # from `Dataset.cases()`
               z:int|None=None, # axial slice (default: the one with most foreground)
-              alpha:float=0.45):
+              alpha:float=0.45, # opacity of the label overlay
+             ):
     "Each channel of `case` on one axial slice with the label overlaid; returns the figure."
     import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
@@ -337,9 +342,9 @@ def show_case(case:Case, # from `Dataset.cases()`
 @dataclass
 class Problem:
     "One thing wrong with a dataset."
-    case: str
-    file: str
-    message: str
+    case: str  # case id (or the split)
+    file: str  # the file concerned (empty: the case as a whole)
+    message: str  # what is wrong
     def __str__(self): return f"{self.case}: {self.file}: {self.message}" if self.file else f"{self.case}: {self.message}"
 
 def _nonfinite(p:Path, a:np.ndarray) -> int:
@@ -378,7 +383,10 @@ def _check_case(c:Case, ds:Dataset, **tol) -> list[Problem]:
     return out
 
 def check_dataset(ds:Dataset|str|Path, # a Dataset or the path of dataset.json
-                  splits=("train", "test"), workers:int=2, **tol) -> list[Problem]:
+                  splits=("train", "test"), # splits to check
+                  workers:int=2, # threads opening files
+                  **tol, # geometry tolerances (see `segcook.core.compare_headers`)
+                 ) -> list[Problem]:
     "Every problem in the dataset (empty list: ready to analyse)."
     if not isinstance(ds, Dataset): ds = load_dataset(ds)
     probs, cases = [], []
@@ -428,7 +436,8 @@ def _msd_case(src:Path, out:Path, entry, chans, split):
 
 def convert_msd(src, # the MSD task folder (holding dataset.json, imagesTr/, labelsTr/)
                 out, # output folder for dataset.json (and split channels)
-                workers:int=2) -> Path:
+                workers:int=2, # threads reading the 4D images
+               ) -> Path:
     "Describe a Medical Segmentation Decathlon task as a segcook dataset; returns the new dataset.json."
     src, out = Path(src).resolve(), Path(out).resolve()
     if out == src or _inside(out, src): raise SegcookError(f"output folder {out} is inside the source {src}; choose a folder outside the dataset")
@@ -468,8 +477,11 @@ def _unique_labels(paths:list[Path], workers=2) -> list[int]:
 
 def convert_csv(train_csv, # columns id, mask, <channel>...
                 out, # output folder for dataset.json
-                test_csv=None, modality:str="mr", labels:list[int]|None=None, # default: read from the masks
-                task:str|None=None) -> Path:
+                test_csv=None, # CSV of test cases, same columns (optional)
+                modality:str="mr", # 'mr' or 'ct'
+                labels:list[int]|None=None, # default: read from the masks
+                task:str|None=None, # task name (default: the file name of `train_csv`, without suffix)
+               ) -> Path:
     "Describe the cases listed in CSV files as a segcook dataset; returns the new dataset.json."
     train_csv, out = Path(train_csv).resolve(), Path(out).resolve()
     chans, rows = _read_paths_csv(train_csv, True)
@@ -489,7 +501,8 @@ def convert_csv(train_csv, # columns id, mask, <channel>...
 
 # %% ../nbs/01_data.ipynb #4f1c8816
 def convert_nnunet(src, # the nnU-Net raw dataset folder (dataset.json, imagesTr/, labelsTr/)
-                   out) -> Path:
+                   out, # folder for the new dataset.json (the source is never modified)
+                  ) -> Path:
     "Describe an nnU-Net v2 raw dataset as a segcook dataset; returns the new dataset.json."
     src, out = Path(src).resolve(), Path(out).resolve()
     if out == src or _inside(out, src): raise SegcookError(f"output folder {out} is inside the source {src}; choose a folder outside the dataset")
@@ -529,7 +542,9 @@ def convert_nnunet(src, # the nnU-Net raw dataset folder (dataset.json, imagesTr
     return write_json(out/"dataset.json", desc)
 
 # %% ../nbs/01_data.ipynb #bfcb6a5e
-def cli_phantom(argv=None) -> int:
+def cli_phantom(argv:list[str]|None=None, # command-line arguments (None: `sys.argv[1:]`)
+               ) -> int:
+    "segcook phantom: write a synthetic BraTS-like (or CT-like) dataset"
     p = cli_parser("segcook phantom", "Write a synthetic BraTS-like (4 MR channels) or CT-like dataset with labels and its dataset.json.",
                    "segcook phantom --out data/phantom --cases 10 --kind brats --size 96 96 64")
     p.add_argument("--out", required=True, help="folder to write (must be empty or an earlier phantom)")
@@ -548,7 +563,9 @@ def cli_phantom(argv=None) -> int:
     return run_cli(go)
 
 # %% ../nbs/01_data.ipynb #05f13e84
-def cli_convert(argv=None) -> int:
+def cli_convert(argv:list[str]|None=None, # command-line arguments (None: `sys.argv[1:]`)
+               ) -> int:
+    "segcook convert: make a dataset.json from an MSD, CSV or nnU-Net v2 dataset"
     p = cli_parser("segcook convert", "Write a segcook dataset.json for an MSD task, a CSV of paths, or an nnU-Net v2 raw dataset. The source is never modified.",
                    "segcook convert nnunet --src nnUNet_raw/Dataset001_BrainTumour --out data/brain")
     sub = p.add_subparsers(dest="fmt", required=True)
@@ -568,7 +585,9 @@ def cli_convert(argv=None) -> int:
     return run_cli(go)
 
 # %% ../nbs/01_data.ipynb #81b088a4
-def cli_check(argv=None) -> int:
+def cli_check(argv:list[str]|None=None, # command-line arguments (None: `sys.argv[1:]`)
+             ) -> int:
+    "segcook check: report every problem in a dataset at once"
     p = cli_parser("segcook check", "Open every file of a dataset and report every problem at once (missing or unreadable files, undeclared labels, "
                    "non-3D images, NaN/inf, geometry mismatches, empty labels, duplicate ids, paths outside the root). Writes nothing.",
                    "segcook check --data data/phantom/dataset.json")

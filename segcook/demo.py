@@ -14,7 +14,12 @@ from .core import cli_parser, run_cli, SegcookError, log
 __all__ = ['demo_steps', 'run_demo', 'cli_demo']
 
 # %% ../nbs/15_demo.ipynb #285937ac
-def demo_steps(root:Path, cases:int=8, size=(48, 48, 40), epochs:int=10, steps:int=20) -> list[tuple[str, str, list[str]]]:
+def demo_steps(root:Path, # working folder (data/ and exp/ are made in it)
+               cases:int=8, # phantom training cases
+               size=(48, 48, 40), # phantom volume size, voxels (x, y, z)
+               epochs:int=10, # training epochs per fold
+               steps:int=20, # steps per epoch
+              ) -> list[tuple[str, str, list[str]]]:
     "The demo as (module, command, arguments) steps, run in order: the stages of `recipes/brats.ipynb`."
     data, exp = root/"data", root/"exp"
     dj, preds = data/"dataset.json", exp/"predictions"
@@ -35,7 +40,8 @@ def demo_steps(root:Path, cases:int=8, size=(48, 48, 40), epochs:int=10, steps:i
 # %% ../nbs/15_demo.ipynb #636c3b59
 def run_demo(root=None, # working folder (default: a new temporary one)
              quick:bool=False, # smallest sizes, for tests
-             stop_after:str|None=None) -> Path:
+             stop_after:str|None=None, # name of the last stage to run (None: all)
+            ) -> Path:
     "Run every stage of the pipeline on a fresh phantom dataset; returns the working folder."
     root = Path(root) if root else Path(tempfile.mkdtemp(prefix="segcook-demo-"))
     kw = dict(cases=4, size=(32, 32, 24), epochs=1, steps=2) if quick else {}
@@ -52,7 +58,9 @@ def run_demo(root=None, # working folder (default: a new temporary one)
     return root
 
 # %% ../nbs/15_demo.ipynb #79e68b57
-def cli_demo(argv=None) -> int:
+def cli_demo(argv:list[str]|None=None, # command-line arguments (None: `sys.argv[1:]`)
+            ) -> int:
+    "segcook demo: every stage on a fresh phantom dataset, small budget"
     p = cli_parser("segcook demo", "Run every stage of the pipeline on a fresh phantom dataset (no download, CPU, a few minutes).",
                    "segcook demo --out /tmp/segcook-demo")
     p.add_argument("--out", help="working folder (default: a new temporary folder)")

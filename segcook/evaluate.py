@@ -21,7 +21,8 @@ __all__ = ['SUMMARY', 'read_classes', 'read_pairs', 'evaluate_case', 'summarize'
            'experiment_pairs', 'evaluate_experiment', 'cli_evaluate']
 
 # %% ../nbs/11_evaluate.ipynb #56ad46de
-def read_classes(src) -> tuple[dict[str, list[int]], dict]:
+def read_classes(src, # dict or JSON file: `{name: labels}` or MIST style `{name: {"labels": ..., "metrics": ...}}`
+                ) -> tuple[dict[str, list[int]], dict]:
     "Classes `{name: labels}` (and any per-metric options) from a dict or a JSON file, plain or MIST style."
     d = read_json(src) if isinstance(src, (str, Path)) else src
     if isinstance(d, dict) and "evaluation" in d: d = d["evaluation"]   # a full MIST config.json
@@ -37,7 +38,8 @@ def read_classes(src) -> tuple[dict[str, list[int]], dict]:
         if isinstance(v, dict) and "metrics" in v: opts[name] = v["metrics"]
     return classes, opts
 
-def read_pairs(csv) -> list[tuple[str, str, str]]:
+def read_pairs(csv, # CSV file with columns id, mask, prediction
+              ) -> list[tuple[str, str, str]]:
     "(id, mask, prediction) triples from a CSV with those three columns; relative paths are relative to the CSV."
     csv = Path(csv)
     if not csv.exists(): raise SegcookError(f"{csv}: file not found")
@@ -54,7 +56,13 @@ def _read_label(path) -> sitk.Image:
     if img.GetDimension() != 3: raise SegcookError(f"{path}: expected a 3D label map, got {img.GetDimension()}D")
     return img
 
-def evaluate_case(case_id:str, mask_path, pred_path, classes:dict, metrics=("dice", "haus95"), tol_mm:float=1.0) -> dict:
+def evaluate_case(case_id:str, # the row id
+                  mask_path, # ground-truth label map
+                  pred_path, # predicted label map (same grid)
+                  classes:dict, # `{name: labels}`
+                  metrics=("dice", "haus95"), # metric names (see `segcook.core.METRICS`)
+                  tol_mm:float=1.0, # NSD tolerance in mm
+                 ) -> dict:
     "The metrics of one case as a flat dict `{'id': ..., 'WT_dice': ..., ...}`."
     diff = compare_headers(mask_path, pred_path)
     if diff: raise SegcookError(f"case {case_id}: prediction {pred_path} does not match its mask {mask_path} ({'; '.join(diff)}); resample it onto the mask's grid")
@@ -69,7 +77,8 @@ def evaluate_case(case_id:str, mask_path, pred_path, classes:dict, metrics=("dic
 SUMMARY = {"Mean": np.nanmean, "Std": np.nanstd, "25th Percentile": lambda a: np.nanpercentile(a, 25),
            "Median": np.nanmedian, "75th Percentile": lambda a: np.nanpercentile(a, 75)}
 
-def summarize(df:pd.DataFrame) -> pd.DataFrame:
+def summarize(df:pd.DataFrame, # one row per case (id + class x metric columns)
+             ) -> pd.DataFrame:
     "`df` (one row per case) with the summary rows appended."
     cols = [c for c in df.columns if c != "id"]
     rows = [{"id": k, **{c: (f(df[c].to_numpy(float)) if df[c].notna().any() else np.nan) for c in cols}} for k, f in SUMMARY.items()]
@@ -98,7 +107,9 @@ def evaluate(pairs:list, # [(id, mask_path, pred_path), ...]
     if out is not None: write_results(df, out)
     return df
 
-def write_results(df:pd.DataFrame, out):
+def write_results(df:pd.DataFrame, # one row per case
+                  out, # results CSV path (the plot goes next to it, .png)
+                 ):
     "Write `df` with summary rows to `out` (CSV) and its box plot to `out` with suffix .png."
     out = Path(out)
     with atomic_path(out) as tmp: summarize(df).to_csv(tmp, index=False)
@@ -106,14 +117,16 @@ def write_results(df:pd.DataFrame, out):
     return out
 
 # %% ../nbs/11_evaluate.ipynb #e86003c7
-def plot_results(df:pd.DataFrame, path=None):
-    "Box plot of every class x metric column of a results table (per-case rows only)."
-    import matplotlib; matplotlib.use("Agg") if path is not None else None
-    import matplotlib.pyplot as plt
+def plot_results(df:pd.DataFrame, # a results table (summary rows are dropped)
+                 path=None, # PNG file to write (None: just return the figure)
+                ):
+    "Box plot of every class x metric column of a results table (per-case rows only); saved to `path` when given."
+    from matplotlib.figure import Figure  # not pyplot: no global backend switch, no figure left open
     df = df[~df["id"].isin(list(SUMMARY))]
     cols = [c for c in df.columns if c != "id"]
     metrics = list(dict.fromkeys(_metric_of(c, cols) for c in cols))
-    fig, axs = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.2), squeeze=False)
+    fig = Figure(figsize=(3.2 * len(metrics), 3.2))
+    axs = fig.subplots(1, len(metrics), squeeze=False)
     for ax, m in zip(axs[0], metrics):
         cs = [c for c in cols if _metric_of(c, cols) == m]
         vals = [df[c].dropna().to_numpy(float) for c in cs]
@@ -122,8 +135,7 @@ def plot_results(df:pd.DataFrame, path=None):
         ax.set_xticks(range(1, len(cs) + 1), [c[: -len(m) - 1] for c in cs]); ax.set_title(m)
     fig.tight_layout()
     if path is not None:
-        with atomic_path(path) as tmp: fig.savefig(tmp, dpi=100)
-        plt.close(fig)
+        with atomic_path(path) as tmp: fig.savefig(tmp, dpi=100, format="png")
     return fig
 
 def _metric_of(col, cols):
@@ -133,7 +145,9 @@ def _metric_of(col, cols):
     return col.rsplit("_", 1)[1]
 
 # %% ../nbs/11_evaluate.ipynb #bf3875c9
-def experiment_pairs(exp, name:str|None=None) -> tuple[list, Path]:
+def experiment_pairs(exp, # experiment folder
+                     name:str|None=None, # prediction folder under `<exp>/predictions` (None: the only one)
+                    ) -> tuple[list, Path]:
     "(id, label, prediction) for every case of `<exp>` with a prediction in `predictions/<name>`."
     exp = Path(exp); root = exp / "predictions"
     if name is None:
@@ -153,7 +167,12 @@ def experiment_pairs(exp, name:str|None=None) -> tuple[list, Path]:
     if missing: log.warning(f"{len(missing)} case(s) without a prediction in {pdir} skipped: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
     return pairs, pdir
 
-def evaluate_experiment(exp, name:str|None=None, metrics=None, out=None, workers:int|None=None) -> pd.DataFrame:
+def evaluate_experiment(exp, # experiment folder (config.json, cases.csv, predictions/)
+                        name:str|None=None, # prediction folder under `<exp>/predictions` (None: the only one)
+                        metrics=None, # metric names (None: the plan's)
+                        out=None, # results CSV (None: `<exp>/results.csv`)
+                        workers:int|None=None, # processes (None: all cores; 1: in this process)
+                       ) -> pd.DataFrame:
     "Evaluate `<exp>/predictions/<name>` with the plan's classes; writes `<exp>/results.csv` (or `out`)."
     exp = Path(exp); plan = load_plan(exp / "config.json")
     classes = plan.labels.final_classes or {str(l): [l] for l in plan.labels.labels if l != 0}
@@ -161,7 +180,8 @@ def evaluate_experiment(exp, name:str|None=None, metrics=None, out=None, workers
     return evaluate(pairs, classes, metrics or plan.evaluate.metrics, out or exp / "results.csv", workers, plan.evaluate.nsd_tolerance_mm)
 
 # %% ../nbs/11_evaluate.ipynb #672b1d4d
-def cli_evaluate(argv:list[str]|None=None) -> int:
+def cli_evaluate(argv:list[str]|None=None, # command-line arguments (None: `sys.argv[1:]`)
+                ) -> int:
     "segcook evaluate: Dice, HD95, NSD, ... per case and class -> results.csv"
     p = cli_parser("segcook evaluate", "Evaluate predictions against ground truth: one row per case, one column per class x metric, "
                    "summary rows (Mean, Std, percentiles) and a box plot (results.png). Metrics: dice, haus95 (hd95), "

@@ -27,7 +27,9 @@ __all__ = ['BRATS_THRESHOLDS', 'TIMING_FIELDS', 'gaussian_weights', 'window_star
 # %% ../nbs/09_inference.ipynb #0e08455b
 def gaussian_weights(ps:Sequence[int], # window size (x, y, z)
                      sigma:float=0.125, # standard deviation as a fraction of the window, per axis
-                     device=None, dtype=torch.float32) -> torch.Tensor:
+                     device=None, # torch device of the result
+                     dtype=torch.float32, # torch dtype of the result
+                    ) -> torch.Tensor:
     "Window weights: a separable Gaussian that is 1 at the centre, floored at 1e-3 (as MONAI)."
     w = None
     for n in ps:
@@ -39,7 +41,8 @@ def gaussian_weights(ps:Sequence[int], # window size (x, y, z)
 # %% ../nbs/09_inference.ipynb #a04a71fd
 def window_starts(size:Sequence[int], # image size (after padding), per axis
                   ps:Sequence[int], # window size, per axis
-                  overlap:float=0.5) -> list[list[int]]:
+                  overlap:float=0.5, # fraction of a window shared with its neighbour, per axis
+                 ) -> list[list[int]]:
     "Start index of every window along each axis (MONAI's placement)."
     out = []
     for n, p in zip(size, ps):
@@ -116,7 +119,8 @@ def _count_map(size, ps, grid, w) -> torch.Tensor:
     return c
 
 # %% ../nbs/09_inference.ipynb #20514f7b
-def flip_sets(axes:Sequence[int]|None) -> list[tuple[int, ...]]:
+def flip_sets(axes:Sequence[int]|None, # spatial axes that may be flipped (None or empty: no TTA)
+             ) -> list[tuple[int, ...]]:
     "Every subset of the spatial `axes` (0 = x), the empty one (no flip) first."
     axes = sorted(set(axes or []))
     return [c for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)]
@@ -124,13 +128,16 @@ def flip_sets(axes:Sequence[int]|None) -> list[tuple[int, ...]]:
 # %% ../nbs/09_inference.ipynb #1a55259f
 def predict_volume(nets:Sequence[torch.nn.Module]|torch.nn.Module, # one model or several (folds)
                    image:torch.Tensor, # (C, X, Y, Z) preprocessed
-                   patch_size:Sequence[int],
+                   patch_size:Sequence[int], # window size (x, y, z)
                    act:str|None="softmax", # 'softmax' (labels), 'sigmoid' (regions), None: mean of logits
                    tta_axes:Sequence[int]|None=None, # spatial axes to flip (None: no TTA)
-                   overlap:float=0.5, sigma:float=0.125, sw_batch_size:int=1,
+                   overlap:float=0.5, # fraction of a window shared with its neighbour
+                   sigma:float=0.125, # Gaussian blending, fraction of the window
+                   sw_batch_size:int=1, # windows per network call
                    device=None, # where the output is stitched (default: the image's)
                    sw_device=None, # where the networks run (default: each network's)
-                   amp:bool=False) -> torch.Tensor:
+                   amp:bool=False, # autocast (mixed precision) on CUDA
+                  ) -> torch.Tensor:
     "Mean over models and flips of the sliding-window probabilities (or logits, `act=None`): (out, X, Y, Z)."
     nets = [nets] if isinstance(nets, torch.nn.Module) else list(nets)
     x, acc, n = image[None], None, 0
@@ -148,7 +155,8 @@ def predict_volume(nets:Sequence[torch.nn.Module]|torch.nn.Module, # one model o
 BRATS_THRESHOLDS = {"WT": 0.45, "TC": 0.4, "ET": 0.45}
 
 def region_thresholds(regions:dict[str, list[int]], # name -> labels
-                      thresholds:dict[str, float]|None=None) -> dict[str, float]:
+                      thresholds:dict[str, float]|None=None, # given thresholds by region name (others: default)
+                     ) -> dict[str, float]:
     "Threshold of each region: given, else BraTS's for WT/TC/ET, else 0.5."
     thresholds = thresholds or {}
     return {r: float(thresholds.get(r, BRATS_THRESHOLDS.get(r.upper(), 0.5))) for r in regions}
@@ -169,7 +177,8 @@ def _region_order(regions:dict) -> list[tuple[str, str|None, int]]:
 # %% ../nbs/09_inference.ipynb #dbe96f5e
 def regions_to_labels(probs, # (R, X, Y, Z) sigmoid outputs, one per region, in `regions` order
                       regions:dict[str, list[int]], # name -> labels, e.g. {'WT': [1,2,3], 'TC': [1,3], 'ET': [3]}
-                      thresholds:dict[str, float]|None=None) -> np.ndarray:
+                      thresholds:dict[str, float]|None=None, # threshold by region name (None: `region_thresholds` defaults)
+                     ) -> np.ndarray:
     "A label map from region probabilities: nested thresholds, largest region first."
     probs = torch.as_tensor(probs)
     idx = {r: i for i, r in enumerate(regions)}
@@ -183,7 +192,8 @@ def regions_to_labels(probs, # (R, X, Y, Z) sigmoid outputs, one per region, in 
     return lbl.cpu().numpy()
 
 def labels_of(out:torch.Tensor, # (K, X, Y, Z) probabilities or logits (argmax is the same)
-              labels:Sequence[int]) -> np.ndarray:
+              labels:Sequence[int], # label value of each channel
+             ) -> np.ndarray:
     "Argmax over channels, mapped to the label values."
     lut = torch.as_tensor(list(labels), device=out.device)
     return lut[out.argmax(0)].to(torch.uint8 if max(labels) < 256 else torch.int16).cpu().numpy()
@@ -203,7 +213,10 @@ def _resample_axis(t:torch.Tensor, c:torch.Tensor, dim:int) -> torch.Tensor:
     return t.index_select(dim, i0) * (1 - w) + t.index_select(dim, i1) * w
 
 def resample_torch(t:torch.Tensor, # (C, X, Y, Z)
-                   sp_in:Sequence[float], size_out:Sequence[int], sp_out:Sequence[float]) -> torch.Tensor:
+                   sp_in:Sequence[float], # spacing of `t`, mm (x, y, z)
+                   size_out:Sequence[int], # voxels of the new grid (x, y, z)
+                   sp_out:Sequence[float], # spacing of the new grid, mm
+                  ) -> torch.Tensor:
     "`t` resampled linearly (one axis at a time) onto a grid with the same centre: (C, *size_out)."
     for a in range(3):
         if t.shape[a + 1] == size_out[a] and abs(sp_in[a] - sp_out[a]) < 1e-9: continue
@@ -217,12 +230,14 @@ def _vector_to_xyz(img) -> np.ndarray:
     return a.transpose(3, 2, 1, 0) if a.ndim == 4 else a.transpose(2, 1, 0)[None]
 
 def native_probs(probs:torch.Tensor, # (C, X, Y, Z) on the training grid
-                 meta:dict) -> np.ndarray:
+                 meta:dict, # the case's meta (from preprocessing)
+                ) -> np.ndarray:
     "Probabilities on the input's voxels (C, x, y, z), linear per channel (accurate path)."
     return _vector_to_xyz(to_native(probs.float().cpu().numpy(), meta, is_label=False))
 
 def native_fast(out:torch.Tensor, # (C, X, Y, Z) logits (or probabilities) on the training grid
-                meta:dict) -> torch.Tensor:
+                meta:dict, # the case's meta (from preprocessing)
+               ) -> torch.Tensor:
     "`out` resampled with torch onto the reoriented input grid (before un-reorienting and un-cropping)."
     r, g = meta["resampled"], meta["reoriented"]
     return resample_torch(out.float(), r["spacing"], g["size"], g["spacing"])
@@ -232,14 +247,19 @@ def _unreorient_label(lbl:np.ndarray, meta:dict):
     return to_native(lbl, {**meta, "resampled": meta["reoriented"]}, is_label=True)
 
 # %% ../nbs/09_inference.ipynb #f6af775b
-def available_folds(exp, ckpt:str="best.pt") -> list[int]:
+def available_folds(exp, # experiment folder
+                    ckpt:str="best.pt", # checkpoint file name in `models/fold_<k>/`
+                   ) -> list[int]:
     "Folds of `exp` with a checkpoint `ckpt`."
     root = Path(exp)/"models"
     ks = [int(p.name.split("_", 1)[1]) for p in root.glob("fold_*") if (p/ckpt).exists() and p.name.split("_", 1)[1].isdigit()]
     return sorted(ks)
 
-def load_models(exp, folds:Sequence[int]|None=None, # None: every fold with a checkpoint
-                device="cpu", ckpt:str="best.pt") -> tuple[list[torch.nn.Module], list[int], list]:
+def load_models(exp, # experiment folder
+                folds:Sequence[int]|None=None, # None: every fold with a checkpoint
+                device="cpu", # where the networks go
+                ckpt:str="best.pt", # checkpoint file name in `models/fold_<k>/`
+               ) -> tuple[list[torch.nn.Module], list[int], list]:
     "The networks of the folds (eval mode, on `device`), the folds, and their plans."
     from segcook.train import load_model   # lazily: the training module pulls in the loader (DALI)
     have = available_folds(exp, ckpt)
@@ -287,7 +307,8 @@ def _flat_inputs(folder:Path, names:list[str]) -> list[tuple[str, dict]]:
     return [(stem(f), {names[0]: f}) for f in files]
 
 def find_inputs(src, # paths.csv, dataset.json or a folder
-                plan) -> list[tuple[str, dict[str, Path]]]:
+                plan, # the experiment's plan (its channel names)
+               ) -> list[tuple[str, dict[str, Path]]]:
     "(id, {channel: path}) for every case to predict."
     src, names = Path(src), [c.name for c in plan.channels]
     if not src.exists(): raise SegcookError(f"{src}: input not found (a folder, a paths.csv or a dataset.json)")
@@ -398,9 +419,19 @@ def _refuse_inside(out:Path, cases, extra=()):
     if bad: raise SegcookError(f"{out}: output folder is inside the input data folder {bad[0]}; choose a folder outside the dataset")
 
 # %% ../nbs/09_inference.ipynb #d51d44e4
-def run_cases(nets, cases:list, # [(id, {channel: path}), ...]
-              plan, out, fast:bool=False, tta_axes=None, probs:str|None=None, device=None,
-              overwrite:bool=False, exp=None, reference=None, stitch_device=None) -> list[Path]:
+def run_cases(nets, # the ensemble (eval mode)
+              cases:list, # [(id, {channel: path}), ...]
+              plan, # the plan the models were trained with
+              out, # folder for the predictions
+              fast:bool=False, # no TTA, argmax on logits, resampling in torch
+              tta_axes=None, # axes flipped for TTA (None: no TTA)
+              probs:str|None=None, # also write probabilities: 'npz' or 'nifti' (None: no)
+              device=None, # torch device (None: CUDA when available)
+              overwrite:bool=False, # redo finished cases
+              exp=None, # experiment folder (for histogram-matching references)
+              reference=None, # histogram-matching reference (channel -> path)
+              stitch_device=None, # where windows are stitched (None: the image's device)
+             ) -> list[Path]:
     "Predict `cases` with the ensemble `nets` into `out`; skips finished cases; returns the label files."
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -467,9 +498,13 @@ def predict(exp, # experiment folder (config.json, models/fold_<k>/best.pt)
 # %% ../nbs/09_inference.ipynb #c80f0dec
 def predict_oof(exp, # experiment folder (config.json, cases.csv, folds.json, models/)
                 folds:Sequence[int]|None=None, # folds (None: every trained fold)
-                fast:bool=False, tta:bool|None=None, probs:bool|str=False, device=None, overwrite:bool=False,
+                fast:bool=False, # no TTA, argmax on logits, resampling in torch
+                tta:bool|None=None, # flip TTA (None: the plan's setting)
+                probs:bool|str=False, # also write probabilities: True/'npz' or 'nifti'
+                device=None, # torch device (None: CUDA when available)
+                overwrite:bool=False, # redo finished predictions
                 name:str="oof", # predictions/<name>
-                stitch_device=None,
+                stitch_device=None, # where windows are stitched (None: the image's device)
                ) -> list[Path]:
     "Each fold's model predicts that fold's held-out cases into `<exp>/predictions/<name>/`."
     exp = Path(exp); plan = load_plan(exp)
@@ -489,7 +524,8 @@ def predict_oof(exp, # experiment folder (config.json, cases.csv, folds.json, mo
     return done
 
 # %% ../nbs/09_inference.ipynb #3575f63e
-def cli_predict(argv:list[str]|None=None) -> int:
+def cli_predict(argv:list[str]|None=None, # command-line arguments (None: `sys.argv[1:]`)
+               ) -> int:
     "segcook predict: sliding-window inference back to native geometry"
     p = cli_parser("segcook predict", "Predict label maps with the ensemble of an experiment's trained folds: sliding window "
                    "(Gaussian blending), flips (TTA), regions -> labels, back to each input's geometry as <id>.nii.gz. "

@@ -60,7 +60,9 @@ def _npy_shape(p:Path):
     return a.shape, a.dtype
 
 def check_case_dir(d, # a folder `<exp>/preprocessed/<id>`
-                   need_label:bool=True, n_channels:int|None=None) -> tuple[int, ...]:
+                   need_label:bool=True, # label.npy must exist
+                   n_channels:int|None=None, # expected image channels (None: any)
+                  ) -> tuple[int, ...]:
     "Check one preprocessed case folder; returns the image shape `(C, X, Y, Z)`."
     d = Path(d)
     if not (d/"meta.json").exists():
@@ -87,7 +89,10 @@ def _check_cases(case_dirs, need_label=True) -> int:
 
 # %% ../nbs/06_loader.ipynb #32cae20e
 def shard_order(n:int, # number of cases
-                seed:int, epoch:int, shard_id:int=0, num_shards:int=1,
+                seed:int, # seed of the shuffle
+                epoch:int, # epoch (reshuffles)
+                shard_id:int=0, # this rank
+                num_shards:int=1, # number of ranks
                 min_len:int=1, # at least this many entries (several passes)
                ) -> list[int]:
     "Case indices rank `shard_id` reads in `epoch`: disjoint from the other ranks within each pass."
@@ -228,7 +233,8 @@ def _grid(a:torch.Tensor, # (3, 3) patch -> box map, (x, y, z) order
     return norm.flip(-1)[None]                                                          # grid_sample wants (z, y, x)
 
 def warp_patches(b:dict, # DALI outputs: image/label boxes, roff (B,3), mat (B,3,4), do (B,)
-                 ps) -> dict:
+                 ps, # patch size, voxels (x, y, z)
+                ) -> dict:
     "Patches of size `ps` from their boxes: a crop, or linear (image) / nearest (label) resampling."
     img, lbl, out_i, out_l = b["image"], b["label"], [], []
     for i in range(img.shape[0]):
@@ -242,7 +248,10 @@ def warp_patches(b:dict, # DALI outputs: image/label boxes, roff (B,3), mat (B,3
         out_l.append(F.grid_sample(lbl[i:i + 1].float(), g, mode="nearest", padding_mode="zeros", align_corners=True)[0].to(lbl.dtype))
     return {"image": torch.stack(out_i), "label": torch.stack(out_l)}
 
-def flip_batch(b:dict, aug:Augment, g:torch.Generator) -> dict:
+def flip_batch(b:dict, # {"image": (B,C,X,Y,Z), "label": (B,1,X,Y,Z)}
+               aug:Augment, # augmentation settings
+               g:torch.Generator, # random generator
+              ) -> dict:
     "Mirror each patch's image and label together along each allowed axis with probability `p_flip`."
     f = (torch.rand(b["image"].shape[0], 3, generator=g, device=g.device) < aug.p_flip).tolist()
     for i, fi in enumerate(f):
@@ -271,7 +280,8 @@ def _conv_axis(x:torch.Tensor, k:torch.Tensor, d:int) -> torch.Tensor:
     return out
 
 def blur3d(x:torch.Tensor, # (C, X, Y, Z)
-           sigma:float) -> torch.Tensor:
+           sigma:float, # standard deviation, voxels
+          ) -> torch.Tensor:
     "Separable Gaussian blur of each channel (sigma in voxels, edges replicated, kernel truncated at 3 sigma)."
     k = _gauss_kernel(sigma, x.device)
     for d in (1, 2, 3): x = _conv_axis(x, k, d)
@@ -296,7 +306,9 @@ def _lowres(x, zoom:float):
     return F.interpolate(y, size=sz, mode="trilinear", align_corners=False)[0]
 
 def augment_sample(x:torch.Tensor, # one image patch (C, X, Y, Z), changed in place
-                   aug:Augment, g:torch.Generator) -> torch.Tensor:
+                   aug:Augment, # augmentation settings
+                   g:torch.Generator, # random generator
+                  ) -> torch.Tensor:
     "Intensity augmentation of one patch: noise, blur, brightness, contrast, low resolution, gamma."
     ps = [aug.p_noise, aug.p_blur, aug.p_brightness, aug.p_contrast, aug.p_lowres, aug.p_gamma, aug.p_gamma_invert]
     do = dict(zip(("noise", "blur", "bright", "contrast", "lowres", "gamma", "inv"), [r < p for r, p in zip(_u(g, 0, 1, 7), ps)]))
@@ -316,7 +328,8 @@ def augment_sample(x:torch.Tensor, # one image patch (C, X, Y, Z), changed in pl
 
 def augment_batch(batch:dict, # {"image": (B,C,X,Y,Z), "label": ...}
                   aug:Augment|Plan|None, # settings (a Plan or None: the defaults)
-                  generator:torch.Generator) -> dict:
+                  generator:torch.Generator, # random generator
+                 ) -> dict:
     "Intensity augmentation of every patch of a batch, in torch on the batch's device."
     aug = aug if isinstance(aug, Augment) else Augment()
     if not aug.enabled: return batch
@@ -422,7 +435,8 @@ def make_train_loader(case_dirs:list, # folders `<exp>/preprocessed/<id>` (finis
                       plan:Plan, # patch size (spatial.patch_size), oversampling (train.oversampling), labels
                       batch_size:int, # patches per batch on this rank
                       seed:int=0, # same seed, same batches
-                      shard_id:int=0, num_shards:int=1, # DDP rank and world size
+                      shard_id:int=0, # this rank
+                      num_shards:int=1, # DDP rank and world size
                       device_id:int|None=None, # CUDA device of this rank; None: CPU pipeline
                       steps:int|None=None, # batches per epoch; None: infinite
                       aug:Augment|None=None, # augmentation; None: `Augment()`, `Augment.off()`: none
@@ -459,7 +473,9 @@ class ValLoader:
         for d, b in zip(self.dirs, it): yield d.name, b[0]["image"], b[0]["label"]
 
 def make_val_loader(case_dirs:list, # folders `<exp>/preprocessed/<id>`
-                    plan:Plan, shard_id:int=0, num_shards:int=1,
+                    plan:Plan, # the experiment plan
+                    shard_id:int=0, # this rank
+                    num_shards:int=1, # number of ranks
                     device_id:int|None=None, # CUDA device; None: CPU tensors
                    ) -> ValLoader:
     "Iterable of whole cases `(case_id, image (1,C,X,Y,Z), label (1,1,X,Y,Z))` for this rank."

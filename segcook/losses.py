@@ -95,7 +95,13 @@ class SegLoss(nn.Module):
 # %% ../nbs/05_losses.ipynb #4590cc9d
 def _spatial(x): return list(range(2, x.dim()))
 
-def soft_dice(p, y, m=None, smooth_nr=1e-5, smooth_dr=1e-5, batch=False) -> torch.Tensor:
+def soft_dice(p, # probabilities (B, C, ...)
+              y, # targets, same shape
+              m=None, # voxel mask (None: every voxel)
+              smooth_nr=1e-5, # added to the numerator
+              smooth_dr=1e-5, # added to the denominator
+              batch=False, # sum over the batch too (one Dice per channel)
+             ) -> torch.Tensor:
     "Soft Dice loss per channel (and per sample unless `batch`): `1 - (2|p y| + s_nr) / (|p| + |y| + s_dr)`."
     if m is not None: p, y = p * m, y * m
     dims = ([0] if batch else []) + _spatial(p)
@@ -168,7 +174,9 @@ def _maxpool(x, n, k):
 def _dilate(x): n = x.dim() - 2; return _maxpool(x, n, (3,) * n)
 def _open(x): return _dilate(_erode(x))
 
-def soft_skeleton(x, iters:int=3) -> torch.Tensor:
+def soft_skeleton(x, # probabilities (B, C, ...)
+                  iters:int=3, # erosions
+                 ) -> torch.Tensor:
     "Soft morphological skeleton of probabilities `x` (B, C, ...), `iters` erosions deep."
     skel = F.relu(x - _open(x))
     for _ in range(iters):
@@ -241,7 +249,8 @@ class GSLoss(_DTMLoss):
         return (1 - num / den).mean()
 
 # %% ../nbs/05_losses.ipynb #c6ad4e4b
-def grad_magnitude(x:torch.Tensor) -> torch.Tensor:
+def grad_magnitude(x:torch.Tensor, # tensor (B, C, ...)
+                  ) -> torch.Tensor:
     "Gradient magnitude of `x` (B, C, ...) by forward differences (0 at the far edge of each axis)."
     g2 = 0
     for d in range(2, x.dim()): g2 = g2 + torch.diff(x, dim=d, append=x.narrow(d, x.shape[d] - 1, 1)) ** 2
@@ -254,7 +263,9 @@ class EdgeLoss(SegLoss):
         return _masked_mean((grad_magnitude(b.p[:, c]) - grad_magnitude(b.y[:, c])) ** 2, b.m)
 
 # %% ../nbs/05_losses.ipynb #6eeb402a
-def scheduled(w, t:float) -> float:
+def scheduled(w, # a number, or `{'start', 'end', 'schedule': 'linear'|'cosine'|'step', 'at'}`
+              t:float, # fraction of training done, 0..1
+             ) -> float:
     "The value of weight `w` (number or schedule dict) at training fraction `t`."
     if isinstance(w, (int, float)): return float(w)
     a, b, kind = float(w.get("start", 0.0)), float(w.get("end", 1.0)), w.get("schedule", "linear")
@@ -324,12 +335,15 @@ class DeepSupervisionLoss(nn.Module):
         return out
 
 # %% ../nbs/05_losses.ipynb #19ddc427
-def loss_kwargs(plan:Plan) -> dict:
+def loss_kwargs(plan:Plan, # the experiment plan
+               ) -> dict:
     "The label-handling keywords every loss gets from the plan."
     return dict(labels=list(plan.labels.labels), regions=plan.labels.regions, ignore_label=plan.labels.ignore_label,
                 spacing=list(plan.spatial.target_spacing) if plan.spatial.target_spacing else None)
 
-def build_loss(plan:Plan, **overrides) -> nn.Module:
+def build_loss(plan:Plan, # the experiment plan
+               **overrides, # entries replacing `plan.train.loss_kwargs`
+              ) -> nn.Module:
     "The loss `plan.train.loss` with `plan.train.loss_kwargs`, wrapped for deep supervision when it is on."
     kw = {**loss_kwargs(plan), **plan.train.loss_kwargs, **overrides}
     ds_mode = kw.pop("ds_mode", "nearest")
@@ -337,7 +351,8 @@ def build_loss(plan:Plan, **overrides) -> nn.Module:
     return DeepSupervisionLoss(loss, ds_mode) if plan.train.deep_supervision > 0 else loss
 
 # %% ../nbs/05_losses.ipynb #d60b9ba5
-def cli_losses(argv:list[str]|None=None) -> int:
+def cli_losses(argv:list[str]|None=None, # command-line arguments (None: `sys.argv[1:]`)
+              ) -> int:
     "segcook losses: list registered losses with one-line descriptions."
     p = cli_parser("segcook losses", "List registered losses (set one with train.loss in config.json).", "segcook losses")
     p.parse_args(argv)

@@ -29,7 +29,8 @@ def surfel_areas(spacing:tuple) -> np.ndarray:
 
 _BITS = [(a, b, c) for a in (0, 1) for b in (0, 1) for c in (0, 1)]  # weight 128 >> i
 
-def corner_codes(mask:np.ndarray) -> np.ndarray:
+def corner_codes(mask:np.ndarray, # boolean mask (x, y, z)
+                ) -> np.ndarray:
     "The 8-bit code of every voxel corner of `mask` (shape + 1): which of its 8 neighbour voxels are set."
     q = np.zeros(tuple(s + 2 for s in mask.shape), np.uint8)
     q[1:-1, 1:-1, 1:-1] = mask != 0
@@ -58,9 +59,13 @@ def _nearest(src:np.ndarray, dst:np.ndarray) -> np.ndarray:
 @dataclass
 class SurfaceDistances:
     "Corner areas (mm^2) and distances (mm) to the other surface, for the ground truth and the prediction."
-    d_gt: np.ndarray; a_gt: np.ndarray; d_pred: np.ndarray; a_pred: np.ndarray
+    d_gt: np.ndarray  # distance (mm) of each ground-truth surface element to the predicted surface
+    a_gt: np.ndarray  # area (mm^2) of each ground-truth surface element
+    d_pred: np.ndarray  # distance (mm) of each predicted surface element to the ground-truth surface
+    a_pred: np.ndarray  # area (mm^2) of each predicted surface element
 
-def surface_distances(gt:np.ndarray, pred:np.ndarray, # masks (bool), same shape
+def surface_distances(gt:np.ndarray, # ground-truth mask (x, y, z)
+                      pred:np.ndarray, # masks (bool), same shape
                       spacing=(1., 1., 1.), # mm per voxel along each axis
                       codes=None, # optional function mask -> corner codes (default `corner_codes`)
                      ) -> SurfaceDistances:
@@ -89,24 +94,32 @@ def _directed_pct(d, a, q):
     cum = np.cumsum(a) / np.sum(a)
     return float(d[min(int(np.searchsorted(cum, q / 100.0)), len(d) - 1)])
 
-def hausdorff_pct(s:SurfaceDistances, q:float=95) -> float:
+def hausdorff_pct(s:SurfaceDistances, # from `surface_distances`
+                  q:float=95, # percentile
+                 ) -> float:
     "Symmetric area-weighted `q`-th percentile Hausdorff distance (mm)."
     return max(_directed_pct(s.d_gt, s.a_gt, q), _directed_pct(s.d_pred, s.a_pred, q))
 
-def hausdorff(s:SurfaceDistances) -> float:
+def hausdorff(s:SurfaceDistances, # from `surface_distances`
+             ) -> float:
     "Hausdorff distance (mm): the largest distance from either surface to the other."
     if len(s.d_gt) == 0 or len(s.d_pred) == 0: return np.inf
     return float(max(s.d_gt.max(), s.d_pred.max()))
 
-def assd(s:SurfaceDistances) -> float:
+def assd(s:SurfaceDistances, # from `surface_distances`
+        ) -> float:
     "Average symmetric surface distance (mm), area-weighted over both surfaces (MIST's `avg_surf`)."
     return float((np.sum(s.d_gt * s.a_gt) + np.sum(s.d_pred * s.a_pred)) / (np.sum(s.a_gt) + np.sum(s.a_pred)))
 
-def nsd(s:SurfaceDistances, tol_mm:float=1.0) -> float:
+def nsd(s:SurfaceDistances, # from `surface_distances`
+        tol_mm:float=1.0, # tolerance, mm
+       ) -> float:
     "Normalised surface Dice: the area of both surfaces within `tol_mm` of the other, over their total area."
     return float((s.a_gt[s.d_gt <= tol_mm].sum() + s.a_pred[s.d_pred <= tol_mm].sum()) / (s.a_gt.sum() + s.a_pred.sum()))
 
-def dice(gt:np.ndarray, pred:np.ndarray) -> float:
+def dice(gt:np.ndarray, # ground-truth mask
+         pred:np.ndarray, # predicted mask (same shape)
+        ) -> float:
     "Dice coefficient of two masks (NaN when both are empty; `class_metrics` applies the convention)."
     gt, pred = gt != 0, pred != 0
     den = int(gt.sum()) + int(pred.sum())
@@ -129,14 +142,17 @@ register_metric("avg_surf")(Metric(lambda g, p, s, **k: assd(s), 0.0, None, True
 register_metric("surf_dice")(Metric(lambda g, p, s, tol_mm=1.0, **k: nsd(s, tol_mm), 1.0, 0.0, True, True))
 
 ALIASES = {"hd95": "haus95", "hd": "hausdorff", "assd": "avg_surf", "nsd": "surf_dice"}
-def metric_name(name:str) -> str:
+def metric_name(name:str, # a metric name or alias
+               ) -> str:
     "The registered name of a metric (aliases: hd95, hd, assd, nsd)."
     name = ALIASES.get(name.lower(), name.lower())
     METRICS[name]  # raises a SegcookError listing what is available
     return name
 
-def class_metrics(gt:np.ndarray, pred:np.ndarray, # masks of one class
-                  spacing=(1., 1., 1.), metrics=("dice", "haus95"),
+def class_metrics(gt:np.ndarray, # ground-truth mask (x, y, z)
+                  pred:np.ndarray, # masks of one class
+                  spacing=(1., 1., 1.), # voxel size, mm (x, y, z)
+                  metrics=("dice", "haus95"), # metric names or aliases
                   tol_mm:float=1.0, # NSD tolerance
                   diagonal_mm:float|None=None, # worst distance; default: the diagonal of this array
                  ) -> dict[str, float]:
@@ -151,9 +167,12 @@ def class_metrics(gt:np.ndarray, pred:np.ndarray, # masks of one class
     return {m: float(METRICS[m].fn(gt, pred, s, tol_mm=tol_mm)) for m in names}
 
 # %% ../nbs/10_metrics.ipynb #f128af88
-def case_metrics(gt_lbl:np.ndarray, pred_lbl:np.ndarray, # label maps, same shape
+def case_metrics(gt_lbl:np.ndarray, # ground-truth label map (x, y, z)
+                 pred_lbl:np.ndarray, # label maps, same shape
                  classes:dict, # class name -> list of labels
-                 spacing=(1., 1., 1.), metrics=("dice", "haus95"), tol_mm:float=1.0,
+                 spacing=(1., 1., 1.), # voxel size, mm (x, y, z)
+                 metrics=("dice", "haus95"), # metric names or aliases
+                 tol_mm:float=1.0, # NSD tolerance, mm
                  diagonal_mm:float|None=None, # worst distance (default: the diagonal of these arrays)
                 ) -> dict[str, float]:
     "Every metric of every class of one case, as `{f'{class}_{metric}': value}`."
@@ -186,7 +205,9 @@ def _cc26(mask:np.ndarray) -> np.ndarray:
 def _dilate(mask:np.ndarray, it:int) -> np.ndarray:
     return ndi.binary_dilation(mask, structure=_ST18, iterations=it) if it > 0 else mask.astype(bool)
 
-def merge_by_dilation(mask:np.ndarray, it:int) -> np.ndarray:
+def merge_by_dilation(mask:np.ndarray, # boolean mask (x, y, z)
+                      it:int, # dilation iterations
+                     ) -> np.ndarray:
     "Lesion map: components of `mask`, those whose `it`-fold dilations touch sharing one number."
     if not mask.any(): return np.zeros(mask.shape, np.int32)
     return np.where(mask, _cc26(_dilate(mask, it)), 0).astype(np.int32)
@@ -235,7 +256,8 @@ def _cross_merge(maps:dict) -> dict:
     return out
 
 # %% ../nbs/10_metrics.ipynb #3a69e0b5
-def instance_codes(lbl:np.ndarray) -> np.ndarray:
+def instance_codes(lbl:np.ndarray, # lesion-numbered map (x, y, z)
+                  ) -> np.ndarray:
     "Corner codes of a lesion-numbered map as the official 2024 code computes them (8-bit weighted sums)."
     q = np.zeros(tuple(s + 2 for s in lbl.shape), np.int64)
     q[1:-1, 1:-1, 1:-1] = lbl.astype(np.uint8)
@@ -283,8 +305,10 @@ def _sens_spec(g, p, size):
     sens = 1.0 if (g.sum() == 0 and p.sum() == 0) else tp / (tp + fn + np.finfo(float).tiny)
     return sens, tn / (tn + fp + np.finfo(float).tiny)
 
-def brats_lesionwise(gt_lbl:np.ndarray, pred_lbl:np.ndarray, # label maps (x, y, z)
-                     spacing=(1., 1., 1.), version:int=2023, # 2023 or 2024 (post-treatment labels)
+def brats_lesionwise(gt_lbl:np.ndarray, # ground-truth label map (x, y, z)
+                     pred_lbl:np.ndarray, # label maps (x, y, z)
+                     spacing=(1., 1., 1.), # voxel size, mm (x, y, z)
+                     version:int=2023, # 2023 or 2024 (post-treatment labels)
                      legacy_quirks:bool|None=None, # 2024: whole-image HD95 on lesion-numbered maps (official)
                     ):
     "The official BraTS table (one row per region) for one case."

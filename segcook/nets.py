@@ -113,7 +113,8 @@ class SegNet(nn.Module):
             return [h(f) for h, f in zip(self.head, feats[:self.deep_supervision + 1])]
         return self.head[0](feats[0])
 
-def net_parts(net:nn.Module) -> dict[str, nn.Module]:
+def net_parts(net:nn.Module, # a network
+             ) -> dict[str, nn.Module]:
     "The named parts of `net`: its `parts()` or its `encoder`/`decoder`/`head` attributes."
     if hasattr(net, "parts"): return net.parts()
     missing = [p for p in ("encoder", "decoder", "head") if not isinstance(getattr(net, p, None), nn.Module)]
@@ -191,20 +192,35 @@ class _UpStage(nn.Module):
 
 # %% ../nbs/04_nets.ipynb #ec65bb0f
 @register_arch("nnunet")
-def nnunet(in_channels, out_channels, patch_size, spacing=None,
+def nnunet(in_channels, # image channels the network sees
+           out_channels, # outputs: one per label (softmax) or region (sigmoid)
+           patch_size, # training patch, voxels (x, y, z)
+           spacing=None, # voxel size, mm (x, y, z) (None: isotropic)
            residual:bool=False, # residual encoder blocks (ResEnc)
            pocket:bool=False, # constant width across depth (MIST's pocket nnU-Net)
            deep_supervision:int=0, # extra heads on coarser decoder levels
            vae:bool=False, # variational-autoencoder regularisation branch (training only)
-           base:int=32, max_width:int=320, max_pools:int=5, **kw):
+           base:int=32, # width of the first stage
+           max_width:int=320, # widest stage
+           max_pools:int=5, # most downsamplings per axis
+           **kw, # passed on to the network class
+          ):
     "nnU-Net-style dynamic U-Net: topology from patch size and spacing, instance norm, leaky ReLU."
     k, s = get_topology(patch_size, spacing, max_pools)
     widths = [base] * len(s) if pocket else [min(base * 2**i, max_width) for i in range(len(s))]
     return DynamicUNet(in_channels, out_channels, k, s, widths, residual, deep_supervision, vae, **kw)
 
 @register_arch("unet")
-def unet(in_channels, out_channels, patch_size, spacing=None, deep_supervision:int=0,
-         base:int=32, max_width:int=320, max_pools:int=4, **kw):
+def unet(in_channels, # image channels the network sees
+         out_channels, # outputs: one per label (softmax) or region (sigmoid)
+         patch_size, # training patch, voxels (x, y, z)
+         spacing=None, # voxel size, mm (x, y, z) (None: isotropic)
+         deep_supervision:int=0, # extra heads on coarser decoder levels
+         base:int=32, # width of the first stage
+         max_width:int=320, # widest stage
+         max_pools:int=4, # most downsamplings per axis
+         **kw, # passed on to the network class
+        ):
     "Plain 3D U-Net (Çiçek et al.): max pooling, batch norm, ReLU, transposed-convolution upsampling."
     k, s = get_topology(patch_size, spacing, max_pools)
     widths = [min(base * 2**i, max_width) for i in range(len(s))]
@@ -252,8 +268,16 @@ def _mednext(variant):
 for _v in "SBML": register_arch(f"mednext_{_v.lower()}")(_mednext(_v))
 
 @register_arch("swin_unetr")
-def swin_unetr(in_channels, out_channels, patch_size, spacing=None, deep_supervision:int=0,
-               feature_size:int=48, depths=(2, 2, 2, 2), num_heads=(3, 6, 12, 24), **kw):
+def swin_unetr(in_channels, # image channels the network sees
+               out_channels, # outputs: one per label (softmax) or region (sigmoid)
+               patch_size, # training patch, voxels (x, y, z)
+               spacing=None, # voxel size, mm (x, y, z) (None: isotropic)
+               deep_supervision:int=0, # extra heads on coarser decoder levels
+               feature_size:int=48, # embedding width (MONAI `feature_size`)
+               depths=(2, 2, 2, 2), # Swin blocks per stage
+               num_heads=(3, 6, 12, 24), # attention heads per stage
+               **kw, # passed on to the network class
+              ):
     "Swin UNETR (Hatamizadeh et al. 2022; MONAI's implementation); patch a multiple of 32."
     from monai.networks.nets import SwinUNETR
     if deep_supervision: raise SegcookError("swin_unetr has no deep-supervision heads; set train.deep_supervision to 0")
@@ -297,22 +321,39 @@ class MGNet(SegNet):
             x = up(x, latest[B - 1 - j]); feats.append(x)
         return self._outputs(feats[::-1])
 
-def w_heights(depth:int) -> list[int]:
+def w_heights(depth:int, # levels below the top
+             ) -> list[int]:
     "Spike heights of a W-cycle over `depth` levels below the top: 1, 2, 1, 3, 1, ..., 2, 1."
     if depth <= 1: return [1] if depth == 1 else []
     core = list(range(2, depth + 1)) + list(range(depth - 1, 1, -1))
     return [1] + [v for c in core for v in (c, 1)]
 
 @register_arch("fmgnet")
-def fmgnet(in_channels, out_channels, patch_size, spacing=None, deep_supervision:int=0, width:int=32,
-           residual:bool=True, max_pools:int=5, **kw):
+def fmgnet(in_channels, # image channels the network sees
+           out_channels, # outputs: one per label (softmax) or region (sigmoid)
+           patch_size, # training patch, voxels (x, y, z)
+           spacing=None, # voxel size, mm (x, y, z) (None: isotropic)
+           deep_supervision:int=0, # extra heads on coarser decoder levels
+           width:int=32, # constant width of every level
+           residual:bool=True, # residual blocks
+           max_pools:int=5, # most downsamplings per axis
+           **kw, # passed on to the network class
+          ):
     "FMG-Net (Celaya et al. 2023): full-multigrid cycle of spikes of height 1..depth-1, constant width."
     k, s = get_topology(patch_size, spacing, max_pools)
     return MGNet(in_channels, out_channels, k, s, list(range(1, len(s) - 1)), width, residual, deep_supervision)
 
 @register_arch("wnet")
-def wnet(in_channels, out_channels, patch_size, spacing=None, deep_supervision:int=0, width:int=32,
-         residual:bool=True, max_pools:int=5, **kw):
+def wnet(in_channels, # image channels the network sees
+         out_channels, # outputs: one per label (softmax) or region (sigmoid)
+         patch_size, # training patch, voxels (x, y, z)
+         spacing=None, # voxel size, mm (x, y, z) (None: isotropic)
+         deep_supervision:int=0, # extra heads on coarser decoder levels
+         width:int=32, # constant width of every level
+         residual:bool=True, # residual blocks
+         max_pools:int=5, # most downsamplings per axis
+         **kw, # passed on to the network class
+        ):
     "W-Net (Celaya et al. 2023): W-cycle of spikes 1, 2, 1, 3, 1, ..., constant width."
     k, s = get_topology(patch_size, spacing, max_pools)
     return MGNet(in_channels, out_channels, k, s, w_heights(len(s) - 2), width, residual, deep_supervision)
@@ -362,23 +403,35 @@ def _stunet(v):
     build.__doc__ = f"STU-Net-{v.upper()} (Huang et al. 2023): widths {base_w(v)}, {STUNET_VARIANTS[v][1]} block(s) per stage."
     return build
 
-def base_w(v): b = STUNET_VARIANTS[v][0]; return [b * 2**min(i, 4) for i in range(6)]
+def base_w(v:str, # STU-Net variant: s, b, l or h
+          ) -> list[int]:
+    "Feature widths of the 6 stages of STU-Net variant `v` (doubling, capped after 4 doublings)."
+    b = STUNET_VARIANTS[v][0]; return [b * 2**min(i, 4) for i in range(6)]
 for _v in STUNET_VARIANTS: register_arch(f"stunet_{_v}")(_stunet(_v))
 
 # %% ../nbs/04_nets.ipynb #9af75371
-def on_meta(builder, *args, **kw) -> nn.Module:
+def on_meta(builder, # a network builder (e.g. `ARCHS["nnunet"]`)
+            *args, # its positional arguments
+            **kw, # its keyword arguments
+           ) -> nn.Module:
     "`builder(*args, **kw)` on the meta device (no memory), or on CPU if the builder needs real tensors."
     try:
         with torch.device("meta"): return builder(*args, **kw)
     except (RuntimeError, NotImplementedError): return builder(*args, **kw)
 
-def count_params(builder, *args, **kw) -> int:
+def count_params(builder, # a network builder (e.g. `ARCHS["nnunet"]`)
+                 *args, # its positional arguments
+                 **kw, # its keyword arguments
+                ) -> int:
     "Parameters of `builder(*args, **kw)`, instantiated on the meta device when possible."
     return sum(p.numel() for p in on_meta(builder, *args, **kw).parameters())
 
 # %% ../nbs/04_nets.ipynb #b20fb832
 # region heads start at a foreground prior (see "Region models start from mostly background" below)
-def init_region_bias(net:nn.Module, out_channels:int, prior:float=0.1) -> int:
+def init_region_bias(net:nn.Module, # the network (changed in place)
+                     out_channels:int, # outputs of the head convolutions to set
+                     prior:float=0.1, # starting probability of each region
+                    ) -> int:
     "Set the bias of every head convolution with `out_channels` outputs to logit(`prior`); returns how many were set."
     b, n = math.log(prior / (1 - prior)), 0
     for m in net_parts(net)["head"].modules():
@@ -390,18 +443,22 @@ def init_region_bias(net:nn.Module, out_channels:int, prior:float=0.1) -> int:
 # %% ../nbs/04_nets.ipynb #08161a91
 MIND_CHANNELS = 12  # MIND-SSC descriptor channels per image channel (see the preprocessing chapter)
 
-def n_input_channels(plan:Plan) -> int:
+def n_input_channels(plan:Plan, # the experiment plan
+                    ) -> int:
     "Channels the network sees: image channels, MIND channels added ('extra') or instead ('replace')."
     n = len(plan.channels)
     if plan.preprocess.mind == "extra": return n + MIND_CHANNELS * n
     if plan.preprocess.mind == "replace": return MIND_CHANNELS * n
     return n
 
-def n_output_channels(plan:Plan) -> int:
+def n_output_channels(plan:Plan, # the experiment plan
+                     ) -> int:
     "One output per region (sigmoid) if the plan has regions, else one per label (softmax)."
     return len(plan.labels.regions) if plan.labels.regions else len(plan.labels.labels)
 
-def build_net(plan:Plan, **overrides) -> nn.Module:
+def build_net(plan:Plan, # the experiment plan
+              **overrides, # entries replacing `plan.train.arch_kwargs`
+             ) -> nn.Module:
     "The network of `plan.train.arch` for this plan; `overrides` replace `plan.train.arch_kwargs` entries."
     ps = plan.spatial.patch_size
     if not ps: raise SegcookError("plan.spatial.patch_size is not set; run `segcook analyze` or set it in config.json")
@@ -415,8 +472,12 @@ def build_net(plan:Plan, **overrides) -> nn.Module:
     return net
 
 # %% ../nbs/04_nets.ipynb #89e13dc8
-def memory_estimate(net:nn.Module, patch_size:Sequence[int], batch_size:int=2, in_channels:int|None=None,
-                    bytes_per_value:int=4) -> dict[str, float]:
+def memory_estimate(net:nn.Module, # the network
+                    patch_size:Sequence[int], # voxels (x, y, z)
+                    batch_size:int=2, # patches per step
+                    in_channels:int|None=None, # input channels (None: read from the network)
+                    bytes_per_value:int=4, # 4: float32, 2: bf16
+                   ) -> dict[str, float]:
     "Estimated training memory (MiB) for `batch_size` patches: params, gradients + Adam, activations."
     if in_channels is None: in_channels = getattr(net, "build_args", {}).get("in_channels") or _first_conv_in(net)
     m = copy.deepcopy(net).to("meta").train()
@@ -442,7 +503,8 @@ def _first_conv_in(net):
     raise SegcookError("memory_estimate: cannot tell the input channels; pass in_channels=")
 
 # %% ../nbs/04_nets.ipynb #8b135aa2
-def arch_table(plan:Plan|None=None) -> list[tuple[str, str, str]]:
+def arch_table(plan:Plan|None=None, # plan to size the networks for (None: a default plan)
+              ) -> list[tuple[str, str, str]]:
     "(name, parameters, description) for every registered architecture, for `plan`."
     if plan is None:
         plan = Plan(); plan.spatial.patch_size, plan.spatial.target_spacing = [128, 128, 128], [1.0, 1.0, 1.0]
@@ -455,7 +517,8 @@ def arch_table(plan:Plan|None=None) -> list[tuple[str, str, str]]:
         rows.append((name, n, (ARCHS[name].__doc__ or "").strip().split("\n")[0]))
     return rows
 
-def cli_archs(argv:list[str]|None=None) -> int:
+def cli_archs(argv:list[str]|None=None, # command-line arguments (None: `sys.argv[1:]`)
+             ) -> int:
     "segcook archs: list registered architectures with parameter counts."
     p = cli_parser("segcook archs", "List registered architectures with their parameter counts for a plan.",
                    "segcook archs --plan exp/config.json")

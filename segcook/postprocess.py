@@ -37,10 +37,14 @@ def _min_voxels(min_size, unit, spacing):
     raise SegcookError(f"unit must be 'voxels' or 'mm3', got {unit!r}")
 
 @register_postprocessor("remove_small")
-def remove_small(lbl:np.ndarray, labels:list, spacing=(1., 1., 1.), min_size:float=64, # smaller objects go
+def remove_small(lbl:np.ndarray, # label map (x, y, z)
+                 labels:list, # labels of the group the operation acts on
+                 spacing=(1., 1., 1.), # voxel size, mm (x, y, z)
+                 min_size:float=64, # smaller objects go
                  unit:str="voxels", # 'voxels' or 'mm3'
                  per_label:bool=False, # each label on its own, or the group as one mask
-                 replace_with:int=0) -> np.ndarray:
+                 replace_with:int=0, # label the small objects take (0: background)
+                ) -> np.ndarray:
     "Objects of the group smaller than `min_size` become `replace_with` (0: removed)."
     out = lbl.copy(); thr = _min_voxels(min_size, unit, spacing)
     for g in _groups(labels, per_label):
@@ -52,12 +56,24 @@ def remove_small(lbl:np.ndarray, labels:list, spacing=(1., 1., 1.), min_size:flo
     return out
 
 @register_postprocessor("replace_small")
-def replace_small(lbl, labels, spacing=(1., 1., 1.), min_size:float=64, replace_with:int=0, unit:str="voxels", per_label:bool=False):
+def replace_small(lbl, # label map (x, y, z)
+                  labels, # labels of the group the operation acts on
+                  spacing=(1., 1., 1.), # voxel size, mm (x, y, z)
+                  min_size:float=64, # size below which an object is replaced (in `unit`)
+                  replace_with:int=0, # label the small objects take
+                  unit:str="voxels", # 'voxels' or 'mm3'
+                  per_label:bool=False, # each label on its own, or the group as one mask
+                 ):
     "Objects of the group smaller than `min_size` take the label `replace_with` (e.g. ET dust -> NCR)."
     return remove_small(lbl, labels, spacing, min_size, unit, per_label, replace_with)
 
 @register_postprocessor("keep_largest")
-def keep_largest(lbl:np.ndarray, labels:list, spacing=(1., 1., 1.), k:int=1, per_label:bool=False) -> np.ndarray:
+def keep_largest(lbl:np.ndarray, # label map (x, y, z)
+                 labels:list, # labels of the group the operation acts on
+                 spacing=(1., 1., 1.), # voxel size, mm (x, y, z)
+                 k:int=1, # number of objects kept
+                 per_label:bool=False, # each label on its own, or the group as one mask
+                ) -> np.ndarray:
     "Keep the `k` largest objects of the group; the others become background."
     out = lbl.copy()
     for g in _groups(labels, per_label):
@@ -69,8 +85,12 @@ def keep_largest(lbl:np.ndarray, labels:list, spacing=(1., 1., 1.), k:int=1, per
     return out
 
 @register_postprocessor("fill_holes")
-def fill_holes(lbl:np.ndarray, labels:list, spacing=(1., 1., 1.), fill_label:int|None=None, # default: the group's first label
-               only_background:bool=True) -> np.ndarray:
+def fill_holes(lbl:np.ndarray, # label map (x, y, z)
+               labels:list, # labels of the group the operation acts on
+               spacing=(1., 1., 1.), # voxel size, mm (x, y, z)
+               fill_label:int|None=None, # default: the group's first label
+               only_background:bool=True, # fill only background voxels (not other labels)
+              ) -> np.ndarray:
     "Voxels enclosed by the group (holes) take `fill_label`; by default only background voxels are filled."
     m = np.isin(lbl, labels)
     if not m.any(): return lbl.copy()
@@ -82,14 +102,23 @@ def fill_holes(lbl:np.ndarray, labels:list, spacing=(1., 1., 1.), fill_label:int
 def _ball(r): return ndi.iterate_structure(ndi.generate_binary_structure(3, 1), int(r))
 
 @register_postprocessor("opening")
-def opening(lbl:np.ndarray, labels:list, spacing=(1., 1., 1.), radius:int=1) -> np.ndarray:
+def opening(lbl:np.ndarray, # label map (x, y, z)
+            labels:list, # labels of the group the operation acts on
+            spacing=(1., 1., 1.), # voxel size, mm (x, y, z)
+            radius:int=1, # structuring element radius, voxels
+           ) -> np.ndarray:
     "Morphological opening of the group: thin protrusions and bridges become background."
     m = np.isin(lbl, labels); out = lbl.copy()
     out[m & ~ndi.binary_opening(m, _ball(radius))] = 0
     return out
 
 @register_postprocessor("closing")
-def closing(lbl:np.ndarray, labels:list, spacing=(1., 1., 1.), radius:int=1, fill_label:int|None=None) -> np.ndarray:
+def closing(lbl:np.ndarray, # label map (x, y, z)
+            labels:list, # labels of the group the operation acts on
+            spacing=(1., 1., 1.), # voxel size, mm (x, y, z)
+            radius:int=1, # structuring element radius, voxels
+            fill_label:int|None=None, # label the closed gaps take (None: the first of `labels`)
+           ) -> np.ndarray:
     "Morphological closing of the group: background gaps it closes take `fill_label` (default: first label)."
     m = np.isin(lbl, labels); out = lbl.copy()
     r = int(radius); pad = np.pad(m, r + 1)
@@ -98,8 +127,17 @@ def closing(lbl:np.ndarray, labels:list, spacing=(1., 1., 1.), radius:int=1, fil
     return out
 
 @register_postprocessor("brats_cascade")
-def brats_cascade(lbl:np.ndarray, labels:list|None=None, spacing=(1., 1., 1.), et:int=3, ncr:int=1, ed:int=2,
-                  min_et:float=50, min_tc:float=50, min_wt:float=50, unit:str="voxels") -> np.ndarray:
+def brats_cascade(lbl:np.ndarray, # BraTS label map (x, y, z)
+                  labels:list|None=None, # unused (the BraTS labels are `et`, `ncr`, `ed`)
+                  spacing=(1., 1., 1.), # voxel size, mm (x, y, z)
+                  et:int=3, # enhancing tumour label
+                  ncr:int=1, # necrotic core label
+                  ed:int=2, # oedema label
+                  min_et:float=50, # ET objects smaller than this become NCR (in `unit`)
+                  min_tc:float=50, # TC objects smaller than this become ED
+                  min_wt:float=50, # WT objects smaller than this are removed
+                  unit:str="voxels", # 'voxels' or 'mm3'
+                 ) -> np.ndarray:
     "BraTS: ET dust -> NCR, then TC dust -> ED, then WT dust removed."
     x = replace_small(lbl, [et], spacing, min_et, ncr, unit)
     x = replace_small(x, [ncr, et], spacing, min_tc, ed, unit)
@@ -118,7 +156,8 @@ def _from_mist(step):
     return [{"op": op, "labels": g, "per_label": bool(step.get("per_label", False)), **kw} for g in groups] if op != "fill_holes" else \
            [{"op": op, "labels": g, **{k: v for k, v in kw.items() if k != "per_label"}} for g in groups]
 
-def load_strategy(src) -> list[dict]:
+def load_strategy(src, # a dict, a list of steps, or a JSON file (segcook or MIST format)
+                 ) -> list[dict]:
     "The steps of a strategy (a dict, a list, or a JSON file; segcook or MIST format), checked."
     import inspect
     d = read_json(src) if isinstance(src, (str, Path)) else copy.deepcopy(src)
@@ -136,7 +175,10 @@ def load_strategy(src) -> list[dict]:
         out.append(dict(s))
     return out
 
-def apply_strategy(lbl:np.ndarray, strategy, spacing=(1., 1., 1.)) -> np.ndarray:
+def apply_strategy(lbl:np.ndarray, # label map (x, y, z)
+                   strategy, # steps, or anything `load_strategy` reads
+                   spacing=(1., 1., 1.), # voxel size, mm (x, y, z)
+                  ) -> np.ndarray:
     "Apply every step of `strategy` to the label map `lbl` (x, y, z)."
     for s in load_strategy(strategy):
         kw = {k: v for k, v in s.items() if k not in ("op", "labels")}
@@ -151,7 +193,12 @@ def _apply_file(args):
     write_image(from_xyz(out.astype(to_xyz(img).dtype), ref=img), dst)
     return dst
 
-def postprocess_folder(inp, out, strategy, workers:int|None=None, overwrite:bool=False) -> list[Path]:
+def postprocess_folder(inp, # folder of predicted label maps (never modified)
+                       out, # folder to write (must differ from `inp`)
+                       strategy, # anything `load_strategy` reads
+                       workers:int|None=None, # processes (None: all cores)
+                       overwrite:bool=False, # redo files already written
+                      ) -> list[Path]:
     "Apply `strategy` to every image in `inp`, writing to `out`; returns the written files."
     inp, out = Path(inp), Path(out)
     if not inp.is_dir(): raise SegcookError(f"{inp}: not a folder")
@@ -169,7 +216,8 @@ def postprocess_folder(inp, out, strategy, workers:int|None=None, overwrite:bool
     return [out / f.name for f in files]
 
 # %% ../nbs/12_postprocess.ipynb #9bffa9ad
-def default_candidates(classes:dict) -> list[dict]:
+def default_candidates(classes:dict, # `{name: labels}`
+                      ) -> list[dict]:
     "Candidate steps tried per class: remove objects < 10/50/200 voxels, keep the largest, fill holes."
     c = []
     for name, labels in classes.items():
@@ -200,8 +248,15 @@ def _sign(col):
     m = next(m for m in sorted(METRICS.names(), key=len, reverse=True) if col.endswith("_" + m))
     return 1.0 if METRICS[m].higher_is_better else -1.0
 
-def select_strategy(pairs:list, classes:dict, metrics=("dice", "haus95"), candidates:list|None=None,
-                    min_gain:float=1e-4, tol:float=1e-6, tol_mm:float=1.0, workers:int|None=None):
+def select_strategy(pairs:list, # [(id, mask_path, pred_path), ...]
+                    classes:dict, # `{name: labels}`
+                    metrics=("dice", "haus95"), # metric names to judge by
+                    candidates:list|None=None, # steps to try (None: `default_candidates`)
+                    min_gain:float=1e-4, # smallest improvement that keeps a step
+                    tol:float=1e-6, # worsening of any class tolerated, relative (times max(1, |value|))
+                    tol_mm:float=1.0, # NSD tolerance in mm
+                    workers:int|None=None, # processes (None: all cores)
+                   ):
     "Greedy choice of postprocessing steps on (id, mask, prediction) pairs -> (strategy, comparison table)."
     metrics = [metric_name(m) for m in metrics]
     cands = load_strategy(candidates if candidates is not None else default_candidates(classes))
@@ -223,7 +278,8 @@ def select_strategy(pairs:list, classes:dict, metrics=("dice", "haus95"), candid
     return {"steps": kept}, pd.DataFrame(rows)
 
 # %% ../nbs/12_postprocess.ipynb #db01e700
-def cli_postprocess(argv:list[str]|None=None) -> int:
+def cli_postprocess(argv:list[str]|None=None, # command-line arguments (None: `sys.argv[1:]`)
+                   ) -> int:
     "segcook postprocess: apply or select postprocessing strategies"
     p = cli_parser("segcook postprocess",
                    f"Apply a postprocessing strategy (JSON) to a folder of predictions, or --select one on predictions with "

@@ -59,7 +59,8 @@ def _values(a:np.ndarray) -> list:
     u = np.unique(a)
     return u.astype(int).tolist() if np.all(u == np.round(u)) else u.tolist()
 
-def label_values(img:sitk.Image) -> list[int]:
+def label_values(img:sitk.Image, # a label image
+                ) -> list[int]:
     "The distinct values of a label image (fast for small non-negative integers)."
     return _values(sitk.GetArrayViewFromImage(img))
 
@@ -110,11 +111,15 @@ def _fg_box(arrs:list[np.ndarray], lab:np.ndarray|None=None, margin:int=0) -> tu
 
 def crop_box(imgs:list[sitk.Image], # the channels of one case
              lbl:sitk.Image|None=None, # labelled voxels are kept inside the box
-             margin:int=0) -> tuple[list[int], list[int]]:
+             margin:int=0, # voxels added on each side
+            ) -> tuple[list[int], list[int]]:
     "The foreground box (start, stop) in voxels (x, y, z) of a case."
     return _fg_box([_xyz_view(i) for i in imgs], _xyz_view(lbl) if lbl is not None else None, margin)
 
-def crop(img:sitk.Image, start, stop) -> sitk.Image:
+def crop(img:sitk.Image, # the image
+         start, # first voxel (x, y, z)
+         stop, # end voxel (x, y, z), exclusive
+        ) -> sitk.Image:
     "The voxels `start:stop` (x, y, z) of `img`, keeping their physical positions."
     return sitk.RegionOfInterest(img, [int(b - a) for a, b in zip(start, stop)], [int(a) for a in start])
 
@@ -136,7 +141,8 @@ def n4_correct(img:sitk.Image, # an MR image
 # %% ../nbs/03_preprocess.ipynb #a9e5e3b2
 _FLIP = str.maketrans("RLAPIS", "LRPASI")
 
-def sitk_code(code:str) -> str:
+def sitk_code(code:str, # MIST/ITK orientation code, e.g. 'RAI'
+             ) -> str:
     "SimpleITK's (DICOM, 'to') orientation code for a MIST/ITK ('from') code, e.g. RAI -> LPS."
     code = code.upper()
     if sorted(code.translate(str.maketrans("LPS", "RAI"))) != ["A", "I", "R"]:
@@ -146,11 +152,14 @@ def sitk_code(code:str) -> str:
 def _orientation(direction) -> str:
     return sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines([float(d) for d in direction]).translate(_FLIP)
 
-def orientation_of(img:sitk.Image) -> str:
+def orientation_of(img:sitk.Image, # the image
+                  ) -> str:
     "The MIST/ITK orientation code of `img` (identity direction: 'RAI')."
     return _orientation(img.GetDirection())
 
-def reorient(img:sitk.Image, code:str="RAI") -> sitk.Image:
+def reorient(img:sitk.Image, # the image
+             code:str="RAI", # MIST/ITK orientation code
+            ) -> sitk.Image:
     "`img` with axes permuted and flipped to orientation `code` (voxels keep their world positions)."
     if orientation_of(img) == code.upper(): return img
     return sitk.DICOMOrient(img, sitk_code(code))
@@ -180,7 +189,9 @@ def _same_size_spacing(size, spacing, grid) -> bool:
 
 def _same_grid(img, grid) -> bool: return _same_size_spacing(img.GetSize(), img.GetSpacing(), grid)
 
-def coarse_axis(sp, ratio:float=3.0) -> int|None:
+def coarse_axis(sp, # spacing, mm (x, y, z)
+                ratio:float=3.0, # max/min spacing above which it counts as anisotropic
+               ) -> int|None:
     "The low-resolution axis when spacing `sp` is anisotropic (max/min > `ratio`), else None."
     sp = np.asarray(sp, float)
     return int(np.argmax(sp)) if sp.max() / sp.min() > ratio else None
@@ -216,8 +227,11 @@ def _axis_matrix(n0:int, x:np.ndarray):
     w = _bspline_weights(x - f).astype(np.float32)
     return sparse.csr_matrix((w.ravel(), (np.repeat(np.arange(len(x)), 4), cols.ravel())), shape=(len(x), n0))
 
-def bspline_axis(a:np.ndarray, ax:int, n1:int, # new number of samples along axis `ax`
-                 s0:float, s1:float, # old and new spacing along `ax`
+def bspline_axis(a:np.ndarray, # array (x, y, z)
+                 ax:int, # axis to resample
+                 n1:int, # new number of samples along axis `ax`
+                 s0:float, # spacing along `ax` now, mm
+                 s1:float, # old and new spacing along `ax`
                 ) -> np.ndarray:
     "Cubic B-spline resampling of `a` along one axis onto the centred grid of `n1` samples at spacing `s1`."
     from scipy import ndimage as ndi                                      # here: a quarter second to import
@@ -228,14 +242,18 @@ def bspline_axis(a:np.ndarray, ax:int, n1:int, # new number of samples along axi
     out = (_axis_matrix(n0, x) @ c.reshape(-1, n0).T).T                   # 4 taps per new sample
     return np.moveaxis(out.reshape(c.shape[:-1] + (n1,)), -1, ax)
 
-def nearest_axis(img:sitk.Image, grid, ax:int) -> sitk.Image:
+def nearest_axis(img:sitk.Image, # the image
+                 grid, # target grid (size, spacing, origin)
+                 ax:int, # the axis that differs
+                ) -> sitk.Image:
     "`img` on `grid` (which differs from it along axis `ax` only) by nearest neighbour: whole slices repeated or dropped."
     n0, s0, n1, s1 = img.GetSize()[ax], img.GetSpacing()[ax], grid[0][ax], grid[1][ax]
     x = (n0 - 1) / 2 - (n1 - 1) * s1 / (2 * s0) + np.arange(n1) * s1 / s0
     idx = np.clip(np.floor(x + 0.5).astype(int), 0, n0 - 1)               # ITK rounds halves up
     return from_xyz(np.take(to_xyz(img), idx, axis=ax), spacing=grid[1], origin=grid[2], direction=img.GetDirection())
 
-def resample_image(img:sitk.Image, sp, # target spacing (x, y, z) mm
+def resample_image(img:sitk.Image, # an intensity image
+                   sp, # target spacing (x, y, z) mm
                   ) -> sitk.Image:
     "`img` (float32) at spacing `sp`: cubic B-spline, in-plane then nearest along the coarse axis if anisotropic."
     img = sitk.Cast(img, sitk.sitkFloat32)
@@ -266,7 +284,8 @@ def _onehot_resample(lbl:sitk.Image, ref_grid, direction=None, values=None) -> s
     out.SetDirection(lbl.GetDirection() if direction is None else direction)
     return out
 
-def resample_label(lbl:sitk.Image, sp, # target spacing (x, y, z) mm
+def resample_label(lbl:sitk.Image, # a label image
+                   sp, # target spacing (x, y, z) mm
                   ) -> sitk.Image:
     "Label map at spacing `sp`: one-hot + linear + argmax in-plane, nearest along the coarse axis if anisotropic."
     lbl = sitk.Cast(lbl, sitk.sitkUInt8)
@@ -297,7 +316,7 @@ def _zscore_into(a:np.ndarray, lo, hi, mu:float, sd:float, m:np.ndarray|None, ou
 def normalize(a:np.ndarray, # one channel (x, y, z), float32
               ch:Channel, # the plan's channel: norm, use_nonzero, window, mean, std
               mask:np.ndarray|None=None, # nonzero mask (for use_nonzero)
-              cid:str="case",
+              cid:str="case", # case id, for error messages
               inplace:bool=False, # overwrite `a` (float32) with the result instead of allocating one
              ) -> np.ndarray:
     "Window and normalise one channel as the plan says."
@@ -321,13 +340,19 @@ def normalize(a:np.ndarray, # one channel (x, y, z), float32
         return (a * m if m is not None else a).astype(np.float32)
     return _zscore_into(a, lo, hi, mu, sd, m, a if inplace else np.empty(a.shape, np.float32))
 
-def rescale_2_98(a:np.ndarray, mask:np.ndarray|None=None) -> np.ndarray:
+def rescale_2_98(a:np.ndarray, # one channel
+                 mask:np.ndarray|None=None, # where the percentiles are taken (None: everywhere)
+                ) -> np.ndarray:
     "Map the 2nd-98th percentile range of `a` (inside `mask`) onto [0, 1]; outside the mask stays 0."
     lo, hi = np.percentile(a[mask] if mask is not None else a, [2, 98])
     out = (a - lo) / max(float(hi - lo), 1e-8)
     return (out * mask if mask is not None else out).astype(np.float32)
 
-def hist_match(img:sitk.Image, ref:sitk.Image, levels:int=1024, points:int=7) -> sitk.Image:
+def hist_match(img:sitk.Image, # image to change
+               ref:sitk.Image, # reference image
+               levels:int=1024, # histogram levels
+               points:int=7, # match points
+              ) -> sitk.Image:
     "`img` with its histogram matched to `ref`'s (background below the mean excluded)."
     return sitk.HistogramMatching(sitk.Cast(img, sitk.sitkFloat32), sitk.Cast(ref, sitk.sitkFloat32), levels, points, True)
 
@@ -382,7 +407,8 @@ def _normalize_dtm(d:np.ndarray) -> np.ndarray:
     return np.where(d < 0, d / max(neg, 1e-8), d / max(pos, 1e-8)).astype(np.float32)
 
 def distance_maps(lbl:np.ndarray, # label map (x, y, z)
-                  plan:Plan, spacing, # mm per axis
+                  plan:Plan, # the plan (labels or regions)
+                  spacing, # mm per axis
                   normalize:bool|None=None, # scale to [-1, 1] (default: plan.preprocess.normalize_dtms)
                  ) -> np.ndarray:
     "Signed distance maps (L, x, y, z) in mm, one per output channel of the plan."
@@ -490,7 +516,7 @@ def _numpy_case(arrs:list[np.ndarray], lab, g:Geometry, box, plan:Plan, cid) -> 
 
 # %% ../nbs/03_preprocess.ipynb #c4e85a0a
 def preprocess_case(images:dict, # channel name -> image path, in the plan's channel order
-                    plan:Plan,
+                    plan:Plan, # the experiment plan
                     label=None, # label path (None for unlabelled cases)
                     n4:bool|None=None, # N4 for MR channels (default: plan.preprocess.n4)
                     reference:dict|None=None, # channel -> image path of the 'histmatch' reference case
@@ -576,7 +602,9 @@ def to_native(arr:np.ndarray, # (x, y, z) label map, or (C, x, y, z) probabiliti
     return img
 
 # %% ../nbs/03_preprocess.ipynb #ae58488b
-def read_cases_csv(exp, plan:Plan) -> list[dict]:
+def read_cases_csv(exp, # experiment folder
+                   plan:Plan, # the plan (its channel names)
+                  ) -> list[dict]:
     "Rows of `<exp>/cases.csv` as {'id', 'split', 'images': {channel: Path}, 'label': Path|None}."
     p = Path(exp)/"cases.csv"
     if not p.exists(): raise SegcookError(f"{p}: not found; run `segcook analyze` first")
@@ -589,9 +617,15 @@ def read_cases_csv(exp, plan:Plan) -> list[dict]:
     return [{"id": r["id"], "split": r.get("split", "train"), "images": {n: res(r[n]) for n in names},
              "label": res(r.get("label") or "")} for r in rows]
 
-def case_dir(exp, cid:str) -> Path: return Path(exp)/"preprocessed"/cid
+def case_dir(exp, # experiment folder
+             cid:str, # case id
+            ) -> Path:
+    "The folder of case `cid`'s preprocessed arrays in `exp`."
+    return Path(exp)/"preprocessed"/cid
 
-def is_done(exp, cid:str) -> bool:
+def is_done(exp, # experiment folder
+            cid:str, # case id
+           ) -> bool:
     "Whether case `cid` of `exp` is finished (its meta.json exists)."
     return (case_dir(exp, cid)/"meta.json").exists()
 
@@ -603,7 +637,12 @@ def _clean(d:Path):
     for f in d.glob("*"):
         if f.is_file(): f.unlink()
 
-def run_case(exp, row:dict, plan:Plan, n4:bool|None=None, reference:dict|None=None) -> str:
+def run_case(exp, # experiment folder
+             row:dict, # a row of `read_cases_csv`
+             plan:Plan, # the experiment plan
+             n4:bool|None=None, # N4 bias-field correction (None: the plan)
+             reference:dict|None=None, # histogram-matching reference (channel -> path)
+            ) -> str:
     "Preprocess one row of cases.csv and write its folder (meta.json last); returns the case id."
     d = case_dir(exp, row["id"])
     d.mkdir(parents=True, exist_ok=True); _clean(d)
@@ -637,7 +676,9 @@ def _reference(rows, plan:Plan) -> dict|None:
     if not hit: raise SegcookError(f"histmatch reference case '{want}' is not in cases.csv")
     return {k: str(v) for k, v in hit[0]["images"].items()}
 
-def histmatch_reference(exp, plan:Plan|None=None) -> dict|None:
+def histmatch_reference(exp, # experiment folder
+                        plan:Plan|None=None, # the plan (None: read from `exp`)
+                       ) -> dict|None:
     "Channel -> image path of the 'histmatch' reference case of `exp` (None unless the plan uses 'histmatch'); for inference."
     plan = plan or load_plan(exp)
     return _reference(read_cases_csv(exp, plan), plan) if plan.preprocess.intensity == "histmatch" else None
@@ -684,7 +725,8 @@ def preprocess(exp, # experiment folder with config.json and cases.csv
     return [i for i in ids if is_done(exp, i)]
 
 # %% ../nbs/03_preprocess.ipynb #fe5b5c31
-def cli_preprocess(argv:list[str]|None=None) -> int:
+def cli_preprocess(argv:list[str]|None=None, # command-line arguments (None: `sys.argv[1:]`)
+                  ) -> int:
     "segcook preprocess: plan -> training-ready arrays, in parallel and resumable"
     p = cli_parser("segcook preprocess",
                    "Crop, (N4,) reorient, resample and normalise every case of an experiment as its plan (config.json) says, "

@@ -36,7 +36,11 @@ def _save_npy(path, arr):
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f: np.save(f, arr)
 
-def make_folds(ids:Sequence[str], nfolds:int=5, val_fraction:float=0.1, seed:int=0) -> dict:
+def make_folds(ids:Sequence[str], # case ids
+               nfolds:int=5, # number of folds
+               val_fraction:float=0.1, # fraction of each fold's training ids kept for validation
+               seed:int=0, # seed of the shuffle
+              ) -> dict:
     "`{fold: {'train', 'val', 'test'}}`: fold k tests on every k-th shuffled id; 'val' comes from the rest."
     ids = list(ids); rng = np.random.default_rng(seed); rng.shuffle(ids)
     out = {}
@@ -47,11 +51,15 @@ def make_folds(ids:Sequence[str], nfolds:int=5, val_fraction:float=0.1, seed:int
     return out
 
 def toy_experiment(out, # experiment folder to create
-                   cases:int=6, size=(48, 48, 40), # phantom cases and their size (x, y, z)
+                   cases:int=6, # phantom cases
+                   size=(48, 48, 40), # phantom cases and their size (x, y, z)
                    patch=(32, 32, 32), # patch size of the plan
-                   nfolds:int=3, val_fraction:float=0.2, seed:int=0,
+                   nfolds:int=3, # number of folds
+                   val_fraction:float=0.2, # fraction of each fold's training ids kept for validation
+                   seed:int=0, # seed of the phantom and the folds
                    regions:bool=True, # BraTS regions (sigmoid) or plain labels (softmax)
-                   **train) -> Path:
+                   **train, # fields of `plan.train` to set
+                  ) -> Path:
     "A training-ready phantom BraTS experiment (plan, folds.json, arrays) without analysis or preprocessing."
     from segcook.data import make_phantom, load_dataset
     out = Path(out); dj = make_phantom(out/"data", cases, size=size, seed=seed)
@@ -117,7 +125,16 @@ def _dali_available() -> bool:
     try: import segcook.loader; return hasattr(segcook.loader, "make_train_loader")
     except ImportError: return False
 
-def make_loader(kind:str, case_dirs, plan:Plan, batch_size:int, seed:int, rank:int, world:int, device_id, steps:int):
+def make_loader(kind:str, # 'dali', 'global' or 'auto'
+                case_dirs, # preprocessed case folders
+                plan:Plan, # the experiment plan
+                batch_size:int, # global batch size
+                seed:int, # seed of the patch draws
+                rank:int, # this process
+                world:int, # number of processes
+                device_id, # GPU index (None: CPU)
+                steps:int, # batches per epoch
+               ):
     "The training loader `kind` ('dali', 'global' or 'auto': DALI when installed)."
     if kind == "auto": kind = "dali" if _dali_available() else "global"
     if kind == "global": return GlobalBatchLoader(case_dirs, plan, batch_size, seed, rank, world, device_id, steps)
@@ -127,14 +144,17 @@ def make_loader(kind:str, case_dirs, plan:Plan, batch_size:int, seed:int, rank:i
     raise SegcookError(f"unknown loader '{kind}'; use 'dali', 'global' or 'auto'")
 
 # %% ../nbs/07_train.ipynb #da2c48b4
-def make_optimizer(params, t:Train) -> torch.optim.Optimizer:
+def make_optimizer(params, # parameters (or parameter groups) to optimise
+                   t:Train, # training settings (`plan.train`)
+                  ) -> torch.optim.Optimizer:
     "The optimiser `t.optimizer` at learning rate `t.lr`."
     if t.optimizer == "adam": return torch.optim.Adam(params, lr=t.lr)
     if t.optimizer == "adamw": return torch.optim.AdamW(params, lr=t.lr)
     if t.optimizer == "sgd": return torch.optim.SGD(params, lr=t.lr, momentum=0.99, nesterov=True)
     raise SegcookError(f"train.optimizer should be adam, adamw or sgd, got '{t.optimizer}'")
 
-def warmup_epochs(t:Train) -> int:
+def warmup_epochs(t:Train, # training settings (`plan.train`)
+                 ) -> int:
     "`t.warmup_epochs`, clamped (with a warning) to leave at least one scheduled epoch."
     w = max(0, int(t.warmup_epochs))
     if w >= t.epochs:
@@ -142,7 +162,10 @@ def warmup_epochs(t:Train) -> int:
         w = max(0, t.epochs - 1)
     return w
 
-def lr_factor(epoch:int, t:Train, warmup:int|None=None) -> float:
+def lr_factor(epoch:int, # 0-based epoch
+              t:Train, # training settings (`plan.train`)
+              warmup:int|None=None, # warmup epochs (None: `warmup_epochs(t)`)
+             ) -> float:
     "Multiplier of `t.lr` during `epoch` (0-based): warmup, then constant, cosine or poly."
     w = warmup_epochs(t) if warmup is None else warmup
     if epoch < w: return (epoch + 1) / (w + 1)
@@ -152,12 +175,16 @@ def lr_factor(epoch:int, t:Train, warmup:int|None=None) -> float:
     if t.scheduler == "constant": return 1.0
     raise SegcookError(f"train.scheduler should be constant, cosine or poly, got '{t.scheduler}'")
 
-def make_scheduler(opt, t:Train) -> torch.optim.lr_scheduler.LambdaLR:
+def make_scheduler(opt, # the optimiser
+                   t:Train, # training settings (`plan.train`)
+                  ) -> torch.optim.lr_scheduler.LambdaLR:
     "A per-epoch `LambdaLR` following `lr_factor`."
     w = warmup_epochs(t)
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda e: lr_factor(e, t, w))
 
-def penalty(net:nn.Module, t:Train) -> torch.Tensor | float:
+def penalty(net:nn.Module, # the network
+            t:Train, # training settings (`plan.train`)
+           ) -> torch.Tensor | float:
     "`l1 * sum|w| + l2 * sum w^2` over the trainable weights (0 when both are off)."
     if not (t.l1 or t.l2): return 0.0
     ps = [p for p in net.parameters() if p.requires_grad]
@@ -177,7 +204,8 @@ def _sliding_window(net, img, plan:Plan):
 
 def class_masks(logits:torch.Tensor, # (1, out, X, Y, Z)
                 lbl:torch.Tensor, # (1, 1, X, Y, Z) integer labels
-                plan:Plan) -> tuple[dict, dict]:
+                plan:Plan, # the experiment plan
+               ) -> tuple[dict, dict]:
     "Predicted and true boolean masks per scored class: `({name: mask}, {name: mask})`."
     L, t = plan.labels, lbl[0, 0].long()
     if L.regions:
@@ -189,7 +217,10 @@ def class_masks(logits:torch.Tensor, # (1, out, X, Y, Z)
     return ({n: torch.isin(lab, torch.tensor(g)) for n, g in groups.items()},
             {n: torch.isin(t, torch.tensor(g)) for n, g in groups.items()})
 
-def dice_scores(logits, lbl, plan:Plan) -> dict[str, float]:
+def dice_scores(logits, # (1, out, X, Y, Z) network output
+                lbl, # (1, 1, X, Y, Z) label map
+                plan:Plan, # the experiment plan
+               ) -> dict[str, float]:
     "Dice of each scored class (1 when both are empty), ignoring voxels with the ignore label."
     pred, true = class_masks(logits, lbl, plan)
     keep = (lbl[0, 0] != plan.labels.ignore_label) if plan.labels.ignore_label is not None else None
@@ -201,7 +232,12 @@ def dice_scores(logits, lbl, plan:Plan) -> dict[str, float]:
     return out
 
 @torch.no_grad()
-def predict_case(net:nn.Module, img:torch.Tensor, plan:Plan, device="cpu", amp:bool=False) -> torch.Tensor:
+def predict_case(net:nn.Module, # the network (eval mode)
+                 img:torch.Tensor, # (1, C, X, Y, Z) preprocessed case
+                 plan:Plan, # the plan (patch size, inference settings)
+                 device="cpu", # torch device
+                 amp:bool=False, # autocast on CUDA
+                ) -> torch.Tensor:
     "Sliding-window logits `(1, out, X, Y, Z)` of one preprocessed case `(1, C, X, Y, Z)`."
     was = net.training; net.eval()
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp and str(device).startswith("cuda")):
@@ -209,7 +245,13 @@ def predict_case(net:nn.Module, img:torch.Tensor, plan:Plan, device="cpu", amp:b
     net.train(was)
     return out
 
-def score_cases(net, exp, ids:Sequence[str], plan:Plan, device="cpu", amp:bool=False) -> dict[str, dict[str, float]]:
+def score_cases(net, # the network (eval mode)
+                exp, # experiment folder
+                ids:Sequence[str], # preprocessed case ids
+                plan:Plan, # the experiment plan
+                device="cpu", # torch device
+                amp:bool=False, # autocast on CUDA
+               ) -> dict[str, dict[str, float]]:
     "`{id: {class: dice}}` for preprocessed cases `ids` of experiment `exp`."
     out = {}
     for i in ids:
@@ -229,7 +271,8 @@ def rng_state() -> dict:
     if torch.cuda.is_available(): s["cuda"] = torch.cuda.get_rng_state_all()
     return s
 
-def set_rng_state(s:dict):
+def set_rng_state(s:dict, # as returned by `rng_state`
+                 ):
     "Restore a state from `rng_state`."
     random.setstate((s["python_version"], tuple(s["python"]), None))
     np.random.set_state(("MT19937", s["numpy"].numpy().astype(np.uint32), s["numpy_pos"], *s["numpy_gauss"]))
@@ -238,14 +281,28 @@ def set_rng_state(s:dict):
 
 def _unwrap(net): return net.module if hasattr(net, "module") else net
 
-def save_checkpoint(path, net, opt, sched, scaler, plan:Plan, epoch:int, best_score:float, fold:int, rngs:list, history:list, run:dict):
+def save_checkpoint(path, # checkpoint file
+                    net, # the network (DDP-wrapped or not)
+                    opt, # optimiser
+                    sched, # scheduler
+                    scaler, # gradient scaler
+                    plan:Plan, # the plan the run uses (with its overrides)
+                    epoch:int, # epochs done
+                    best_score:float, # best validation Dice so far
+                    fold:int, # fold trained
+                    rngs:list, # RNG states (`rng_state`)
+                    history:list, # one dict per epoch (log.csv rows)
+                    run:dict, # run options recorded with it
+                   ):
     "Write a checkpoint atomically (format 'segcook-ckpt-1')."
     ck = {"format": "segcook-ckpt-1", "plan": plan_to_dict(plan), "model": _unwrap(net).state_dict(), "epoch": int(epoch),
           "best_score": float(best_score), "fold": int(fold), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
           "scaler": scaler.state_dict(), "rng": rngs, "history": history, "run": run}
     with atomic_path(path) as tmp: torch.save(ck, tmp)
 
-def load_checkpoint(path, device="cpu") -> dict:
+def load_checkpoint(path, # checkpoint file
+                    device="cpu", # where tensors are mapped
+                   ) -> dict:
     "A checkpoint read with `weights_only=True`; a bad file is a `SegcookError` naming it."
     path = Path(path)
     if not path.exists(): raise SegcookError(f"{path}: checkpoint not found")
@@ -255,7 +312,9 @@ def load_checkpoint(path, device="cpu") -> dict:
         raise SegcookError(f"{path}: not a segcook checkpoint (format {ck.get('format') if isinstance(ck, dict) else type(ck).__name__!r})")
     return ck
 
-def load_model(path, device="cpu") -> tuple[nn.Module, Plan]:
+def load_model(path, # checkpoint file
+               device="cpu", # where the network goes
+              ) -> tuple[nn.Module, Plan]:
     "The network of a checkpoint, rebuilt from its plan, with its weights, in eval mode; and the plan."
     ck = load_checkpoint(path, device)
     plan = plan_from_dict(ck["plan"])
@@ -265,13 +324,18 @@ def load_model(path, device="cpu") -> tuple[nn.Module, Plan]:
 # %% ../nbs/07_train.ipynb #0001ef96
 LOG_FIELDS = ["epoch", "lr", "train_loss", "val_dice", "best_dice", "seconds"]
 
-def write_log(path, history:list[dict]):
+def write_log(path, # log.csv to write
+              history:list[dict], # one dict per epoch (`LOG_FIELDS`)
+             ):
     "Write `history` as `log.csv` atomically."
     with atomic_path(path) as tmp:
         with open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, LOG_FIELDS, extrasaction="ignore"); w.writeheader(); w.writerows(history)
 
-def plot_curves(history:list[dict], path=None, title:str=""):
+def plot_curves(history:list[dict], # one dict per epoch (`LOG_FIELDS`)
+                path=None, # PNG to write (None: just return the figure)
+                title:str="", # figure title
+               ):
     "Training loss and validation Dice per epoch; saved to `path` (atomically) when given."
     from matplotlib.figure import Figure
     fig = Figure(figsize=(8, 3)); a, b = fig.subplots(1, 2)
@@ -283,7 +347,9 @@ def plot_curves(history:list[dict], path=None, title:str=""):
         with atomic_path(path) as tmp: fig.savefig(tmp, format="png", dpi=90)
     return fig
 
-def show_curves(exp, fold:int=0):
+def show_curves(exp, # experiment folder
+                fold:int=0, # fold whose curves to show
+               ):
     "Display `<exp>/models/fold_<k>/curves.png` in a notebook."
     from IPython.display import Image, display
     p = Path(exp)/"models"/f"fold_{fold}"/"curves.png"
@@ -314,7 +380,9 @@ class Run:
         out = [None] * self.world; dist.all_gather_object(out, obj); return out
 
 # %% ../nbs/07_train.ipynb #e74112c5
-def fold_ids(exp, fold:int) -> dict[str, list[str]]:
+def fold_ids(exp, # experiment folder
+             fold:int, # fold number
+            ) -> dict[str, list[str]]:
     "The 'train', 'val' and 'test' ids of `fold` from `<exp>/folds.json`."
     folds = read_json(Path(exp)/"folds.json")
     if str(fold) not in folds: raise SegcookError(f"{Path(exp)/'folds.json'}: no fold {fold}; folds are {sorted(folds, key=int)}")
@@ -410,7 +478,9 @@ def _same(a:Plan, b:Plan, but=()) -> list[str]:
     da, db = plan_to_dict(a), plan_to_dict(b)
     return [f"{s}.{k}" for s in da if isinstance(da[s], dict) for k in da[s] if f"{s}.{k}" not in but and da[s][k] != db[s].get(k)]
 
-def fold_start(r:Run, fold:int) -> tuple[Plan, dict|None]:
+def fold_start(r:Run, # the run
+               fold:int, # fold number
+              ) -> tuple[Plan, dict|None]:
     "The plan and checkpoint (None: from scratch) fold `fold` starts from; None plan: nothing to do."
     last = r.fold_dir(fold)/"last.pt"
     if r.overwrite or not last.exists():
@@ -466,7 +536,12 @@ def _worker(local_rank:int, world:int, port:int|None, kw:dict, rank:int|None=Non
 # %% ../nbs/07_train.ipynb #7114c587
 _SHORT = {f.name for f in fields(Train)}
 
-def run_overrides(epochs=None, steps_per_epoch=None, arch=None, loss=None, **kw) -> dict:
+def run_overrides(epochs=None, # train.epochs
+                  steps_per_epoch=None, # train.steps_per_epoch
+                  arch=None, # train.arch
+                  loss=None, # train.loss
+                  **kw, # other `train` fields (`lr=1e-3`) or dotted names
+                 ) -> dict:
     "Dotted plan overrides from run options: `lr=1e-3` -> `{'train.lr': 1e-3}`; dotted names pass through."
     kw.update({k: v for k, v in dict(epochs=epochs, steps_per_epoch=steps_per_epoch, arch=arch, loss=loss).items() if v is not None})
     out = {}
@@ -500,7 +575,10 @@ def train(exp, # experiment folder (config.json, folds.json, preprocessed/)
           folds:Sequence[int]|None=None, # folds to train (None: plan.train.folds, else all)
           gpus:int=0, # GPUs on this node (0: CPU)
           procs:int=1, # CPU processes (gloo) when gpus=0
-          epochs:int|None=None, steps_per_epoch:int|None=None, arch:str|None=None, loss:str|None=None,
+          epochs:int|None=None, # training epochs (None: the plan)
+          steps_per_epoch:int|None=None, # batches per epoch (None: the plan)
+          arch:str|None=None, # architecture (None: the plan's; `segcook archs`)
+          loss:str|None=None, # loss (None: the plan's; `segcook losses`)
           resume:bool=False, # continue an interrupted run with its settings
           extend:bool=False, # train a finished run to more `epochs`
           overwrite:bool=False, # start over
@@ -530,7 +608,8 @@ def train(exp, # experiment folder (config.json, folds.json, preprocessed/)
     return {k: load_checkpoint(exp/"models"/f"fold_{k}"/"last.pt")["best_score"] for k in kw["folds"]}
 
 # %% ../nbs/07_train.ipynb #b72d6dce
-def cli_train(argv:list[str]|None=None) -> int:
+def cli_train(argv:list[str]|None=None, # command-line arguments (None: `sys.argv[1:]`)
+             ) -> int:
     "segcook train: train the folds of an experiment on CPU or GPUs (DDP)."
     p = cli_parser("segcook train", "Train the folds of an experiment; checkpoints, log.csv and curves.png go to <exp>/models/fold_<k>/.\n"
                    "Options override the plan for this run only (recorded in the checkpoint, never written to config.json).",
