@@ -460,12 +460,14 @@ def status(out) -> pd.DataFrame:
             f = read_json(d/"failed.json")
             row.update(seconds=f.get("seconds"), cell=f.get("cell"), error=f.get("error"), log=f.get("log"))
         rows.append(row)
-    return pd.DataFrame(rows, columns=["run_id", "state", "seconds", "cell", "error", "log"])
+    df = pd.DataFrame(rows, columns=["run_id", "state", "seconds", "cell", "error", "log"])
+    df["cell"] = df["cell"].astype("Int64")
+    return df
 
 def _say_failures(out):
     df = status(out)
     for r in df[df.state == "failed"].itertuples():
-        cell = "" if r.cell != r.cell or r.cell is None else f" in cell {int(r.cell)}"
+        cell = "" if pd.isna(r.cell) else f" in cell {int(r.cell)}"
         print(f"FAILED {r.run_id}{cell}: {r.error}\n       log: {r.log}", file=sys.stderr)
 
 # %% ../nbs/16_sweep.ipynb #ddb19177
@@ -687,7 +689,7 @@ def cli_sweep(argv:list[str]|None=None) -> int:
         elif a.action == "status":
             df = status(a.out)
             if df.empty: raise SegcookError(f"{a.out}: no runs here (expected {a.out}/runs/<id>/run.json)")
-            print(df.drop(columns=["log"]).fillna("").to_string(index=False))
+            print(df.drop(columns=["log"]).astype(object).fillna("").to_string(index=False))
             print(_progress_line(counts(run_dirs(a.out))))
             _say_failures(a.out)
         else:
