@@ -211,3 +211,62 @@ def test_bad_controls_name_both_sides():
     with pytest.raises(SegcookError, match=r"head_lr_mult must be > 0 \(got -1\).*lr 0.01"):
         param_groups(net, 0.01, -1)
     with pytest.raises(SegcookError, match="has 6 encoder and 5 decoder stages"): parts(net, 6)
+
+
+# --- segcook train --pretrained --freeze --head-lr (CPU and DDP over gloo) ---------------------------------
+
+@pytest.fixture(scope="module")
+def pre_exp(tmp_path_factory):
+    "A tiny phantom experiment whose fold 0 is trained (the pretrained weights)."
+    from segcook.train import toy_experiment, train
+    exp = toy_experiment(tmp_path_factory.mktemp("ft")/"exp", cases=4, size=(24, 24, 16), patch=(16, 16, 16), nfolds=2,
+                         val_fraction=0.5, epochs=1, steps_per_epoch=1, batch_size=2, arch_kwargs={"base": 4})
+    train(exp, folds=[0], loader="global")
+    return exp
+
+
+def _check_finetuned(exp, part_prefix="decoder."):
+    from segcook.train import load_checkpoint
+    pre = load_checkpoint(exp/"models/fold_0/last.pt")["model"]
+    ck = load_checkpoint(exp/"models/fold_1/last.pt")
+    a, b = pre, ck["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a if k.startswith(part_prefix))               # frozen: unchanged
+    assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("encoder."))            # trained: moved
+    groups = ck["optimizer"]["param_groups"]
+    assert [g["name"] for g in groups] == ["body", "head"] and groups[1]["lr"] == pytest.approx(10 * groups[0]["lr"])
+    from segcook.core import plan_from_dict
+    from segcook.nets import build_net
+    net = build_net(plan_from_dict(ck["plan"]))
+    n_trainable = sum(1 for k, _ in net.named_parameters() if not k.startswith(part_prefix))
+    assert sum(len(g["params"]) for g in groups) == n_trainable                               # no frozen parameter in the optimiser
+    assert len(ck["optimizer"]["state"]) <= n_trainable
+    assert ck["plan"]["train"]["pretrained"] and ck["plan"]["train"]["freeze"] == "decoder"
+
+
+def test_cli_train_pretrained_freeze_head_lr(pre_exp, tmp_path):
+    from segcook.train import cli_train
+    exp = tmp_path/"exp"; __import__("shutil").copytree(pre_exp, exp)
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in (exp/"models/fold_0").iterdir())
+    rc = cli_train(["--exp", str(exp), "--folds", "1", "--epochs", "1", "--steps-per-epoch", "1", "--loader", "global",
+                    "--pretrained", str(exp/"models/fold_0/last.pt"), "--freeze", "decoder", "--head-lr", "10"])
+    assert rc == 0
+    _check_finetuned(exp)
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in (exp/"models/fold_0").iterdir()) == before   # nothing written there
+    assert __import__("json").loads((exp/"config.json").read_text())["train"].get("pretrained") is None   # not written back
+
+
+def test_train_pretrained_freeze_ddp_gloo(pre_exp, tmp_path):
+    from segcook.train import train
+    exp = tmp_path/"exp"; __import__("shutil").copytree(pre_exp, exp)
+    train(exp, folds=[1], procs=2, epochs=1, steps_per_epoch=1, batch_size=1, loader="global",
+          pretrained=str(exp/"models/fold_0/last.pt"), freeze="decoder", head_lr_mult=10)
+    _check_finetuned(exp)
+
+
+def test_train_bad_freeze_is_clear(pre_exp, tmp_path):
+    from segcook.train import train
+    exp = tmp_path/"exp"; __import__("shutil").copytree(pre_exp, exp)
+    with pytest.raises(SegcookError, match=r"head_lr_mult must be > 0 \(got 0\)"):
+        train(exp, folds=[1], epochs=1, steps_per_epoch=1, loader="global", head_lr_mult=0)
+    with pytest.raises(SegcookError, match=r"\['bottleneck'\] is not a part of DynamicUNet"):
+        train(exp, folds=[1], epochs=1, steps_per_epoch=1, loader="global", freeze="bottleneck")
