@@ -208,6 +208,13 @@ class Train:
     folds: list[int] | None = None     # folds to train (None: all)
     val_fraction: float = 0.1          # validation split taken from each fold's *training* part
     seed: int = 42  # seed of the folds, weights and patch draws
+    # fine-tuning (segcook.transfer)
+    pretrained: str | None = None      # checkpoint to start from: segcook, STU-Net (*.model, *.pth) or nnU-Net v2
+    reinit_head: bool = True           # keep this network's new heads (SegBook); False loads heads whose shapes fit
+    freeze: str = "none"               # 'none', 'encoder', 'middle', 'decoder' or 'head' (segcook.transfer.parts)
+    freeze_middle: int = 1             # encoder and decoder stages next to the bottleneck that 'middle' spans
+    head_lr_mult: float = 1.0          # the head learns at lr x this (SegBook: 10)
+    stem_adapt: str = "repeat"         # first convolution for other input channels: 'repeat' (STU-Net) or 'average'
 
 @dataclass
 class Infer:

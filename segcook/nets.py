@@ -14,10 +14,11 @@ import torch.nn.functional as F
 from .core import SegcookError, ARCHS, register_arch, Plan, cli_parser, run_cli, load_plan
 
 # %% auto #0
-__all__ = ['AXES', 'STUNET_VARIANTS', 'MIND_CHANNELS', 'get_topology', 'ConvNormAct', 'PlainStage', 'ResBlock', 'ResStage',
-           'SegNet', 'net_parts', 'VAEBranch', 'DynamicUNet', 'nnunet', 'unet', 'MonaiNet', 'swin_unetr', 'MGNet',
-           'w_heights', 'fmgnet', 'wnet', 'STUNet', 'base_w', 'on_meta', 'count_params', 'init_region_bias',
-           'n_input_channels', 'n_output_channels', 'build_net', 'memory_estimate', 'arch_table', 'cli_archs']
+__all__ = ['AXES', 'RESENC_BLOCKS', 'STUNET_VARIANTS', 'MIND_CHANNELS', 'get_topology', 'ConvNormAct', 'PlainStage', 'ResBlock',
+           'ResStage', 'SegNet', 'net_parts', 'VAEBranch', 'DynamicUNet', 'nnunet', 'unet', 'ConvNorm', 'ResBlockD',
+           'ResEncUNet', 'nnunet_resenc', 'MonaiNet', 'swin_unetr', 'MGNet', 'w_heights', 'fmgnet', 'wnet', 'STUNet',
+           'base_w', 'on_meta', 'count_params', 'init_region_bias', 'n_input_channels', 'n_output_channels',
+           'build_net', 'memory_estimate', 'arch_table', 'cli_archs']
 
 # %% ../nbs/04_nets.ipynb #c1c3a2d7
 AXES = "xyz"
@@ -226,6 +227,61 @@ def unet(in_channels, # image channels the network sees
     widths = [min(base * 2**i, max_width) for i in range(len(s))]
     return DynamicUNet(in_channels, out_channels, k, s, widths, False, deep_supervision, False,
                        norm="batch", act="relu", pool="max", **kw)
+
+# %% ../nbs/04_nets.ipynb #a11e0002
+class ConvNorm(nn.Sequential):
+    "Convolution (same padding) and normalisation, no activation (the second convolution of a residual block)."
+    def __init__(self, cin, cout, k=3, stride=1, norm="instance", bias=True):
+        super().__init__(nn.Conv3d(cin, cout, k, stride, _pad(k), bias=bias), _norm(norm, cout))
+
+class ResBlockD(nn.Module):
+    "ResNet-D block (nnU-Net's ResEnc `BasicBlockD`): conv-norm-act, conv-norm, plus a skip of average pooling and a 1x1 conv-norm."
+    def __init__(self, cin, cout, k=3, stride=1, norm="instance", act="leaky"):
+        super().__init__()
+        self.conv1, self.conv2, self.act = ConvNormAct(cin, cout, k, stride, norm, act), ConvNorm(cout, cout, k, 1, norm), _act(act)
+        self.skip = nn.Sequential()
+        if any(s > 1 for s in _as3(stride)): self.skip.add_module("pool", nn.AvgPool3d(stride, stride))
+        if cin != cout:
+            self.skip.add_module("conv", nn.Conv3d(cin, cout, 1, bias=False)); self.skip.add_module("norm", _norm(norm, cout))
+    def forward(self, x): return self.act(self.conv2(self.conv1(x)) + self.skip(x))
+
+class ResEncUNet(SegNet):
+    "nnU-Net's residual-encoder U-Net (ResEnc): a conv stem, ResNet-D encoder stages, a plain decoder."
+    def __init__(self, in_channels, out_channels, kernels, strides, widths, blocks:Sequence[int], n_conv_decoder:int=1,
+                 deep_supervision:int=0, norm="instance", act="leaky"):
+        super().__init__()
+        L = len(strides)
+        self.deep_supervision = _check_ds(deep_supervision, L - 1, "nnunet_resenc")
+        stem = ConvNormAct(in_channels, widths[0], kernels[0], 1, norm, act)
+        stage = lambda i: nn.Sequential(*[ResBlockD(widths[i - 1] if (b == 0 and i > 0) else widths[i], widths[i], kernels[i],
+                                                    strides[i] if b == 0 else 1, norm, act) for b in range(blocks[i])])
+        self.encoder = nn.ModuleList([stem] + [stage(i) for i in range(L)])
+        self.decoder = nn.ModuleList([_UpStage(widths[i + 1], widths[i], kernels[i], strides[i + 1], n_conv_decoder, norm, act)
+                                      for i in reversed(range(L - 1))])
+        self.head = nn.ModuleList([nn.Conv3d(widths[i], out_channels, 1) for i in range(L - 1)][:self.deep_supervision + 1])
+
+    def forward(self, x):
+        x, skips = self.encoder[0](x), []
+        for st in self.encoder[1:]:
+            x = st(x); skips.append(x)
+        feats = []
+        for up, skip in zip(self.decoder, reversed(skips[:-1])):
+            x = up(x, skip); feats.append(x)
+        return self._outputs(feats[::-1])
+
+RESENC_BLOCKS = (1, 3, 4, 6, 6, 6, 6, 6)  # nnU-Net's ResEnc M/L/XL presets: blocks per encoder stage
+
+@register_arch("nnunet_resenc")
+def nnunet_resenc(in_channels, out_channels, patch_size, spacing=None, deep_supervision:int=0,
+                  blocks:Sequence[int]|None=None, # residual blocks per encoder stage (default: nnU-Net's 1, 3, 4, 6, 6, 6, ...)
+                  n_conv_decoder:int=1, # convolutions per decoder stage
+                  base:int=32, max_width:int=320, max_pools:int=5, **kw):
+    "nnU-Net ResEnc U-Net (Isensee et al. 2024; the M/L/XL presets): residual encoder, plain decoder."
+    k, s = get_topology(patch_size, spacing, max_pools)
+    blocks = list(blocks or RESENC_BLOCKS)
+    if len(blocks) < len(s): blocks += [blocks[-1]] * (len(s) - len(blocks))
+    widths = [min(base * 2**i, max_width) for i in range(len(s))]
+    return ResEncUNet(in_channels, out_channels, k, s, widths, blocks[:len(s)], n_conv_decoder, deep_supervision, **kw)
 
 # %% ../nbs/04_nets.ipynb #68747fe7
 class MonaiNet(SegNet):

@@ -18,6 +18,7 @@ from .core import (SegcookError, Plan, Channel, Train, load_plan, save_plan, ove
                           read_json, write_json, write_text, atomic_path, progress, log, cli_parser, run_cli, read_image, to_xyz)
 from .nets import build_net
 from .losses import build_loss
+from .transfer import load_pretrained, freeze, param_groups
 
 # %% auto #0
 __all__ = ['LOG_FIELDS', 'make_folds', 'toy_experiment', 'GlobalBatchLoader', 'make_loader', 'make_optimizer', 'warmup_epochs',
@@ -400,15 +401,20 @@ def _val_score(r:Run, net, ids) -> float:
     return tot / n if n else float("nan")
 
 # %% ../nbs/07_train.ipynb #f219fc98
-def _build(r:Run, fold:int):
+def _build(r:Run, fold:int, pretrained:bool=True):
     "Net (DDP-wrapped when distributed), loss, optimiser, scheduler, scaler for `r.plan`."
     t = r.plan.train
     torch.manual_seed(t.seed + fold); np.random.seed(t.seed + fold); random.seed(t.seed + fold)
     net = build_net(r.plan).to(r.device)
+    if t.pretrained and pretrained:
+        rep = load_pretrained(net, t.pretrained, reinit_head=t.reinit_head, stem=t.stem_adapt)
+        if r.main: log.info(rep.summary())
+    tune = t.freeze != "none" or t.head_lr_mult != 1
+    if tune: freeze(net, t.freeze, t.freeze_middle)   # before DDP: its reducer then holds only trainable parameters
     if r.ddp:
         from torch.nn.parallel import DistributedDataParallel as DDP
         net = DDP(net, device_ids=[r.device.index] if r.device.type == "cuda" else None)
-    opt = make_optimizer(net.parameters(), t)
+    opt = make_optimizer(param_groups(_unwrap(net), t.lr, t.head_lr_mult) if tune else net.parameters(), t)
     return net, build_loss(r.plan).to(r.device), opt, make_scheduler(opt, t), torch.amp.GradScaler("cuda", enabled=False)
 
 def _restore(r:Run, ck:dict, net, opt, sched, scaler):
@@ -446,7 +452,7 @@ def _epoch(r:Run, fold, e, net, loss_fn, opt, dl) -> float:
 def _fit_fold(r:Run, fold:int, ck:dict|None) -> float:
     "Train fold `fold` from scratch or from checkpoint `ck`; returns the best validation Dice."
     ids, t, d = fold_ids(r.exp, fold), r.plan.train, r.fold_dir(fold)
-    net, loss_fn, opt, sched, scaler = _build(r, fold)
+    net, loss_fn, opt, sched, scaler = _build(r, fold, pretrained=ck is None)   # a resumed run has its own weights
     start, best, hist = 0, -math.inf, []
     if ck is not None:
         _restore(r, ck, net, opt, sched, scaler); start, best, hist = ck["epoch"], ck["best_score"], list(ck["history"])
@@ -608,6 +614,12 @@ def train(exp, # experiment folder (config.json, folds.json, preprocessed/)
     return {k: load_checkpoint(exp/"models"/f"fold_{k}"/"last.pt")["best_score"] for k in kw["folds"]}
 
 # %% ../nbs/07_train.ipynb #b72d6dce
+def _tune_overrides(a) -> dict:
+    "The fine-tuning flags given on the command line, as train overrides."
+    d = dict(pretrained=str(Path(a.pretrained).resolve()) if a.pretrained else None, freeze=a.freeze,
+             head_lr_mult=a.head_lr, reinit_head=False if a.keep_head else None)
+    return {k: v for k, v in d.items() if v is not None}
+
 def cli_train(argv:list[str]|None=None, # command-line arguments (None: `sys.argv[1:]`)
              ) -> int:
     "segcook train: train the folds of an experiment on CPU or GPUs (DDP)."
@@ -622,13 +634,18 @@ def cli_train(argv:list[str]|None=None, # command-line arguments (None: `sys.arg
     p.add_argument("--arch", default=None, help="architecture (see `segcook archs`)")
     p.add_argument("--loss", default=None, help="loss (see `segcook losses`)")
     p.add_argument("--loader", default="auto", choices=["auto", "dali", "global"])
+    p.add_argument("--pretrained", default=None, help="start from this checkpoint (segcook, STU-Net *.model/*.pth, nnU-Net v2)")
+    p.add_argument("--keep-head", action="store_true", help="load the checkpoint's heads when they fit (default: new heads)")
+    p.add_argument("--freeze", default=None, choices=["none", "encoder", "middle", "decoder", "head"], help="part not to train")
+    p.add_argument("--head-lr", type=float, default=None, help="the head's learning rate is lr x this (SegBook: 10)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--resume", action="store_true", help="continue an interrupted run")
     g.add_argument("--overwrite", action="store_true", help="start over")
     g.add_argument("--extend", action="store_true", help="train a finished run to a larger --epochs")
     a = p.parse_args(argv)
     def go():
-        res = train(a.exp, a.folds, a.gpus, a.procs, a.epochs, a.steps_per_epoch, a.arch, a.loss, a.resume, a.extend, a.overwrite, a.loader)
+        res = train(a.exp, a.folds, a.gpus, a.procs, a.epochs, a.steps_per_epoch, a.arch, a.loss, a.resume, a.extend, a.overwrite, a.loader,
+                    **_tune_overrides(a))
         if int(os.environ.get("RANK", 0)) == 0:
             for k, v in res.items(): print(f"fold {k}: best validation Dice {v:.4f}")
     return run_cli(go)

@@ -13,6 +13,7 @@ CASES = [
     ("nnunet", [32, 32, 16], {}),
     ("nnunet", [32, 32, 32], {"residual": True, "deep_supervision": 2}),
     ("nnunet", [32, 32, 32], {"pocket": True, "vae": True, "deep_supervision": 1}),
+    ("nnunet_resenc", [32, 32, 32], {"base": 8, "deep_supervision": 1}),
     ("unet", [32, 32, 32], {"deep_supervision": 1}),
     ("mednext_s", [32, 32, 32], {"deep_supervision": 2}),
     ("mednext_b", [32, 32, 32], {}),
