@@ -24,20 +24,24 @@ from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 pre, raw, case, out = map(Path, sys.argv[1:5])
-torch.set_num_threads(int(sys.argv[5]))
-plans = json.loads(next(pre.glob("*/nnUNetPlans.json")).read_text())
-dsj = json.loads((raw/"dataset.json").read_text())
-pm = PlansManager(plans); cm = pm.get_configuration("3d_fullres")
-nin, nout = len(dsj["channel_names"]), len(dsj["labels"])
-net = get_network_from_plans(cm.network_arch_class_name, cm.network_arch_init_kwargs, cm.network_arch_init_kwargs_req_import,
-                             nin, nout, allow_init=True, deep_supervision=False)
-print("nnunet params", sum(p.numel() for p in net.parameters()), "patch", cm.patch_size, flush=True)
-p = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False, perform_everything_on_device=False,
-                    device=torch.device("cpu"), verbose=False, verbose_preprocessing=False, allow_tqdm=False)
-p.manual_initialization(net, pm, cm, [net.state_dict()], dsj, "nnUNetTrainer", None)
-files = [str(raw/"imagesTr"/f"{case}_{i:04d}.nii.gz") for i in range(nin)]
-p.predict_from_files([files], [str(out/case)], save_probabilities=False, overwrite=True,
-                     num_processes_preprocessing=1, num_processes_segmentation_export=1)
+
+def main():
+    torch.set_num_threads(int(sys.argv[5]))
+    plans = json.loads(next(pre.glob("*/nnUNetPlans.json")).read_text())
+    dsj = json.loads((raw/"dataset.json").read_text())
+    pm = PlansManager(plans); cm = pm.get_configuration("3d_fullres")
+    nin, nout = len(dsj["channel_names"]), len(dsj["labels"])
+    net = get_network_from_plans(cm.network_arch_class_name, cm.network_arch_init_kwargs, cm.network_arch_init_kwargs_req_import,
+                                 nin, nout, allow_init=True, deep_supervision=False)
+    print("nnunet params", sum(p.numel() for p in net.parameters()), "patch", cm.patch_size, flush=True)
+    p = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False, perform_everything_on_device=False,
+                        device=torch.device("cpu"), verbose=False, verbose_preprocessing=False, allow_tqdm=False)
+    p.manual_initialization(net, pm, cm, [net.state_dict()], dsj, "nnUNetTrainer", None)
+    files = [str(raw/"imagesTr"/f"{case}_{i:04d}.nii.gz") for i in range(nin)]
+    p.predict_from_files([files], [str(out/case)], save_probabilities=False, overwrite=True,
+                         num_processes_preprocessing=1, num_processes_segmentation_export=1)
+
+if __name__ == "__main__": main()   # nnU-Net's preprocessing workers start with spawn
 '''
 
 
@@ -80,7 +84,7 @@ def main():
     t = {"nnU-Net predictor (no TTA)": [], "segcook predict --fast": [], "segcook predict --no-tta": []}
     for i in range(a.reps):
         for k in t:
-            out = work/"pred"/k.split()[0]/k.split()[-1].strip("-()")
+            out = work/"pred"/"".join(ch if ch.isalnum() else "_" for ch in k)
             shutil.rmtree(out, ignore_errors=True); out.mkdir(parents=True)
             if k.startswith("nnU-Net"):
                 cmd = [str(NNUNET_PY), str(work/"peer.py"), str(pre), str(raw), case.id, str(out), str(a.threads)]
