@@ -38,6 +38,8 @@ def _suffix(p: Path) -> str:
     "Full extension, so that `.nii.gz` stays `.nii.gz`."
     return "".join(p.suffixes[-2:]) if p.name.endswith((".nii.gz", ".tar.gz")) else p.suffix
 
+_UMASK = os.umask(0o022); os.umask(_UMASK)     # read once: os.umask can only be read by setting it
+
 @contextlib.contextmanager
 def atomic_path(path, # final file name
                ):
@@ -46,6 +48,7 @@ def atomic_path(path, # final file name
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + _suffix(path), dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)     # mkstemp makes 0600; the finished file follows the umask, as open() would
     try:
         yield Path(tmp)
         os.replace(tmp, path)
