@@ -38,7 +38,9 @@ def _minutes(v, where:str) -> float:
     d, h, mi, s = (int(x or 0) for x in m.groups())
     return d*1440 + h*60 + mi + s/60
 
-def parse_resources(d:dict|None, where:str="resources") -> Resources:
+def parse_resources(d:dict|None, # the `resources` section of a spec (None: defaults)
+                    where:str="resources", # what to call it in error messages
+                   ) -> Resources:
     "Validated `Resources` from a spec's `resources` section; a bad value names the field and the allowed range."
     d = dict(d or {})
     known = [f for f in Resources.__dataclass_fields__]
@@ -57,7 +59,8 @@ def parse_resources(d:dict|None, where:str="resources") -> Resources:
     return r
 
 # %% ../nbs/16_sweep.ipynb #dfa58eae
-def recipe_parameters(recipe) -> dict[str, dict]:
+def recipe_parameters(recipe, # a papermill notebook (.ipynb)
+                     ) -> dict[str, dict]:
     "`{name: {default, help}}` of the cell tagged `parameters` of a papermill notebook (defaults as source text)."
     recipe = Path(recipe)
     if not recipe.exists(): raise SegcookError(f"{recipe}: recipe notebook not found")
@@ -99,7 +102,7 @@ def run_id(recipe:str, # the recipe's file name
 @dataclass
 class Run:
     "One papermill run of a sweep."
-    id: str
+    id: str # folder name: slug of the swept values + hash of all parameters
     params: dict # every parameter injected into the recipe (base + swept; not `exp`)
     swept: dict # the values that make this run differ from the others
 
@@ -108,10 +111,10 @@ class Sweep:
     "A validated sweep spec, expanded into its runs."
     recipe: Path # the recipe notebook (absolute)
     root: Path # folder of the spec: relative paths and the notebooks' working directory
-    runs: list[Run]
-    resources: Resources
+    runs: list[Run] # the expanded runs, in spec order
+    resources: Resources # what each run may use
     slurm: dict = field(default_factory=dict) # partition, account, qos, constraint, ... (Slurm engine)
-    name: str = "sweep"
+    name: str = "sweep" # the spec's name (Slurm job name), default the recipe's
     has_exp: bool = True # the recipe has an `exp` parameter (set to each run's folder)
 
 SPEC_KEYS = ["recipe", "name", "base", "grid", "runs", "seeds", "repeats", "seed_param", "resources", "slurm"]
@@ -207,7 +210,8 @@ def _flat(d:dict, pre:str="") -> dict:
 
 def record(metrics:dict|None=None, # values to record (names -> numbers)
            run_dir=None, # where to write metrics.json (default: $SEGCOOK_RUN_DIR, set by the sweep engines)
-           **kw):
+           **kw, # more values, as keyword arguments
+          ):
     "Record a run's headline metrics (merged into `<run>/metrics.json`); returns all recorded so far."
     new = _flat({**(metrics or {}), **kw})
     run_dir = run_dir or os.environ.get("SEGCOOK_RUN_DIR")
@@ -234,7 +238,8 @@ def _job_alive(job:str) -> bool:
     except (OSError, subprocess.TimeoutExpired): return True     # cannot tell: do not start it twice
     return bool(r.stdout.strip())
 
-def run_state(d) -> str:
+def run_state(d, # a run folder
+             ) -> str:
     "'done', 'failed', 'running', 'queued' (Slurm), 'interrupted' (its process is gone) or 'pending'."
     d = Path(d)
     if (d/"done.json").exists(): return "done"
@@ -343,7 +348,9 @@ def _kill(p):
         with contextlib.suppress(ProcessLookupError): os.killpg(p.pid, signal.SIGKILL)
 
 # %% ../nbs/16_sweep.ipynb #afe157f1
-def prepare(sw:Sweep, out) -> list[Path]:
+def prepare(sw:Sweep, # a validated sweep (`load_sweep`)
+            out, # the sweep output folder (created)
+           ) -> list[Path]:
     "Create `<out>/runs/<id>/run.json` for every run of `sw`; returns the run folders."
     out = Path(out)
     dirs = []
@@ -361,14 +368,16 @@ def _known_runs(out:Path) -> list[str]:
     p = out/"sweep.json"
     return read_json(p)["runs"] if p.exists() else []
 
-def run_dirs(out) -> list[Path]:
+def run_dirs(out, # a sweep output folder
+            ) -> list[Path]:
     "Every run folder of a sweep output folder (those with a run.json)."
     return sorted(p.parent for p in (Path(out)/"runs").glob("*/run.json"))
 
 # %% ../nbs/16_sweep.ipynb #8cba450b
 class GpuPool:
     "Whole GPUs handed out to runs; `take(n)` blocks until n are free."
-    def __init__(self, ids:list[int]): self.free, self.n, self.cv = list(ids), len(ids), threading.Condition()
+    def __init__(self, ids:list[int], # the GPU indices to hand out
+                ): self.free, self.n, self.cv = list(ids), len(ids), threading.Condition()
     def take(self, n:int) -> list[int]:
         "Wait until `n` GPUs are free and return their indices."
         if n > self.n: raise SegcookError(f"a run asks for {n} GPU(s) but this machine has {self.n}")
@@ -391,7 +400,8 @@ def visible_gpus() -> list[int]:
 # %% ../nbs/16_sweep.ipynb #08d0aa74
 STATES = ("done", "running", "queued", "failed", "interrupted", "pending")
 
-def counts(dirs) -> dict[str, int]:
+def counts(dirs, # run folders
+          ) -> dict[str, int]:
     "How many runs are in each state."
     c = dict.fromkeys(STATES, 0)
     for d in dirs: c[run_state(d)] += 1
@@ -405,7 +415,8 @@ def _progress_line(c:dict, what:str="") -> str:
 # %% ../nbs/16_sweep.ipynb #ed3de61b
 def run_local(dirs:list[Path], # run folders (with run.json)
               max_parallel:int=1, # runs at once
-              quiet:bool=False) -> dict[str, str]:
+              quiet:bool=False, # no progress lines
+             ) -> dict[str, str]:
     "Execute the unfinished runs of `dirs` on this machine; returns `{run id: state}`."
     todo = [d for d in dirs if run_state(d) in ("pending", "interrupted")]
     busy = [d for d in dirs if run_state(d) == "running"]
@@ -449,7 +460,8 @@ class _stopping_children:
         for s, h in self.old.items(): signal.signal(s, h)
 
 # %% ../nbs/16_sweep.ipynb #0d20d458
-def status(out) -> pd.DataFrame:
+def status(out, # a sweep output folder
+          ) -> pd.DataFrame:
     "One row per run: id, state, seconds, and for failures the failing cell, error and log path."
     rows = []
     for d in run_dirs(out):
@@ -471,7 +483,8 @@ def _say_failures(out):
         print(f"FAILED {r.run_id}{cell}: {r.error}\n       log: {r.log}", file=sys.stderr)
 
 # %% ../nbs/16_sweep.ipynb #ddb19177
-def reset_failed(out) -> list[Path]:
+def reset_failed(out, # a sweep output folder
+                ) -> list[Path]:
     "Forget the failures of a sweep (their reports move to `failed.<k>.json`) so they run again."
     dirs = []
     for d in run_dirs(out):
@@ -506,7 +519,13 @@ def _slurm_task(run_dir:str, threads:int|None) -> str:
     return st
 
 # %% ../nbs/16_sweep.ipynb #baddccef
-def run_slurm(dirs:list[Path], out, max_parallel:int=8, slurm:dict|None=None, poll_s:float=2.0, quiet:bool=False) -> dict[str, str]:
+def run_slurm(dirs:list[Path], # run folders (with run.json)
+              out, # the sweep output folder (sweep.json; submitit's files go to <out>/slurm/)
+              max_parallel:int=8, # array tasks running at once
+              slurm:dict|None=None, # options overriding the spec's (partition, account, qos, ...)
+              poll_s:float=2.0, # seconds between looks at the runs' states
+              quiet:bool=False, # no progress lines
+             ) -> dict[str, str]:
     "Submit the unfinished runs of `dirs` as one Slurm job array; wait for them; returns `{run id: state}`."
     out = Path(out)
     todo = [d for d in dirs if run_state(d) in ("pending", "interrupted")]
@@ -528,7 +547,8 @@ def run_slurm(dirs:list[Path], out, max_parallel:int=8, slurm:dict|None=None, po
     return {d.name: run_state(d) for d in dirs}
 
 # %% ../nbs/16_sweep.ipynb #cf9cf4ad
-def slurm_head_node(env=None) -> str:
+def slurm_head_node(env=None, # environment to read (default: os.environ)
+                   ) -> str:
     "The first host of this Slurm job's node list (`scontrol show hostnames`)."
     env = os.environ if env is None else env
     nl = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST")
@@ -540,7 +560,9 @@ def slurm_head_node(env=None) -> str:
 
 def torchrun_command(args:list[str], # what torchrun runs, e.g. ['-m', 'segcook.sweep', 'torchrun-train', 'args.json']
                      nproc_per_node:int, # processes per node (GPUs per node, or CPU processes)
-                     env=None, port:int=29500) -> list[str]:
+                     env=None, # environment to read the Slurm job from (default: os.environ)
+                     port:int=29500, # rendezvous port on the first node
+                    ) -> list[str]:
     "`srun ... torchrun ...`: `args` once per node of this Slurm job, `nproc_per_node` processes each."
     env = os.environ if env is None else env
     if "SLURM_JOB_ID" not in env: raise SegcookError("not inside a Slurm job (no SLURM_JOB_ID): multi-node training needs `--engine slurm` with resources.nodes > 1")
@@ -585,7 +607,8 @@ def run_sweep(spec, # sweep spec (file or dict)
               engine:str="local", # 'local' or 'slurm'
               max_parallel:int|None=None, # runs at once (default: local 1 per `cpus`/GPU budget; Slurm 8)
               slurm:dict|None=None, # Slurm options overriding the spec's (partition, account, qos)
-              quiet:bool=False):
+              quiet:bool=False, # no progress lines
+             ):
     "Run every unfinished run of a sweep and collect the results table; returns `(states, results)`."
     if engine not in ("local", "slurm"): raise SegcookError(f"unknown engine '{engine}'; known: ['local', 'slurm']")
     sw = load_sweep(spec)
@@ -622,7 +645,12 @@ def collect(out, # sweep output folder
     return df
 
 # %% ../nbs/16_sweep.ipynb #6f911eec
-def plot_metric(df, metric:str, axes:list[str], path=None, show:bool=True):
+def plot_metric(df, # the results table (`collect`)
+                metric:str, # the column to plot
+                axes:list[str], # swept parameters: one panel each
+                path=None, # write the figure here (PNG), atomically
+                show:bool=True, # display it (in a notebook)
+               ):
     "One panel per swept axis: the metric of every run (dots) and the mean per axis value (bars)."
     import matplotlib.pyplot as plt
     axes = [a for a in axes if a in df.columns] or ["run_id"]
@@ -680,7 +708,8 @@ def _cli_run(a):
     if c["failed"]: _say_failures(a.out)
     return 1 if c["failed"] or c["pending"] + c["interrupted"] else 0
 
-def cli_sweep(argv:list[str]|None=None) -> int:
+def cli_sweep(argv:list[str]|None=None, # command-line arguments (None: `sys.argv[1:]`)
+             ) -> int:
     "segcook sweep: grids of recipes on this machine or on Slurm, resumable, into one results table"
     a = _sweep_parser().parse_args(argv)
     rc = [0]
