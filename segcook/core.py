@@ -102,7 +102,9 @@ def _origin(obj) -> str:
 
 class Registry:
     "Named builders of one kind (`arch`, `loss`, ...); a miss lists what is available."
-    def __init__(self, kind:str): self.kind, self._d = kind, {}
+    def __init__(self,
+                 kind:str, # what it holds ('arch', 'loss', 'metric', ...): named in its error messages
+                ): self.kind, self._d = kind, {}
 
     def register(self, name:str|None=None, overwrite:bool=False):
         "Decorator: register under `name` (default: `__name__`); a second registration replaces the first."

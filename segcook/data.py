@@ -36,19 +36,19 @@ MODALITIES = ("mr", "ct", "other")
 class Dataset:
     "A parsed dataset description; `cases(split)` finds the files."
     path: Path                                # the dataset.json
-    task: str
-    modality: str
-    root: Path
+    task: str                                 # the task's name ("task")
+    modality: str                             # default modality of every channel: 'mr', 'ct', ... ("modality")
+    root: Path                                # folder relative paths are taken from (default: the folder of dataset.json)
     channels: list[tuple[str, str]]           # (name, modality) in order
     patterns: dict[str, list[str]]            # channel -> filename patterns (folder layout)
-    mask_patterns: list[str]
-    labels: list[int]
-    final_classes: dict[str, list[int]]
-    regions: dict[str, list[int]] | None = None
-    region_thresholds: dict[str, float] | None = None
-    ignore_label: int | None = None
-    label_names: dict[str, int] = field(default_factory=dict)
-    raw: dict = field(default_factory=dict)
+    mask_patterns: list[str]                  # filename patterns of the label map ("mask"); empty: no labels
+    labels: list[int]                         # label values, background first ("labels")
+    final_classes: dict[str, list[int]]       # evaluation classes: name -> labels, e.g. {'WT': [1, 2, 3]}
+    regions: dict[str, list[int]] | None = None   # overlapping sigmoid outputs: name -> labels; None: softmax over labels
+    region_thresholds: dict[str, float] | None = None   # probability threshold per region (default 0.5)
+    ignore_label: int | None = None           # label value meaning "not annotated" (sparse annotation)
+    label_names: dict[str, int] = field(default_factory=dict)   # name -> label value, e.g. {'ET': 3}
+    raw: dict = field(default_factory=dict)   # the dataset.json as read
 
     @property
     def channel_names(self) -> list[str]: return [c for c, _ in self.channels]

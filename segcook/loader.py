@@ -31,17 +31,17 @@ class Augment:
     p_scale: float = 0.2               # per patch: isotropic zoom
     scale: tuple[float, float] = (0.7, 1.4)   # zoom factor range (> 1 enlarges structures)
     p_noise: float = 0.1               # additive Gaussian noise
-    noise_var: tuple[float, float] = (0.0, 0.1)
+    noise_var: tuple[float, float] = (0.0, 0.1)   # range of the noise variance (normalised intensities)
     p_blur: float = 0.2                # Gaussian blur
     blur_sigma: tuple[float, float] = (0.5, 1.0)  # voxels
     p_brightness: float = 0.15         # multiplicative brightness
-    brightness: tuple[float, float] = (0.75, 1.25)
+    brightness: tuple[float, float] = (0.75, 1.25)   # range of the intensity multiplier
     p_contrast: float = 0.15           # contrast about the mean, range preserved
-    contrast: tuple[float, float] = (0.75, 1.25)
+    contrast: tuple[float, float] = (0.75, 1.25)   # range of the contrast factor
     p_lowres: float = 0.25             # simulate low resolution: nearest down, trilinear up
-    lowres_zoom: tuple[float, float] = (0.5, 1.0)
+    lowres_zoom: tuple[float, float] = (0.5, 1.0)   # range of the downsampling factor (0.5: half the voxels per axis)
     p_gamma: float = 0.3               # gamma on the [min, max]-normalised patch, mean/std kept
-    gamma: tuple[float, float] = (0.7, 1.5)
+    gamma: tuple[float, float] = (0.7, 1.5)   # range of the gamma exponent
     p_gamma_invert: float = 0.1        # gamma of the inverted image
 
     @classmethod
@@ -348,9 +348,19 @@ def _fg_classes(plan:Plan) -> list[int]:
 
 class TrainLoader:
     "Random augmented patches from preprocessed cases, via a DALI pipeline; see `make_train_loader`."
-    def __init__(self, case_dirs, plan:Plan, batch_size:int, seed:int=0, shard_id:int=0, num_shards:int=1,
-                 device_id:int|None=None, steps:int|None=None, aug:Augment|None=None, num_threads:int|None=None,
-                 warp:str="auto"):
+    def __init__(self,
+                 case_dirs, # folders `<exp>/preprocessed/<id>` (finished cases)
+                 plan:Plan, # patch size (spatial.patch_size), oversampling (train.oversampling), labels
+                 batch_size:int, # patches per batch on this rank
+                 seed:int=0, # same seed, same batches
+                 shard_id:int=0, # this rank
+                 num_shards:int=1, # number of ranks (DDP world size)
+                 device_id:int|None=None, # CUDA device of this rank; None: CPU pipeline
+                 steps:int|None=None, # batches per epoch; None: infinite
+                 aug:Augment|None=None, # augmentation; None: `Augment()`, `Augment.off()`: none
+                 num_threads:int|None=None, # DALI CPU threads (default min(4, cores))
+                 warp:str="auto", # rotation/zoom resampling: 'dali' (warp_affine), 'torch' (grid_sample); auto: dali on GPU
+                ):
         self.dirs = [Path(d) for d in case_dirs]
         self.nc = _check_cases(self.dirs, need_label=True)
         if plan.spatial.patch_size is None: raise SegcookError("plan.spatial.patch_size is not set; run `segcook analyze` first")
@@ -449,7 +459,13 @@ def make_train_loader(case_dirs:list, # folders `<exp>/preprocessed/<id>` (finis
 # %% ../nbs/06_loader.ipynb #0e1f71ba
 class ValLoader:
     "Whole preprocessed cases `(case_id, image (1,C,X,Y,Z), label (1,1,X,Y,Z))`; see `make_val_loader`."
-    def __init__(self, case_dirs, plan:Plan, shard_id:int=0, num_shards:int=1, device_id:int|None=None):
+    def __init__(self,
+                 case_dirs, # folders `<exp>/preprocessed/<id>`
+                 plan:Plan, # the experiment plan
+                 shard_id:int=0, # this rank
+                 num_shards:int=1, # number of ranks; rank `shard_id` reads every `num_shards`-th case (sorted by name)
+                 device_id:int|None=None, # CUDA device; None: CPU tensors
+                ):
         dirs = sorted((Path(d) for d in case_dirs), key=lambda d: d.name)
         _check_cases(dirs, need_label=True)
         if not 0 <= shard_id < num_shards: raise SegcookError(f"shard_id {shard_id} should be in [0, {num_shards})")

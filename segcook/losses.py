@@ -25,12 +25,12 @@ __all__ = ['Prepared', 'SegLoss', 'soft_dice', 'DiceLoss', 'CELoss', 'FocalLoss'
 @dataclass
 class Prepared:
     "What every loss needs: logits, probabilities, one-hot/region targets, voxel mask, class index."
-    logits: torch.Tensor
+    logits: torch.Tensor         # raw network outputs (B, C, ...)
     p: torch.Tensor              # softmax or sigmoid probabilities (B, C, ...)
     y: torch.Tensor              # one-hot labels or region masks, float (B, C, ...)
     m: torch.Tensor | None       # 1 where the voxel counts, 0 on the ignore label (B, 1, ...); None: all count
     idx: torch.Tensor | None     # softmax mode: class index per voxel (B, ...), -100 where ignored
-    region: bool
+    region: bool                 # True: sigmoid region outputs; False: softmax over labels
 
 class SegLoss(nn.Module):
     "Base of segcook losses: label values -> one-hot or region masks, ignore mask, channel checks."
@@ -110,7 +110,12 @@ def soft_dice(p, # probabilities (B, C, ...)
 
 class DiceLoss(SegLoss):
     "Soft Dice on softmax (labels) or sigmoid (regions) probabilities."
-    def __init__(self, smooth_nr=1e-5, smooth_dr=1e-5, batch=False, **kw):
+    def __init__(self,
+                 smooth_nr=1e-5, # added to the Dice numerator
+                 smooth_dr=1e-5, # added to the Dice denominator
+                 batch=False, # sum over the batch too (one Dice per channel, not per sample and channel)
+                 **kw, # `SegLoss` options (labels, regions, ignore_label, ...)
+                ):
         super().__init__(**kw); self.smooth_nr, self.smooth_dr, self.batch = smooth_nr, smooth_dr, batch
     def dice(self, b:Prepared):
         c = self.overlap_channels(b)
@@ -132,7 +137,10 @@ class CELoss(SegLoss):
 
 class FocalLoss(SegLoss):
     "Focal loss: cross-entropy weighted by `(1 - p_t)^gamma`, averaged over voxels and channels."
-    def __init__(self, gamma:float=2.0, **kw): super().__init__(**kw); self.gamma = gamma
+    def __init__(self,
+                 gamma:float=2.0, # focusing exponent: `(1 - p_t)**gamma` down-weights well-classified voxels (0: cross-entropy)
+                 **kw, # `SegLoss` options (labels, regions, ignore_label, ...)
+                ): super().__init__(**kw); self.gamma = gamma
     def focal(self, b:Prepared):
         if b.region:
             bce = F.binary_cross_entropy_with_logits(b.logits, b.y, reduction="none")
@@ -148,12 +156,21 @@ class MSELoss(SegLoss):
 
 class DiceCELoss(DiceLoss, CELoss):
     "Dice + cross-entropy (the nnU-Net / MIST default), each with its own weight."
-    def __init__(self, lambda_dice=1.0, lambda_ce=1.0, **kw): super().__init__(**kw); self.ld, self.lc = lambda_dice, lambda_ce
+    def __init__(self,
+                 lambda_dice=1.0, # weight of the Dice term
+                 lambda_ce=1.0, # weight of the cross-entropy term
+                 **kw, # `DiceLoss` and `SegLoss` options
+                ): super().__init__(**kw); self.ld, self.lc = lambda_dice, lambda_ce
     def compute(self, b, dtm=None): return self.ld * self.dice(b) + self.lc * self.ce(b)
 
 class DiceFocalLoss(DiceLoss, FocalLoss):
     "Dice + focal."
-    def __init__(self, lambda_dice=1.0, lambda_focal=1.0, gamma=2.0, **kw):
+    def __init__(self,
+                 lambda_dice=1.0, # weight of the Dice term
+                 lambda_focal=1.0, # weight of the focal term
+                 gamma=2.0, # focal exponent (see `FocalLoss`)
+                 **kw, # `DiceLoss` and `SegLoss` options
+                ):
         super().__init__(gamma=gamma, **kw); self.ld, self.lf = lambda_dice, lambda_focal
     def compute(self, b, dtm=None): return self.ld * self.dice(b) + self.lf * self.focal(b)
 
@@ -187,7 +204,14 @@ def soft_skeleton(x, # probabilities (B, C, ...)
 
 class ClDiceLoss(DiceLoss):
     "(1 - alpha) soft Dice + alpha soft clDice (topology-preserving, for tubular structures)."
-    def __init__(self, alpha=0.5, iters=3, smooth=1e-4, smooth_nr=1.0, smooth_dr=1.0, **kw):
+    def __init__(self,
+                 alpha=0.5, # weight of clDice; Dice gets `1 - alpha`
+                 iters=3, # erosions of the soft skeleton (about the largest radius it thins)
+                 smooth=1e-4, # added to the denominator of clDice's harmonic mean
+                 smooth_nr=1.0, # added to the numerators (Dice, topology precision and sensitivity)
+                 smooth_dr=1.0, # added to the denominators (Dice, topology precision and sensitivity)
+                 **kw, # `SegLoss` options (labels, regions, ignore_label, ...)
+                ):
         super().__init__(smooth_nr=smooth_nr, smooth_dr=smooth_dr, **kw); self.alpha, self.iters, self.smooth = alpha, iters, smooth
     def cldice(self, b:Prepared):
         c = self.overlap_channels(b)
@@ -232,7 +256,10 @@ class BoundaryLoss(_DTMLoss):
 
 class HausdorffDTLoss(_DTMLoss):
     "Hausdorff distance-transform loss (Karimi & Salcudean): `mean((p-y)^2 (d_p^a + d_y^a))`."
-    def __init__(self, alpha=2.0, **kw): super().__init__(**kw); self.alpha = alpha
+    def __init__(self,
+                 alpha=2.0, # exponent of the distance maps (mm)
+                 **kw, # `SegLoss` options (labels, regions, ignore_label, spacing, ...)
+                ): super().__init__(**kw); self.alpha = alpha
     def compute(self, b, dtm=None):
         c = self.overlap_channels(b)
         dy = self.get_dtm(b, dtm).abs()[:, c]
@@ -278,7 +305,10 @@ def scheduled(w, # a number, or `{'start', 'end', 'schedule': 'linear'|'cosine'|
 
 class CompoundLoss(nn.Module):
     "Weighted sum of registered losses; weights fixed or scheduled over training (`set_progress`)."
-    def __init__(self, terms, **common):
+    def __init__(self,
+                 terms, # `{loss name: weight}` or a list of `{'name', 'weight', 'kwargs'}`; a weight is a number or a schedule (`scheduled`)
+                 **common, # options every term gets (labels, regions, ignore_label, spacing)
+                ):
         super().__init__()
         if isinstance(terms, dict): terms = [{"name": k, "weight": v} for k, v in terms.items()]
         if not terms: raise SegcookError("compound loss: give at least one term, e.g. {'dice_ce': 1.0, 'boundary': 0.1}")
@@ -312,7 +342,10 @@ _reg("compound", CompoundLoss, "weighted sum of losses, weights fixed or schedul
 # %% ../nbs/05_losses.ipynb #0abd9416
 class DeepSupervisionLoss(nn.Module):
     "Apply `loss` to every head of a deep-supervision output with weights 1, 1/2, 1/4, ... (normalised)."
-    def __init__(self, loss:nn.Module, mode:str="nearest"):
+    def __init__(self,
+                 loss:nn.Module, # the loss applied to every head
+                 mode:str="nearest", # how label targets shrink to a coarser head: 'nearest' or 'max' (max pooling); distance maps: nearest
+                ):
         super().__init__()
         if mode not in ("nearest", "max"): raise SegcookError(f"deep supervision: mode should be 'nearest' or 'max', got '{mode}'")
         self.loss, self.mode = loss, mode

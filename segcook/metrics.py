@@ -133,7 +133,7 @@ class Metric:
     best: float           # both masks empty
     worst: float|None     # one mask empty; None: the image diagonal in mm
     surface: bool         # needs surface distances
-    higher_is_better: bool
+    higher_is_better: bool  # True for overlaps (Dice), False for distances (Hausdorff)
 
 register_metric("dice")(Metric(lambda g, p, s, **k: dice(g, p), 1.0, 0.0, False, True))
 register_metric("haus95")(Metric(lambda g, p, s, **k: hausdorff_pct(s, 95), 0.0, None, True, False))

@@ -69,12 +69,28 @@ def _pad(k): return [x // 2 for x in k] if isinstance(k, (list, tuple)) else k /
 
 class ConvNormAct(nn.Sequential):
     "Convolution (same padding), normalisation, activation."
-    def __init__(self, cin, cout, k=3, stride=1, norm="instance", act="leaky"):
+    def __init__(self,
+                 cin, # input channels
+                 cout, # output channels
+                 k=3, # kernel size: an int or per axis (x, y, z)
+                 stride=1, # stride: an int or per axis (x, y, z)
+                 norm="instance", # normalisation: 'instance', 'batch' or 'group'
+                 act="leaky", # activation: 'leaky' (LeakyReLU 0.01) or 'relu'
+                ):
         super().__init__(nn.Conv3d(cin, cout, k, stride, _pad(k)), _norm(norm, cout), _act(act))
 
 class PlainStage(nn.Sequential):
     "`n` convolutions; the first one strided (or preceded by max pooling when `pool='max'`)."
-    def __init__(self, cin, cout, k=3, stride=1, n=2, norm="instance", act="leaky", pool="conv"):
+    def __init__(self,
+                 cin, # input channels
+                 cout, # output channels
+                 k=3, # kernel size: an int or per axis (x, y, z)
+                 stride=1, # stride of the stage: an int or per axis (x, y, z)
+                 n=2, # convolutions in the stage
+                 norm="instance", # normalisation: 'instance', 'batch' or 'group'
+                 act="leaky", # activation: 'leaky' (LeakyReLU 0.01) or 'relu'
+                 pool="conv", # downsampling: 'conv' (strided first convolution) or 'max' (max pooling, then stride 1)
+                ):
         pre = [nn.MaxPool3d(stride, stride)] if pool == "max" and any(s > 1 for s in _as3(stride)) else []
         st = 1 if pre else stride
         super().__init__(*pre, ConvNormAct(cin, cout, k, st, norm, act),
@@ -82,7 +98,15 @@ class PlainStage(nn.Sequential):
 
 class ResBlock(nn.Module):
     "conv-norm-act-conv-norm plus the (projected) input, then act: the basic residual block."
-    def __init__(self, cin, cout, k=3, stride=1, norm="instance", act="leaky", project=None):
+    def __init__(self,
+                 cin, # input channels
+                 cout, # output channels
+                 k=3, # kernel size: an int or per axis (x, y, z)
+                 stride=1, # stride: an int or per axis (x, y, z)
+                 norm="instance", # normalisation: 'instance', 'batch' or 'group'
+                 act="leaky", # activation: 'leaky' (LeakyReLU 0.01) or 'relu'
+                 project=None, # 1x1-convolution skip (None: only when channels or stride change; else identity)
+                ):
         super().__init__()
         self.conv1, self.norm1, self.act1 = nn.Conv3d(cin, cout, k, stride, _pad(k)), _norm(norm, cout), _act(act)
         self.conv2, self.norm2, self.act2 = nn.Conv3d(cout, cout, k, 1, _pad(k)), _norm(norm, cout), _act(act)
@@ -94,7 +118,16 @@ class ResBlock(nn.Module):
 
 class ResStage(nn.Sequential):
     "`n` residual blocks, the first strided."
-    def __init__(self, cin, cout, k=3, stride=1, n=2, norm="instance", act="leaky", project_first=None):
+    def __init__(self,
+                 cin, # input channels
+                 cout, # output channels
+                 k=3, # kernel size: an int or per axis (x, y, z)
+                 stride=1, # stride of the first block: an int or per axis (x, y, z)
+                 n=2, # residual blocks in the stage
+                 norm="instance", # normalisation: 'instance', 'batch' or 'group'
+                 act="leaky", # activation: 'leaky' (LeakyReLU 0.01) or 'relu'
+                 project_first=None, # `project` of the first block (None: only when channels or stride change)
+                ):
         super().__init__(ResBlock(cin, cout, k, stride, norm, act, project_first),
                          *[ResBlock(cout, cout, k, 1, norm, act) for _ in range(n - 1)])
 
@@ -133,7 +166,14 @@ def _check_ds(ds:int, levels:int, name:str) -> int:
 # %% ../nbs/04_nets.ipynb #6ea4f4ff
 class VAEBranch(nn.Module):
     "Bottleneck -> Gaussian latent -> reconstruction of the input; `loss(x_in, feat)` gives MSE + kl_weight*KL."
-    def __init__(self, cin, in_channels, strides, latent=16, width=16, kl_weight=0.1):
+    def __init__(self,
+                 cin, # channels of the bottleneck features it encodes
+                 in_channels, # channels of the input image it reconstructs
+                 strides, # the encoder's per-stage strides (x, y, z), stage 0 first; the branch upsamples by `strides[1:]`
+                 latent=16, # channels of the Gaussian latent
+                 width=16, # channels of the upsampling layers
+                 kl_weight=0.1, # weight of the KL term against the reconstruction MSE
+                ):
         super().__init__()
         self.to_latent = nn.Conv3d(cin, 2 * latent, 1)
         ups, c = [], latent
@@ -151,9 +191,20 @@ class VAEBranch(nn.Module):
 
 class DynamicUNet(SegNet):
     "U-Net whose stages, kernels and strides come from `get_topology`; optional residual, pocket, DS heads, VAE."
-    def __init__(self, in_channels:int, out_channels:int, kernels, strides, widths:Sequence[int],
-                 residual:bool=False, deep_supervision:int=0, vae:bool=False, norm="instance", act="leaky",
-                 pool="conv", n_conv:int=2):
+    def __init__(self,
+                 in_channels:int, # image channels the network sees
+                 out_channels:int, # outputs: one per label (softmax) or region (sigmoid)
+                 kernels, # per-stage kernel sizes (x, y, z), as from `get_topology`
+                 strides, # per-stage strides (x, y, z), stage 0 `[1, 1, 1]`, as from `get_topology`
+                 widths:Sequence[int], # channels of each stage, finest first
+                 residual:bool=False, # residual encoder stages (`ResStage`) instead of plain ones
+                 deep_supervision:int=0, # extra heads on coarser decoder levels (0: one head, at full resolution)
+                 vae:bool=False, # VAE branch on the bottleneck (training only; its loss in `self.aux_loss`)
+                 norm="instance", # normalisation: 'instance', 'batch' or 'group'
+                 act="leaky", # activation: 'leaky' (LeakyReLU 0.01) or 'relu'
+                 pool="conv", # encoder downsampling of plain stages: 'conv' (strided) or 'max' (max pooling)
+                 n_conv:int=2, # convolutions per stage (residual encoder: `n_conv // 2` blocks of two)
+                ):
         super().__init__()
         L = len(strides)
         self.deep_supervision = _check_ds(deep_supervision, L - 1, "nnunet")
@@ -231,12 +282,26 @@ def unet(in_channels, # image channels the network sees
 # %% ../nbs/04_nets.ipynb #a11e0002
 class ConvNorm(nn.Sequential):
     "Convolution (same padding) and normalisation, no activation (the second convolution of a residual block)."
-    def __init__(self, cin, cout, k=3, stride=1, norm="instance", bias=True):
+    def __init__(self,
+                 cin, # input channels
+                 cout, # output channels
+                 k=3, # kernel size: an int or per axis (x, y, z)
+                 stride=1, # stride: an int or per axis (x, y, z)
+                 norm="instance", # normalisation: 'instance', 'batch' or 'group'
+                 bias=True, # the convolution has a bias
+                ):
         super().__init__(nn.Conv3d(cin, cout, k, stride, _pad(k), bias=bias), _norm(norm, cout))
 
 class ResBlockD(nn.Module):
     "ResNet-D block (nnU-Net's ResEnc `BasicBlockD`): conv-norm-act, conv-norm, plus a skip of average pooling and a 1x1 conv-norm."
-    def __init__(self, cin, cout, k=3, stride=1, norm="instance", act="leaky"):
+    def __init__(self,
+                 cin, # input channels
+                 cout, # output channels
+                 k=3, # kernel size: an int or per axis (x, y, z)
+                 stride=1, # stride of the first convolution (and of the skip's average pooling): an int or per axis
+                 norm="instance", # normalisation: 'instance', 'batch' or 'group'
+                 act="leaky", # activation: 'leaky' (LeakyReLU 0.01) or 'relu'
+                ):
         super().__init__()
         self.conv1, self.conv2, self.act = ConvNormAct(cin, cout, k, stride, norm, act), ConvNorm(cout, cout, k, 1, norm), _act(act)
         self.skip = nn.Sequential()
@@ -247,8 +312,18 @@ class ResBlockD(nn.Module):
 
 class ResEncUNet(SegNet):
     "nnU-Net's residual-encoder U-Net (ResEnc): a conv stem, ResNet-D encoder stages, a plain decoder."
-    def __init__(self, in_channels, out_channels, kernels, strides, widths, blocks:Sequence[int], n_conv_decoder:int=1,
-                 deep_supervision:int=0, norm="instance", act="leaky"):
+    def __init__(self,
+                 in_channels, # image channels the network sees
+                 out_channels, # outputs: one per label (softmax) or region (sigmoid)
+                 kernels, # per-stage kernel sizes (x, y, z), as from `get_topology`
+                 strides, # per-stage strides (x, y, z), stage 0 `[1, 1, 1]`, as from `get_topology`
+                 widths, # channels of each stage, finest first
+                 blocks:Sequence[int], # ResNet-D blocks per encoder stage
+                 n_conv_decoder:int=1, # convolutions per decoder stage
+                 deep_supervision:int=0, # extra heads on coarser decoder levels (0: one head, at full resolution)
+                 norm="instance", # normalisation: 'instance', 'batch' or 'group'
+                 act="leaky", # activation: 'leaky' (LeakyReLU 0.01) or 'relu'
+                ):
         super().__init__()
         L = len(strides)
         self.deep_supervision = _check_ds(deep_supervision, L - 1, "nnunet_resenc")
@@ -272,10 +347,18 @@ class ResEncUNet(SegNet):
 RESENC_BLOCKS = (1, 3, 4, 6, 6, 6, 6, 6)  # nnU-Net's ResEnc M/L/XL presets: blocks per encoder stage
 
 @register_arch("nnunet_resenc")
-def nnunet_resenc(in_channels, out_channels, patch_size, spacing=None, deep_supervision:int=0,
+def nnunet_resenc(in_channels, # image channels the network sees
+                  out_channels, # outputs: one per label (softmax) or region (sigmoid)
+                  patch_size, # training patch, voxels (x, y, z)
+                  spacing=None, # voxel size, mm (x, y, z) (None: isotropic)
+                  deep_supervision:int=0, # extra heads on coarser decoder levels
                   blocks:Sequence[int]|None=None, # residual blocks per encoder stage (default: nnU-Net's 1, 3, 4, 6, 6, 6, ...)
                   n_conv_decoder:int=1, # convolutions per decoder stage
-                  base:int=32, max_width:int=320, max_pools:int=5, **kw):
+                  base:int=32, # width of the first stage
+                  max_width:int=320, # widest stage
+                  max_pools:int=5, # most downsamplings per axis
+                  **kw, # passed on to `ResEncUNet` (e.g. `norm`, `act`)
+                 ):
     "nnU-Net ResEnc U-Net (Isensee et al. 2024; the M/L/XL presets): residual encoder, plain decoder."
     k, s = get_topology(patch_size, spacing, max_pools)
     blocks = list(blocks or RESENC_BLOCKS)
@@ -286,7 +369,11 @@ def nnunet_resenc(in_channels, out_channels, patch_size, spacing=None, deep_supe
 # %% ../nbs/04_nets.ipynb #68747fe7
 class MonaiNet(SegNet):
     "A MONAI network with segcook's parts (by attribute-name prefix) and output convention."
-    def __init__(self, net:nn.Module, parts:dict[str, tuple[str, ...]], deep_supervision:int=0):
+    def __init__(self,
+                 net:nn.Module, # the MONAI network, wrapped as `self.net`
+                 parts:dict[str, tuple[str, ...]], # part ('encoder', 'decoder', 'head') -> prefixes of `net`'s child-module names
+                 deep_supervision:int=0, # extra outputs returned in training (0: the first output only)
+                ):
         super().__init__()
         self.net, self._prefixes, self.deep_supervision = net, parts, deep_supervision
     def parts(self):
@@ -345,8 +432,16 @@ def swin_unetr(in_channels, # image channels the network sees
 # %% ../nbs/04_nets.ipynb #f5f57711
 class MGNet(SegNet):
     "Multigrid-cycle network: encoder, spikes (partial up-down cycles), final decoder; constant width."
-    def __init__(self, in_channels, out_channels, kernels, strides, heights:Sequence[int], width:int=32,
-                 residual:bool=True, deep_supervision:int=0):
+    def __init__(self,
+                 in_channels, # image channels the network sees
+                 out_channels, # outputs: one per label (softmax) or region (sigmoid)
+                 kernels, # per-stage kernel sizes (x, y, z), as from `get_topology`
+                 strides, # per-stage strides (x, y, z), stage 0 `[1, 1, 1]`, as from `get_topology`
+                 heights:Sequence[int], # levels each spike climbs up from the bottom before going down again (e.g. `w_heights`)
+                 width:int=32, # constant width (channels) of every level
+                 residual:bool=True, # residual blocks (`ResStage`) instead of plain convolutions
+                 deep_supervision:int=0, # extra heads on coarser levels of the final decoder
+                ):
         super().__init__()
         L, B = len(strides), len(strides) - 1
         self.deep_supervision, self.heights = _check_ds(deep_supervision, L - 1, "mgnet"), list(heights)
@@ -425,7 +520,15 @@ class _NearestUp(nn.Module):
 
 class STUNet(SegNet):
     "STU-Net: residual U-Net with 6 stages, nearest upsampling + 1x1 conv, heads on every decoder level."
-    def __init__(self, in_channels, out_channels, kernels, strides, widths, depth:int, deep_supervision:int=0):
+    def __init__(self,
+                 in_channels, # image channels the network sees
+                 out_channels, # outputs: one per label (softmax) or region (sigmoid)
+                 kernels, # per-stage kernel sizes (x, y, z)
+                 strides, # per-stage strides (x, y, z), stage 0 `[1, 1, 1]`
+                 widths, # channels of each stage, finest first (its length is the number of stages)
+                 depth:int, # residual blocks per stage (encoder and decoder)
+                 deep_supervision:int=0, # extra heads on coarser decoder levels
+                ):
         super().__init__()
         L = len(widths)
         self.deep_supervision = _check_ds(deep_supervision, L - 1, "stunet")

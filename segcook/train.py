@@ -91,8 +91,16 @@ def _crop(a:np.ndarray, start, ps) -> np.ndarray:
 
 class GlobalBatchLoader:
     "Random patches (foreground oversampling, no augmentation); every rank draws one global batch and keeps its slice."
-    def __init__(self, case_dirs, plan:Plan, batch_size:int, seed:int=0, shard_id:int=0, num_shards:int=1,
-                 device_id=None, steps:int|None=None):
+    def __init__(self,
+                 case_dirs, # folders `<exp>/preprocessed/<id>` (training cases)
+                 plan:Plan, # patch size (spatial.patch_size), oversampling (train.oversampling), steps_per_epoch
+                 batch_size:int, # patches per batch on this rank (the global batch is `batch_size * num_shards`)
+                 seed:int=0, # same seed and global batch size, same patches, whatever the number of ranks
+                 shard_id:int=0, # this rank
+                 num_shards:int=1, # number of ranks (DDP world size)
+                 device_id=None, # not used: batches stay on the CPU (accepted like `make_train_loader`'s)
+                 steps:int|None=None, # batches per epoch (None: `plan.train.steps_per_epoch`)
+                ):
         self.dirs = sorted(Path(d) for d in case_dirs)
         if not self.dirs: raise SegcookError("no training cases for this fold; check folds.json")
         self.ps, self.p_fg = list(plan.spatial.patch_size), plan.train.oversampling
@@ -360,8 +368,19 @@ def show_curves(exp, # experiment folder
 # %% ../nbs/07_train.ipynb #3b0f32f2
 class Run:
     "One process's view of a training run."
-    def __init__(self, exp, plan:Plan, rank=0, world=1, local_rank=0, gpus=0, loader="auto",
-                 resume=False, extend=False, overwrite=False, overrides=None):
+    def __init__(self,
+                 exp, # experiment folder
+                 plan:Plan, # the experiment plan (overrides applied)
+                 rank=0, # this process's global rank
+                 world=1, # number of processes (DDP world size; 1: no DDP)
+                 local_rank=0, # rank on this node: the CUDA device when `gpus > 0`
+                 gpus=0, # GPUs on this node (0: CPU)
+                 loader="auto", # 'dali', 'global' (exact-DDP reference loader) or 'auto'
+                 resume=False, # continue an interrupted run with its settings
+                 extend=False, # train a finished run to more epochs
+                 overwrite=False, # start over
+                 overrides=None, # plan overrides (dotted names -> values), recorded and checked against a resumed run's
+                ):
         self.exp, self.plan, self.rank, self.world, self.local_rank = Path(exp), plan, rank, world, local_rank
         self.device = torch.device(f"cuda:{local_rank}") if gpus > 0 else torch.device("cpu")
         self.loader, self.resume, self.extend, self.overwrite = loader, resume, extend, overwrite

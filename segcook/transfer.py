@@ -22,7 +22,8 @@ __all__ = ['CONTAINERS', 'LAYOUTS', 'PARTS', 'read_checkpoint', 'detect_layout',
 # %% ../nbs/08_transfer.ipynb #5bc37370
 CONTAINERS = {"state_dict": "nnU-Net v1 (*.model)", "network_weights": "nnU-Net v2 (*.pth)", "model": "segcook"}
 
-def read_checkpoint(path) -> tuple[dict[str, torch.Tensor], str]:
+def read_checkpoint(path, # segcook checkpoint, STU-Net *.model / *.pth, nnU-Net v2 checkpoint_final.pth, or a state dict file
+                   ) -> tuple[dict[str, torch.Tensor], str]:
     "The state dict in the checkpoint at `path` and the container it came in; weights only, never pickled code."
     path = Path(path)
     if not path.is_file(): raise SegcookError(f"pretrained checkpoint {path} does not exist")
@@ -82,7 +83,9 @@ LAYOUTS = {
                        *_DECODER], r"^decoder\.seg_layers\.(\d+)\."),
 }
 
-def detect_layout(keys:Sequence[str], net:nn.Module) -> str:
+def detect_layout(keys:Sequence[str], # state-dict keys of the checkpoint
+                  net:nn.Module, # the network to fill (its own key names are the 'segcook' layout)
+                 ) -> str:
     "Which known layout the state-dict `keys` follow: segcook (this network's names), stunet, nnunet_plain or nnunet_resenc."
     for name, (sig, *_) in LAYOUTS.items():
         if any(re.match(sig, k) for k in keys): return name
@@ -92,7 +95,9 @@ def detect_layout(keys:Sequence[str], net:nn.Module) -> str:
                        "seg_outputs.*), nnU-Net PlainConvUNet (encoder.stages.*.convs.*, decoder.seg_layers.*) and "
                        "ResidualEncoderUNet (encoder.stem.*, encoder.stages.*.blocks.*)")
 
-def map_keys(keys:Sequence[str], layout:str) -> dict[str, str|None]:
+def map_keys(keys:Sequence[str], # state-dict keys of the checkpoint
+             layout:str, # their layout: 'segcook', 'stunet', 'nnunet_plain' or 'nnunet_resenc' (`detect_layout`)
+            ) -> dict[str, str|None]:
     "Source key -> segcook key for `layout` (None: an alias of another source key, dropped)."
     if layout == "segcook": return {k: k for k in keys}
     _, alias, rules, head = LAYOUTS[layout]
@@ -121,9 +126,9 @@ def adapt_stem(w:torch.Tensor, # first-convolution weight (out, c, *kernel)
 @dataclass
 class LoadReport:
     "What `load_pretrained` did with every tensor: loaded, adapted (stem), skipped (heads, aliases), unmatched, missing."
-    path: str
-    container: str
-    layout: str
+    path: str                                      # the checkpoint file
+    container: str                                 # where its state dict was: 'state dict', 'segcook', 'nnU-Net v1 (*.model)', ...
+    layout: str                                    # key layout: 'segcook', 'stunet', 'nnunet_plain' or 'nnunet_resenc'
     loaded: list = field(default_factory=list)     # (source key, our key, shape)
     adapted: list = field(default_factory=list)    # (source key, our key, source shape, our shape, mode)
     skipped: list = field(default_factory=list)    # (source key, shape, reason)
@@ -158,7 +163,8 @@ def _aliases(net) -> dict[str, str]:
     first = {id(t): k for k, t in _canonical(net).items()}
     return {k: first[id(t)] for k, t in net.state_dict(keep_vars=True).items() if id(t) in first}
 
-def stem_keys(net:nn.Module) -> set[str]:
+def stem_keys(net:nn.Module, # a segcook network (its own `stem_keys()` wins, if it has one)
+             ) -> set[str]:
     "Weights of the convolutions that read the network input (in the first encoder block): the ones channel adaptation changes."
     if hasattr(net, "stem_keys"): return set(net.stem_keys())
     enc = net_parts(net)["encoder"]
@@ -169,8 +175,12 @@ def stem_keys(net:nn.Module) -> set[str]:
     ids = {id(m.weight) for m in convs}
     return {k for k, t in _canonical(net).items() if id(t) in ids}
 
-def match_state(net:nn.Module, src:dict[str, torch.Tensor], layout:str, reinit_head:bool=True,
-                stem:str="repeat") -> tuple[LoadReport, dict[str, torch.Tensor]]:
+def match_state(net:nn.Module, # the network to fill (not changed)
+                src:dict[str, torch.Tensor], # the checkpoint's state dict (`read_checkpoint`)
+                layout:str, # its key layout (`detect_layout`)
+                reinit_head:bool=True, # skip the checkpoint's heads (keep this network's new ones); False: match heads of equal shape
+                stem:str="repeat", # input-channel adaptation of the first convolution: 'repeat' (STU-Net) or 'average'
+               ) -> tuple[LoadReport, dict[str, torch.Tensor]]:
     "Pair every source tensor with one of `net`'s: a report and the tensors to copy (our key -> value); nothing is changed."
     rep, todo = LoadReport("", "", layout), {}
     ours, alias = _canonical(net), _aliases(net)
