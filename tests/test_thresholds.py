@@ -134,3 +134,14 @@ def test_threshold_arguments_checked(exp, tmp_path):
     assert cli_predict(["--exp", str(exp), "--input", "x", "--out", str(tmp_path/"o"), "--thresholds", "WT"]) == 2
     save_thresholds(tmp_path, {"WT": 0.3})
     assert with_thresholds(plan, tmp_path/"strategy.json").labels.region_thresholds == {"WT": 0.3}
+
+
+def test_grid_fallback_without_optuna(monkeypatch):
+    "No optuna installed: the search says so and runs the grid (same result as grid=True)."
+    import sys
+    true = {"WT": 0.4, "TC": 0.6, "ET": 0.3}
+    pairs = [(f"c{s}", gt, pr) for s in range(3) for pr, gt in [known_case(s, true)]]
+    want = select_thresholds(pairs, BRATS, grid=True, workers=1)[0]
+    monkeypatch.setitem(sys.modules, "optuna", None)                                # `import optuna` raises ImportError
+    assert select_thresholds(pairs, BRATS, trials=5, workers=1)[0] == want
+    for r, t in true.items(): assert abs(want[r] - t) <= 0.06 + 1e-9
