@@ -6,23 +6,23 @@ Docs: https://segcook.github.io/segcook/inference.html.md"""
 
 # %% ../nbs/09_inference.ipynb #e5d17248
 from __future__ import annotations
-import itertools, time, math, csv, os, json, resource
+import itertools, time, math, csv, os, json, resource, copy
 from pathlib import Path
 from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
 import SimpleITK as sitk
-from .core import (SegcookError, Geometry, atomic_path, from_xyz, write_image, progress, log, load_plan, read_json,
+from .core import (SegcookError, Geometry, atomic_path, from_xyz, write_image, progress, log, load_plan, read_json, write_json,
                           cli_parser, run_cli, is_image_file, _suffix)
 from .data import load_dataset, Dataset, find_cases, _inside
 from .preprocess import preprocess_case, to_native, read_cases_csv, _reference
 
 # %% auto #0
 __all__ = ['BRATS_THRESHOLDS', 'TIMING_FIELDS', 'gaussian_weights', 'window_starts', 'sliding_window', 'flip_sets',
-           'predict_volume', 'region_thresholds', 'regions_to_labels', 'labels_of', 'resample_torch', 'native_probs',
-           'native_fast', 'available_folds', 'load_models', 'find_inputs', 'predict_case', 'run_cases', 'predict',
-           'predict_oof', 'cli_predict']
+           'predict_volume', 'region_thresholds', 'regions_to_labels', 'labels_of', 'with_thresholds', 'resample_torch',
+           'native_probs', 'native_fast', 'available_folds', 'load_models', 'find_inputs', 'predict_case', 'run_cases',
+           'predict', 'predict_oof', 'cli_predict']
 
 # %% ../nbs/09_inference.ipynb #0e08455b
 def gaussian_weights(ps:Sequence[int], # window size (x, y, z)
@@ -197,6 +197,42 @@ def labels_of(out:torch.Tensor, # (K, X, Y, Z) probabilities or logits (argmax i
     "Argmax over channels, mapped to the label values."
     lut = torch.as_tensor(list(labels), device=out.device)
     return lut[out.argmax(0)].to(torch.uint8 if max(labels) < 256 else torch.int16).cpu().numpy()
+
+# %% ../nbs/09_inference.ipynb #39b674bc
+def _parse_thresholds(t) -> dict[str, float]:
+    "`{region: threshold}` from a dict, 'WT=0.5,TC=0.4' or a JSON file with a 'thresholds' key."
+    if isinstance(t, dict): d = t
+    elif isinstance(t, (str, Path)) and (Path(t).exists() or str(t).endswith(".json")):
+        d = read_json(t)
+        if not isinstance(d, dict) or "thresholds" not in d:
+            raise SegcookError(f"{t}: no 'thresholds' in it; choose them with `segcook postprocess --select-thresholds --exp EXP`")
+        d = d["thresholds"]
+    else:
+        try: d = dict((k.strip(), float(v)) for k, v in (kv.split("=") for kv in str(t).split(",") if kv.strip()))
+        except ValueError: raise SegcookError(f"thresholds {t!r}: expected REGION=VALUE,... (e.g. WT=0.5,TC=0.4,ET=0.3) or a strategy JSON")
+    bad = {k: v for k, v in d.items() if not 0 <= float(v) <= 1}
+    if bad: raise SegcookError(f"thresholds {bad}: must lie in [0, 1]")
+    return {k: float(v) for k, v in d.items()}
+
+def with_thresholds(plan, # the plan (not modified)
+                    thresholds, # None, `{region: t}`, 'WT=0.5,TC=0.4,ET=0.3', or a strategy JSON with "thresholds"
+                   ):
+    "A copy of `plan` with its region thresholds overridden (in memory only); `plan` itself when `thresholds` is None."
+    if thresholds is None: return plan
+    t, regions = _parse_thresholds(thresholds), plan.labels.regions
+    if not regions: raise SegcookError("thresholds apply to region (sigmoid) plans only; this plan predicts plain labels (argmax)")
+    bad = sorted(set(t) - set(regions))
+    if bad: raise SegcookError(f"thresholds for unknown region(s) {bad}; the plan's regions: {list(regions)}")
+    p = copy.deepcopy(plan); p.labels.region_thresholds = {**(plan.labels.region_thresholds or {}), **t}
+    return p
+
+def _record_thresholds(out:Path, plan, overwrite:bool):
+    "Write the thresholds used to `<out>/thresholds.json`; refuse to mix them with earlier predictions made otherwise."
+    t, p = region_thresholds(plan.labels.regions, plan.labels.region_thresholds), out/"thresholds.json"
+    old = read_json(p) if p.exists() else ("the plan's" if (out/"timing.csv").exists() else None)
+    if old is not None and old != t and not overwrite:
+        raise SegcookError(f"{out}: holds predictions made with thresholds {old}, not {t}; add --overwrite or choose another --out")
+    out.mkdir(parents=True, exist_ok=True); write_json(p, t)
 
 # %% ../nbs/09_inference.ipynb #554d9e5a
 def _axis_coords(n_out:int, s_out:float, n_in:int, s_in:float, device) -> torch.Tensor:
@@ -483,16 +519,18 @@ def predict(exp, # experiment folder (config.json, models/fold_<k>/best.pt)
             device=None, # 'cuda', 'cpu' (default: cuda if available)
             overwrite:bool=False, # redo finished cases
             stitch_device=None, # where windows are stitched (default: `device`)
+            thresholds=None, # region thresholds for this run (see `with_thresholds`; None: the plan's)
            ) -> list[Path]:
     "Predict every input case with the ensemble of `exp`'s folds; returns the label files."
     exp, out = Path(exp), Path(out)
-    plan = load_plan(exp)
+    plan = with_thresholds(load_plan(exp), thresholds)
     cases = find_inputs(input, plan)
     extra = [load_dataset(input).root] if Path(input).suffix == ".json" else [input] if Path(input).is_dir() else []
     _refuse_inside(out.resolve(), cases, [Path(e).resolve() for e in extra])
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     nets, _, _ = load_models(exp, folds, device)
     fast, axes = _settings(plan, fast, tta)
+    if thresholds is not None: _record_thresholds(out, plan, overwrite)
     return run_cases(nets, cases, plan, out, fast, axes, _probs_fmt(probs), device, overwrite, exp, _reference_of(exp, plan), stitch_device)
 
 # %% ../nbs/09_inference.ipynb #c80f0dec
@@ -505,14 +543,16 @@ def predict_oof(exp, # experiment folder (config.json, cases.csv, folds.json, mo
                 overwrite:bool=False, # redo finished predictions
                 name:str="oof", # predictions/<name>
                 stitch_device=None, # where windows are stitched (None: the image's device)
+                thresholds=None, # region thresholds for this run (see `with_thresholds`; None: the plan's)
                ) -> list[Path]:
     "Each fold's model predicts that fold's held-out cases into `<exp>/predictions/<name>/`."
-    exp = Path(exp); plan = load_plan(exp)
+    exp = Path(exp); plan = with_thresholds(load_plan(exp), thresholds)
     split = read_json(exp/"folds.json")
     rows = {r["id"]: r for r in read_cases_csv(exp, plan)}
     folds = available_folds(exp) if folds is None else [int(k) for k in folds]
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     fast, axes = _settings(plan, fast, tta)
+    if thresholds is not None: _record_thresholds(exp/"predictions"/name, plan, overwrite)
     done = []
     for k in folds:
         ids = split.get(str(k), {}).get("test", [])
@@ -543,10 +583,12 @@ def cli_predict(argv:list[str]|None=None, # command-line arguments (None: `sys.a
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
     p.add_argument("--stitch-device", default=None, help="where windows are stitched, e.g. cpu to spare GPU memory (default: --device)")
     p.add_argument("--overwrite", action="store_true", help="redo cases that are already written")
+    p.add_argument("--thresholds", default=None, help="region thresholds: a strategy JSON (segcook postprocess --select-thresholds) "
+                   "or WT=0.5,TC=0.4,ET=0.3 (default: the plan's)")
     a = p.parse_args(argv)
     def go():
         kw = dict(folds=a.folds, fast=a.fast, tta=False if a.no_tta else None, probs=a.probs, device=a.device, overwrite=a.overwrite,
-                  stitch_device=a.stitch_device)
+                  stitch_device=a.stitch_device, thresholds=a.thresholds)
         if a.oof:
             done = predict_oof(a.exp, **kw); where = Path(a.exp)/"predictions"/"oof"
         else:

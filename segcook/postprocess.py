@@ -15,12 +15,13 @@ import cc3d
 from scipy import ndimage as ndi
 from .core import (SegcookError, POSTPROCESSORS, register_postprocessor, read_image, write_image, to_xyz, from_xyz,
                           is_image_file, read_json, write_json, atomic_path, load_plan, cli_parser, run_cli, progress, log)
-from .metrics import case_metrics, metric_name, _bbox
+from .metrics import case_metrics, metric_name, _bbox, merge_by_dilation, _dilate, _cc26
 from .core import METRICS
 
 # %% auto #0
 __all__ = ['remove_small', 'replace_small', 'keep_largest', 'fill_holes', 'opening', 'closing', 'brats_cascade', 'load_strategy',
-           'apply_strategy', 'postprocess_folder', 'default_candidates', 'select_strategy', 'cli_postprocess']
+           'apply_strategy', 'postprocess_folder', 'default_candidates', 'select_strategy', 'read_probs', 'lesion_dice',
+           'select_thresholds', 'oof_prob_pairs', 'save_thresholds', 'cli_postprocess']
 
 # %% ../nbs/12_postprocess.ipynb #8a4f87fd
 def _components(mask:np.ndarray):
@@ -161,7 +162,7 @@ def load_strategy(src, # a dict, a list of steps, or a JSON file (segcook or MIS
     "The steps of a strategy (a dict, a list, or a JSON file; segcook or MIST format), checked."
     import inspect
     d = read_json(src) if isinstance(src, (str, Path)) else copy.deepcopy(src)
-    steps = d.get("steps", d) if isinstance(d, dict) else d
+    steps = d.get("steps", [] if "thresholds" in d else d) if isinstance(d, dict) else d
     if not isinstance(steps, list): raise SegcookError(f"{src}: a strategy is a list of steps or {{\"steps\": [...]}}")
     out = []
     for i, s in enumerate(steps):
@@ -277,7 +278,200 @@ def select_strategy(pairs:list, # [(id, mask_path, pred_path), ...]
     rows.append({"step": "chosen strategy vs baseline", "accepted": True, **{f"{k} before": base[k] for k in base.index}, **{f"{k} after": cur[k] for k in cur.index}})
     return {"steps": kept}, pd.DataFrame(rows)
 
+# %% ../nbs/12_postprocess.ipynb #aef107eb
+def read_probs(src, # an (R, x, y, z) array, `<id>_probs.npz`, or `{region: <id>_prob_<region>.nii.gz}`
+               names:list, # region names, in the order wanted
+              ) -> np.ndarray:
+    "Region probabilities (R, x, y, z) as `segcook predict --probs` writes them (npz or one NIfTI per region)."
+    if isinstance(src, np.ndarray): return src.astype(np.float32, copy=False)
+    if isinstance(src, dict): return np.stack([to_xyz(read_image(src[n])) for n in names]).astype(np.float32)
+    z = np.load(src); have = [str(n) for n in z["names"]]
+    missing = [n for n in names if n not in have]
+    if missing: raise SegcookError(f"{src}: no probabilities for region(s) {missing} (it has {have})")
+    return z["probs"][[have.index(n) for n in names]].astype(np.float32, copy=False)
+
+def _gt_lesions(g, dil, vox, min_mm3):
+    "Per ground-truth lesion (merged by dilation): (box, lesion in the box, its dilation, counted?)."
+    gl, out = merge_by_dilation(g, dil), []
+    for k in range(1, int(gl.max()) + 1):
+        m = gl == k
+        sl = tuple(slice(max(s.start - dil, 0), s.stop + dil) for s in _bbox(m))
+        gk = m[sl]; out.append((sl, gk, _dilate(gk, dil), float(gk.sum()) * vox > min_mm3))
+    return out
+
+def lesion_dice(g:np.ndarray, # ground-truth mask of one region (x, y, z)
+                p:np.ndarray, # predicted mask, same shape
+                spacing=(1., 1., 1.), # voxel size, mm (x, y, z)
+                dil:int=3, # dilation that merges ground-truth lesions (and matches predictions)
+                min_mm3:float=50., # ground-truth lesions of this volume or less are not counted
+                lesions=None, # `_gt_lesions` of `g`, when already computed
+               ) -> float:
+    "BraTS 2023 lesion-wise Dice of one region: mean over counted ground-truth lesions and unmatched predicted lesions."
+    lesions = _gt_lesions(g, dil, float(np.prod(spacing)), min_mm3) if lesions is None else lesions
+    pl = _cc26(p); size = np.bincount(pl.ravel())
+    matched, total, n = set(), 0.0, 0
+    for sl, gk, gd, counted in lesions:
+        hit = np.unique(pl[sl][gd]); hit = hit[hit != 0]
+        matched |= set(hit.tolist())
+        if not counted: continue
+        n += 1
+        if len(hit): total += 2.0 * np.isin(pl[sl][gk], hit).sum() / (gk.sum() + size[hit].sum())
+    n += len(size) - 1 - len(matched)      # unmatched predicted lesions count as 0
+    return total / n if n else 1.0
+
+# %% ../nbs/12_postprocess.ipynb #cbd5c750
+_LO, _HI = 0.05, 0.95   # the range of thresholds searched
+
+def _load_thr_case(args):
+    "One case for the search: probabilities and ground truth cropped to where the rule can put labels."
+    cid, m, src, names, margin = args
+    if isinstance(m, np.ndarray): gt, sp = m, (1., 1., 1.)
+    else: img = read_image(m); gt, sp = to_xyz(img), img.GetSpacing()
+    pr = read_probs(src, names)
+    if pr.shape[1:] != gt.shape: raise SegcookError(f"case {cid}: probabilities {pr.shape[1:]} vs ground truth {gt.shape}")
+    sl = _bbox((gt != 0) | (pr.max(0) >= _LO)) or tuple(slice(0, 1) for _ in gt.shape)
+    sl = tuple(slice(max(s.start - margin, 0), s.stop + margin) for s in sl)
+    return cid, gt[sl], np.ascontiguousarray(pr[(slice(None), *sl)]), sp
+
+def _score_fn(metric):
+    if metric == "lesion_dice": return lambda g, p, sp, les: lesion_dice(g, p, sp, lesions=les)
+    if metric == "dice": return lambda g, p, sp, les: 1.0 if not (g.any() or p.any()) else 2.0 * (g & p).sum() / (g.sum() + p.sum())
+    raise SegcookError(f"metric must be 'lesion_dice' or 'dice', got {metric!r}")
+
+def _search(f, t0, trials, grid, seed, step=0.01, grid_step=0.05):
+    "The threshold maximising `f`: TPE (seeded, `t0` first) or a grid; ties keep `t0`."
+    if not grid:
+        try: import optuna
+        except ImportError: log.warning("optuna is not installed: grid search instead (pip install optuna)"); grid = True
+    if grid:
+        ts = [t0] + [round(float(t), 4) for t in np.arange(_LO, _HI + 1e-9, grid_step)]
+        return max(ts, key=f)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    st = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
+    st.enqueue_trial({"t": t0}, skip_if_exists=True)
+    st.optimize(lambda tr: f(tr.suggest_float("t", _LO, _HI, step=step)), n_trials=max(int(trials), 1))
+    return round(float(st.best_params["t"]), 4)
+
+def _table(cases, regions, thr, fn, lesions):
+    "Mean score of each region over the cases, from the label maps the rule makes with `thr`."
+    from segcook.inference import regions_to_labels
+    s = {r: [] for r in regions}
+    for (cid, gt, pr, sp), les in zip(cases, lesions):
+        lbl = regions_to_labels(pr, regions, thr)
+        for r, l in regions.items(): s[r].append(fn(np.isin(gt, l), np.isin(lbl, l), sp, les[r]))
+    return {r: float(np.mean(v)) for r, v in s.items()}
+
+def _ancestry(q, par):
+    "`q` and the regions that enclose it, innermost first."
+    out = [q]
+    while par[out[-1]] is not None: out.append(par[out[-1]])
+    return out
+
+def _chain(pr, names, order, thr, sub, masks):
+    "Masks of the regions in `sub` by the nested rule, on top of the fixed masks of their ancestors."
+    m = dict(masks)
+    for q, par, _ in order:
+        if q in sub: m[q] = (pr[names.index(q)] >= thr[q]) & (m[par] if par else True)
+    return m
+
+def select_thresholds(pairs:list, # [(id, mask, probs), ...]: label map (file or array), `read_probs` source
+                      regions:dict, # `{region: labels}` in the order of the probability channels
+                      metric:str="lesion_dice", # 'lesion_dice' (BraTS 2023) or 'dice' (legacy)
+                      trials:int=40, # TPE trials per region and round
+                      grid:bool=False, # a 0.05 grid instead of TPE
+                      defaults:dict|None=None, # current thresholds (None: `region_thresholds` defaults)
+                      seed:int=0, # TPE seed
+                      workers:int|None=None, # processes reading the cases (None: all cores)
+                      rounds:int=2, # passes over the regions (coordinate ascent)
+                     ):
+    "Per-region thresholds maximising the mean `metric` on (id, mask, probabilities) -> (thresholds, table default vs chosen)."
+    from segcook.inference import region_thresholds, _region_order
+    fn, names, order = _score_fn(metric), list(regions), _region_order(regions)
+    t_def = region_thresholds(regions, defaults)
+    jobs = [(str(i), m, p, names, 5) for i, m, p in pairs]
+    if not jobs: raise SegcookError("select_thresholds: no cases")
+    w = min(workers or os.cpu_count() or 1, len(jobs))
+    if w <= 1: cases = [_load_thr_case(j) for j in jobs]
+    else:
+        with ProcessPoolExecutor(w) as ex: cases = list(ex.map(_load_thr_case, jobs))
+    gts = [{r: np.isin(gt, l) for r, l in regions.items()} for _, gt, _, _ in cases]
+    les = [{r: _gt_lesions(g[r], 3, float(np.prod(sp)), 50.) if metric == "lesion_dice" else None for r in regions}
+           for g, (_, _, _, sp) in zip(gts, cases)]
+    par = {q: p for q, p, _ in order}
+    def below(r): return {q for q in regions if r in _ancestry(q, par)}   # r and the regions inside it
+    cur = dict(t_def)
+    for k in range(max(int(rounds), 1)):
+        for j, (r, _, _) in enumerate(order):
+            sub = below(r)
+            anc = [_chain(pr, names, order, cur, set(regions) - sub, {}) for _, _, pr, _ in cases]
+            memo = {}
+            def f(t):
+                if t not in memo:
+                    thr = {**cur, r: t}
+                    memo[t] = float(np.mean([sum(fn(g[q], m[q], sp, l[q]) for q in sub) / len(sub)
+                                             for (_, _, pr, sp), g, l, a in zip(cases, gts, les, anc)
+                                             for m in [_chain(pr, names, order, thr, sub, a)]]))
+                return memo[t]
+            cur[r] = _search(f, cur[r], trials, grid, seed + k * len(order) + j)
+    chosen = {r: cur[r] for r in regions}
+    a, b = _table(cases, regions, t_def, fn, les), _table(cases, regions, chosen, fn, les)
+    tab = pd.DataFrame({"default threshold": t_def, f"default {metric}": a, "chosen threshold": chosen, f"chosen {metric}": b})
+    tab.loc["mean"] = [np.nan, np.mean(list(a.values())), np.nan, np.mean(list(b.values()))]
+    tab["gain"] = tab[f"chosen {metric}"] - tab[f"default {metric}"]
+    return chosen, tab
+
+# %% ../nbs/12_postprocess.ipynb #98ec9fba
+def oof_prob_pairs(exp, # experiment folder (config.json, cases.csv, predictions/<name>)
+                   name:str="oof", # prediction folder under `<exp>/predictions`
+                  ) -> list:
+    "(id, mask, probabilities) of every labelled case in `<exp>/predictions/<name>`; says how to write missing probabilities."
+    from segcook.evaluate import experiment_pairs
+    regions = load_plan(Path(exp) / "config.json").labels.regions
+    if not regions: raise SegcookError(f"{exp}: the plan has no regions; thresholds are chosen for region (sigmoid) plans only")
+    pairs, pdir = experiment_pairs(exp, name)
+    out, missing = [], []
+    for cid, m, _ in pairs:
+        npz, nii = pdir / f"{cid}_probs.npz", {r: pdir / f"{cid}_prob_{r}.nii.gz" for r in regions}
+        if npz.exists(): out.append((cid, m, npz))
+        elif all(p.exists() for p in nii.values()): out.append((cid, m, nii))
+        else: missing.append(cid)
+    if missing:
+        raise SegcookError(f"{pdir}: no probabilities for {len(missing)} of {len(pairs)} case(s) ({', '.join(missing[:3])}"
+                           f"{', ...' if len(missing) > 3 else ''}); threshold search needs them: write them with "
+                           f"`segcook predict --exp {exp} --oof --probs` (finished labels are kept, only the probabilities are added)")
+    return out
+
+def save_thresholds(out, # folder of the strategy (`<out>/strategy.json`)
+                    thresholds:dict, # `{region: threshold}`
+                    info:dict|None=None, # how they were chosen (recorded as `thresholds_selection`)
+                   ) -> Path:
+    "Add `thresholds` to `<out>/strategy.json` atomically, keeping its other keys (e.g. `steps`)."
+    p = Path(out) / "strategy.json"
+    d = read_json(p) if p.exists() else {"steps": []}
+    if isinstance(d, list): d = {"steps": d}
+    d["thresholds"] = {r: float(t) for r, t in thresholds.items()}
+    if info is not None: d["thresholds_selection"] = info
+    write_json(p, d)
+    return p
+
 # %% ../nbs/12_postprocess.ipynb #db01e700
+def _cli_thresholds(a):
+    "segcook postprocess --select-thresholds: choose, record in the strategy, print the table."
+    import time
+    if not a.exp: raise SegcookError("--select-thresholds needs --exp (and --name, default oof)")
+    name, out = a.name or "oof", Path(a.out) if a.out else Path(a.exp) / "postprocess"
+    L = load_plan(Path(a.exp) / "config.json").labels
+    pairs, t0 = oof_prob_pairs(a.exp, name), time.perf_counter()
+    thr, tab = select_thresholds(pairs, L.regions, a.metric, a.trials, a.grid, L.region_thresholds, a.seed, a.workers)
+    secs = round(time.perf_counter() - t0, 2)
+    info = {"metric": a.metric, "search": "grid" if a.grid else f"tpe, {a.trials} trials per region, seed {a.seed}",
+            "predictions": name, "cases": len(pairs), "seconds": secs}
+    p = save_thresholds(out, thr, info)
+    with atomic_path(out / "thresholds.csv") as tmp: tab.to_csv(tmp, index_label="region")
+    print(tab.to_string(float_format=lambda v: f"{v:.4f}"))
+    print(f"thresholds {json.dumps(thr)} ({len(pairs)} case(s), {secs} s)\nwrote {p} and {out / 'thresholds.csv'}; apply with "
+          f"`segcook predict --thresholds {p}`")
+
 def cli_postprocess(argv:list[str]|None=None, # command-line arguments (None: `sys.argv[1:]`)
                    ) -> int:
     "segcook postprocess: apply or select postprocessing strategies"
@@ -286,9 +480,10 @@ def cli_postprocess(argv:list[str]|None=None, # command-line arguments (None: `s
                    f"ground truth (trying each operation per class, keeping it only if it helps that class and hurts no other). "
                    f"Operations: {', '.join(POSTPROCESSORS.names())}.",
                    "segcook postprocess --input preds/ --out preds_pp/ --strategy strategy.json\n  "
-                   "segcook postprocess --select --paths paths.csv --classes classes.json --out selection/")
+                   "segcook postprocess --select --paths paths.csv --classes classes.json --out selection/\n  "
+                   "segcook postprocess --select-thresholds --exp runs/brats --name oof   # -> runs/brats/postprocess/strategy.json")
     p.add_argument("--input", help="folder of predicted label maps")
-    p.add_argument("--out", required=True, help="output folder (never the input)")
+    p.add_argument("--out", help="output folder (never the input); with --select-thresholds default <exp>/postprocess")
     p.add_argument("--strategy", help="strategy JSON to apply (segcook or MIST format)")
     p.add_argument("--select", action="store_true", help="choose a strategy instead (needs --paths or --exp)")
     p.add_argument("--paths", help="CSV id,mask,prediction (with --select)")
@@ -298,8 +493,15 @@ def cli_postprocess(argv:list[str]|None=None, # command-line arguments (None: `s
     p.add_argument("--metrics", nargs="+", default=["dice", "haus95"])
     p.add_argument("--candidates", help="JSON list of candidate steps (default: remove_small 10/50/200, keep_largest, fill_holes per class)")
     p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--select-thresholds", action="store_true", help="choose per-region thresholds on <exp>/predictions/<name> probabilities (--probs)")
+    p.add_argument("--metric", default="lesion_dice", choices=["lesion_dice", "dice"], help="what the thresholds maximise (default lesion_dice)")
+    p.add_argument("--trials", type=int, default=40, help="TPE trials per region (default 40)")
+    p.add_argument("--grid", action="store_true", help="a 0.05 grid instead of Optuna TPE")
+    p.add_argument("--seed", type=int, default=0, help="TPE seed")
     a = p.parse_args(argv)
     def go():
+        if a.select_thresholds: return _cli_thresholds(a)
+        if not a.out: raise SegcookError("give --out")
         if not a.select:
             if not (a.input and a.strategy): raise SegcookError("give --input and --strategy (or --select)")
             fs = postprocess_folder(a.input, a.out, a.strategy, a.workers); print(f"wrote {len(fs)} file(s) to {a.out}"); return
@@ -312,7 +514,8 @@ def cli_postprocess(argv:list[str]|None=None, # command-line arguments (None: `s
         else: raise SegcookError("--select with --paths needs --classes")
         cands = read_json(a.candidates) if a.candidates else None
         strat, cmp = select_strategy(pairs, classes, a.metrics, cands, workers=a.workers)
-        out = Path(a.out); write_json(out / "strategy.json", strat)
+        out = Path(a.out); old = read_json(out / "strategy.json") if (out / "strategy.json").exists() else {}
+        write_json(out / "strategy.json", {**(old if isinstance(old, dict) else {}), **strat})   # keeps e.g. thresholds
         with atomic_path(out / "comparison.csv") as tmp: cmp.to_csv(tmp, index=False)
         print(f"kept {len(strat['steps'])} step(s): {json.dumps(strat['steps'])}\nwrote {out/'strategy.json'} and {out/'comparison.csv'}")
     return run_cli(go)

@@ -42,6 +42,8 @@ def test_recipe_smoke(tmp_path):
     res = (exp/"results_oof.csv").read_text().splitlines()
     assert res[0].split(",")[:3] == ["id", "WT_dice", "WT_haus95"] and len(res) == 1 + len(held_out) + 5
     steps = json.loads((exp/"postprocess"/"strategy.json").read_text())["steps"]
+    thr = json.loads((exp/"postprocess"/"strategy.json").read_text())["thresholds"]        # chosen on the OOF probabilities
+    assert set(thr) == {"WT", "TC", "ET"} and json.loads((exp/"predictions"/"test"/"thresholds.json").read_text()) == thr
     assert isinstance(steps, list)
     cases = {l.split(",")[0]: l for l in (exp/"cases.csv").read_text().splitlines()[1:]}
     tests = sorted(c for c, l in cases.items() if ",test," in l)
