@@ -15,10 +15,10 @@ import pandas as pd
 from .core import SegcookError, write_json, read_json, write_text, atomic_path, cli_parser, run_cli, log
 
 # %% auto #0
-__all__ = ['SPEC_KEYS', 'SLURM_KEYS', 'RUN_FILES', 'STATES', 'Resources', 'parse_resources', 'recipe_parameters', 'run_id', 'Run',
-           'Sweep', 'load_sweep', 'record', 'run_state', 'execute_run', 'prepare', 'run_dirs', 'GpuPool',
-           'visible_gpus', 'counts', 'run_local', 'status', 'reset_failed', 'run_slurm', 'slurm_head_node',
-           'torchrun_command', 'train_nodes', 'run_sweep', 'collect', 'plot_metric', 'cli_sweep']
+__all__ = ['SPEC_KEYS', 'SLURM_KEYS', 'STATES', 'Resources', 'parse_resources', 'recipe_parameters', 'run_id', 'Run', 'Sweep',
+           'load_sweep', 'record', 'run_state', 'execute_run', 'prepare', 'run_dirs', 'GpuPool', 'visible_gpus',
+           'counts', 'run_local', 'status', 'reset_failed', 'run_slurm', 'slurm_head_node', 'torchrun_command',
+           'train_nodes', 'run_sweep', 'collect', 'plot_metric', 'cli_sweep']
 
 # %% ../nbs/16_sweep.ipynb #ffd8b9c0
 @dataclass
@@ -222,8 +222,6 @@ def record(metrics:dict|None=None, # values to record (names -> numbers)
     return {**old, **new}
 
 # %% ../nbs/16_sweep.ipynb #309c1613
-RUN_FILES = ("run.json", "running.json", "out.ipynb", "log.txt", "metrics.json", "done.json", "failed.json")
-
 def _host(): return socket.gethostname()
 
 def _pid_alive(pid:int) -> bool:
@@ -612,12 +610,14 @@ def run_sweep(spec, # sweep spec (file or dict)
     "Run every unfinished run of a sweep and collect the results table; returns `(states, results)`."
     if engine not in ("local", "slurm"): raise SegcookError(f"unknown engine '{engine}'; known: ['local', 'slurm']")
     sw = load_sweep(spec)
-    dirs = prepare(sw, out)
+    return _execute(prepare(sw, out), out, sw.resources, engine, max_parallel, slurm, quiet), collect(out, show=False)
+
+def _execute(dirs, out, res:Resources, engine, max_parallel, slurm, quiet=False) -> dict[str, str]:
+    "The unfinished runs of `dirs` with the chosen engine (both `run` and `rerun` go through here)."
     if engine == "slurm":
         if not shutil.which("sbatch"): raise SegcookError("the slurm engine needs Slurm's sbatch on PATH (is this a Slurm login node?)")
-        states = run_slurm(dirs, out, max_parallel or 8, slurm, quiet=quiet)
-    else: states = run_local(dirs, max_parallel or _default_parallel(sw.resources), quiet=quiet)
-    return states, collect(out, show=False)
+        return run_slurm(dirs, out, max_parallel or 8, slurm, quiet=quiet)
+    return run_local(dirs, max_parallel or _default_parallel(res), quiet=quiet)
 
 def _default_parallel(res:Resources) -> int:
     if res.gpus: return max(1, len(visible_gpus()) // res.gpus)
@@ -695,14 +695,13 @@ def _sweep_parser():
 def _cli_run(a):
     slurm = {k: getattr(a, k) for k in ("partition", "account", "qos") if getattr(a, k, None)}
     if a.max_parallel is not None and a.max_parallel < 1: raise SegcookError(f"--max-parallel must be >= 1, got {a.max_parallel}")
-    if a.action == "run": states, df = run_sweep(a.spec, a.out, a.engine, a.max_parallel, slurm)
+    if a.action == "run": run_sweep(a.spec, a.out, a.engine, a.max_parallel, slurm)
     else:
         out = Path(a.out)
         if not (out/"sweep.json").exists(): raise SegcookError(f"{out}: not a sweep output folder (no sweep.json)")
         if a.failed: reset_failed(out)
-        dirs = run_dirs(out)
-        states = run_slurm(dirs, out, a.max_parallel or 8, slurm) if a.engine == "slurm" else run_local(dirs, a.max_parallel or 1)
-        df = collect(out, show=False)
+        _execute(run_dirs(out), out, parse_resources(read_json(out/"sweep.json")["resources"]), a.engine, a.max_parallel, slurm)
+        collect(out, show=False)
     c = counts(run_dirs(a.out))
     print(f"{c['done']} done, {c['failed']} failed, {c['pending'] + c['interrupted']} not finished; results: {Path(a.out)/'results.csv'}")
     if c["failed"]: _say_failures(a.out)
