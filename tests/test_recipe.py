@@ -56,4 +56,7 @@ def test_recipe_smoke(tmp_path):
         assert set(sitk.GetArrayFromImage(read_image(pred)).ravel()) <= {0, 1, 2, 3}
     assert len((exp/"results_test.csv").read_text().splitlines()) == 1 + 2 + 5
     nb = json.loads(out.read_text())
-    assert any(o.get("output_type") == "display_data" and "image/png" in o.get("data", {}) for c in nb["cells"] for o in c.get("outputs", []))
+    pngs = [c for c in nb["cells"] for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert any("show_curves" in "".join(c["source"]) for c in pngs)           # the training curves ...
+    assert any("results_oof.png" in "".join(c["source"]) for c in pngs)       # ... the OOF box plot ...
+    assert any("results_test.png" in "".join(c["source"]) for c in pngs)      # ... and the test box plot are in the report
