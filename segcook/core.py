@@ -220,6 +220,7 @@ class Train:
     freeze_middle: int = 1             # encoder and decoder stages next to the bottleneck that 'middle' spans
     head_lr_mult: float = 1.0          # the head learns at lr x this (SegBook: 10)
     stem_adapt: str = "repeat"         # first convolution for other input channels: 'repeat' (STU-Net) or 'average'
+    unfreeze_after: int = 0            # gradual unfreezing: the frozen part trains too from this epoch on (0: never)
 
 @dataclass
 class Infer:

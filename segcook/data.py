@@ -16,8 +16,8 @@ from .core import (SegcookError, log, read_json, write_json, read_image, write_i
                           Geometry, is_image_file, cli_parser, run_cli, progress)
 
 # %% auto #0
-__all__ = ['MODALITIES', 'Case', 'Dataset', 'load_dataset', 'find_cases', 'make_phantom', 'show_case', 'Problem', 'check_dataset',
-           'convert_msd', 'convert_csv', 'convert_nnunet', 'cli_phantom', 'cli_convert', 'cli_check']
+__all__ = ['MODALITIES', 'QUALITY', 'Case', 'Dataset', 'load_dataset', 'find_cases', 'make_phantom', 'show_case', 'Problem',
+           'check_dataset', 'convert_msd', 'convert_csv', 'convert_nnunet', 'cli_phantom', 'cli_convert', 'cli_check']
 
 # %% ../nbs/01_data.ipynb #9bea6b24
 @dataclass
@@ -236,28 +236,60 @@ def _brats_case(rng, size, spacing, post_treatment):
     return imgs, lbl
 
 # %% ../nbs/01_data.ipynb #0c10b945
-def _ct_case(rng, size, spacing):
-    "A CT-like abdomen: HU image (x,y,z) and organ labels."
+# tissue classes of the abdomen: 0 air, 1 fat, 2 soft tissue, 3 liver, 4 kidney, 5 spleen, 6 bone
+_ABDOMEN = {"ct": [-1000, -100, 40, 60, 30, 50, 700],             # HU
+            "t1": [0, 900, 350, 560, 440, 400, 620]}              # T1-weighted MR, arbitrary units
+
+def _abdomen(rng, size, spacing):
+    "Tissue classes (uint8, `_ABDOMEN` columns), organ labels (1 liver, 2 kidneys, 3 spleen) and the body mask."
     X, Y, Z = _grid_mm(size, spacing)
     ext = [n*s for n, s in zip(size, spacing)]
     body = _blob(X, Y, Z, [0, 0, 0], [ext[0]*0.44, ext[1]*0.36, ext[2]*2], rng, 0.05)
-    hu = np.full(size, -1000.0, np.float32)
-    hu[body] = -100                                                     # fat
     inner = _blob(X, Y, Z, [0, 0, 0], [ext[0]*0.38, ext[1]*0.3, ext[2]*2], rng, 0.05) & body
-    hu[inner] = 40                                                      # muscle / soft tissue
-    lbl = np.zeros(size, np.uint8)
     s = rng.uniform(0.9, 1.1)
     liver = _blob(X, Y, Z, [-ext[0]*0.15, -ext[1]*0.05, ext[2]*0.05], [ext[0]*0.17*s, ext[1]*0.15*s, ext[2]*0.3], rng, 0.2) & inner
     spleen = _blob(X, Y, Z, [ext[0]*0.2, ext[1]*0.05, ext[2]*0.1], [ext[0]*0.07, ext[1]*0.08*s, ext[2]*0.18], rng, 0.2) & inner
     kid = [_blob(X, Y, Z, [sx*ext[0]*0.12, ext[1]*0.15, -ext[2]*0.1], [ext[0]*0.05, ext[1]*0.06, ext[2]*0.15], rng, 0.15) & inner for sx in (-1, 1)]
     spine = _blob(X, Y, Z, [0, ext[1]*0.2, 0], [ext[0]*0.05, ext[1]*0.05, ext[2]*2], rng, 0.05)
-    lbl[liver] = 1; lbl[kid[0] | kid[1]] = 2; lbl[spleen] = 3
-    hu[lbl == 1], hu[lbl == 2], hu[lbl == 3] = 60, 30, 50
-    hu[spine & body] = 700
+    lbl = np.zeros(size, np.uint8)
+    lbl[liver] = 1
+    lbl[kid[0] | kid[1]] = 2
+    lbl[spleen] = 3
+    cls = np.where(lbl > 0, lbl + 2, np.where(inner, 2, np.where(body, 1, 0))).astype(np.uint8)
+    cls[spine & body] = 6                                               # bone shows through the organs' labels
+    return cls, lbl, body
+
+def _ct_case(rng, size, spacing):
+    "A CT-like abdomen: HU image (x,y,z) and organ labels."
+    cls, lbl, body = _abdomen(rng, size, spacing)
+    hu = np.asarray(_ABDOMEN["ct"], np.float32)[cls]
     hu += np.where(body, rng.normal(0, 15, size), 0)
     return {"ct": np.clip(hu, -1024, 3071).astype(np.int16)}, lbl
 
+def _mr_abdomen_case(rng, size, spacing):
+    "The same anatomy as `_ct_case` as a T1-weighted-like MR: one channel, bias field, exact zeros in the air."
+    cls, lbl, body = _abdomen(rng, size, spacing)
+    bias = np.exp(0.25*_smooth_field(rng, size, n=3))
+    a = np.asarray(_ABDOMEN["t1"], np.float32)[cls]*bias + rng.normal(0, 20, size)
+    return {"t1": np.where(body, np.clip(a, 1, None), 0).astype(np.float32)}, lbl
+
 # %% ../nbs/01_data.ipynb #b3dc3c45
+QUALITY = {"high": None, "low": dict(sigma=(0.8, 0.8, 1.5), contrast=0.5, noise=0.10)}
+
+def _degrade(imgs:dict, rng, sigma, contrast, noise) -> dict:
+    "Blur, compress the foreground contrast and add noise to every channel; zeros outside stay zero (MR)."
+    from scipy.ndimage import gaussian_filter
+    out = {}
+    for ch, a in imgs.items():
+        f, ct = a.astype(np.float32), a.dtype.kind == "i"
+        fg = f > -500 if ct else f != 0                                # the body: CT above -500 HU, MR nonzero
+        m, sd = float(f[fg].mean()), float(f[fg].std())
+        b = gaussian_filter(f, sigma)
+        b = np.where(fg, m + contrast*(b - m) + rng.normal(0, noise*sd, f.shape), f)
+        out[ch] = np.clip(np.rint(b), -1024, 3071).astype(a.dtype) if ct else np.where(fg, np.clip(b, 1, None), 0).astype(a.dtype)
+    return out
+
+# %% ../nbs/01_data.ipynb #50f117d0
 def _direction(direction):
     if direction is None: return (1., 0, 0, 0, 1, 0, 0, 0, 1)
     d = np.asarray(direction, float).ravel()
@@ -270,9 +302,40 @@ def _write_phantom_case(out:Path, cid:str, imgs:dict, lbl, spacing, direction, o
     for ch, a in imgs.items(): write_image(from_xyz(a, spacing=spacing, origin=origin, direction=direction), folder/f"{cid}_{ch}.nii.gz")
     write_image(from_xyz(lbl, spacing=spacing, origin=origin, direction=direction), folder/f"{cid}_seg.nii.gz")
 
-def make_phantom(out, # folder to create (must not hold another dataset)
+_KINDS = {"brats": "4 MR channels, BraTS labels", "ct": "CT abdomen (HU), 3 organs",
+          "mr_abdomen": "the CT abdomen's anatomy as a T1-weighted MR"}
+
+def _phantom_dataset(kind:str, post_treatment:bool) -> dict:
+    "The dataset.json fields of a phantom of `kind`."
+    if kind == "brats":
+        labels = [0, 1, 2, 3, 4] if post_treatment else [0, 1, 2, 3]
+        names = {"NCR": 1, "ED": 2, "ET": 3, **({"RC": 4} if post_treatment else {})}
+        return {"task": "phantom_brats", "modality": "mr", "train-data": "train", "mask": ["_seg."],
+                "images": {ch: [f"_{ch}."] for ch in _CONTRAST}, "labels": labels, "label-names": names,
+                "final_classes": {"WT": [1, 2, 3], "TC": [1, 3], "ET": [3], **({"RC": [4]} if post_treatment else {})},
+                "regions": {"WT": [1, 2, 3], "TC": [1, 3], "ET": [3]}}
+    ch = "ct" if kind == "ct" else "t1"
+    return {"task": f"phantom_{kind}", "modality": "ct" if kind == "ct" else "mr", "train-data": "train", "mask": ["_seg."],
+            "images": {ch: [f"_{ch}."]}, "labels": [0, 1, 2, 3], "label-names": {"liver": 1, "kidney": 2, "spleen": 3},
+            "final_classes": {"liver": [1], "kidney": [2], "spleen": [3]}}
+
+def _check_out(out:Path, settings:dict):
+    "Refuse a folder that holds anything but an earlier phantom made with the same settings."
+    if not out.exists() or not any(out.iterdir()): return
+    dj = out/"dataset.json"
+    old = read_json(dj) if dj.is_file() else None
+    if old is None or not str(old.get("task", "")).startswith("phantom_"):
+        raise SegcookError(f"{out} is not empty and is not a phantom segcook made; a phantom never writes over other files: "
+                           "choose an empty or a new folder")
+    if old.get("phantom") != settings:
+        diff = {k: (old.get("phantom", {}).get(k), v) for k, v in settings.items() if (old.get("phantom") or {}).get(k) != v}
+        raise SegcookError(f"{out} holds an earlier phantom made with other settings ("
+                           + ", ".join(f"{k}: {a} there, {b} now" for k, (a, b) in diff.items())
+                           + "); choose a new folder or delete that one")
+
+def make_phantom(out, # folder to create (empty, new, or an earlier phantom with the same settings)
                  cases:int=8, # training cases
-                 kind:str="brats", # 'brats' (4 MR channels, BraTS labels) or 'ct' (HU, 3 organs)
+                 kind:str="brats", # 'brats' (4 MR channels, BraTS labels), 'ct' (HU, 3 organs) or 'mr_abdomen' (the CT's anatomy as MR)
                  size=(64, 64, 48), # voxels (x, y, z)
                  spacing=(1.0, 1.0, 1.0), # mm (x, y, z); anisotropic is fine
                  direction=None, # row-major 3x3 direction cosines (default identity)
@@ -280,36 +343,31 @@ def make_phantom(out, # folder to create (must not hold another dataset)
                  post_treatment:bool=False, # BraTS 2024 label set: adds label 4 (resection cavity)
                  test_cases:int=0, # extra labelled cases in test-data
                  workers:int=1, # threads writing cases
+                 quality:str="high", # 'high', or 'low': blurred (thicker slices), half the contrast, more noise
                 ) -> Path:
     "Write a phantom dataset (images, labels, dataset.json) to `out`; returns the dataset.json path."
-    if kind not in ("brats", "ct"): raise SegcookError(f"unknown phantom kind '{kind}'; available: ['brats', 'ct']")
+    if kind not in _KINDS: raise SegcookError(f"unknown phantom kind '{kind}'; available: {list(_KINDS)}")
+    if quality not in QUALITY: raise SegcookError(f"unknown phantom quality '{quality}'; available: {list(QUALITY)}")
     if cases < 1: raise SegcookError(f"a phantom needs at least one training case, got cases={cases}")
     if len(size) != 3 or min(size) < 8: raise SegcookError(f"phantom size should be three numbers >= 8 (x, y, z), got {size}")
-    out = Path(out); dj = out/"dataset.json"
-    if dj.exists() and read_json(dj).get("task") != f"phantom_{kind}":
-        raise SegcookError(f"{out} already holds another dataset ({dj}); choose an empty folder")
     direction, size, spacing = _direction(direction), tuple(int(s) for s in size), tuple(float(s) for s in spacing)
+    settings = {"kind": kind, "cases": cases, "test_cases": test_cases, "size": list(size), "spacing": list(spacing),
+                "direction": list(direction), "seed": seed, "post_treatment": post_treatment, "quality": quality}
+    out = Path(out); dj = out/"dataset.json"
+    _check_out(out, settings)
     origin = tuple(-(n - 1)/2*s for n, s in zip(size, spacing))
     jobs = [("train", f"{kind}_{i:03d}", i) for i in range(cases)] + [("test", f"{kind}_test_{i:03d}", 10_000 + i) for i in range(test_cases)]
+    make = {"brats": lambda r: _brats_case(r, size, spacing, post_treatment), "ct": lambda r: _ct_case(r, size, spacing),
+            "mr_abdomen": lambda r: _mr_abdomen_case(r, size, spacing)}[kind]
     def one(job):
         split, cid, i = job
-        rng = np.random.default_rng([seed, i])
-        imgs, lbl = _brats_case(rng, size, spacing, post_treatment) if kind == "brats" else _ct_case(rng, size, spacing)
+        imgs, lbl = make(np.random.default_rng([seed, i]))
+        if QUALITY[quality]: imgs = _degrade(imgs, np.random.default_rng([seed, i, 1]), **QUALITY[quality])
         _write_phantom_case(out/split, cid, imgs, lbl, spacing, direction, origin)
     with ThreadPoolExecutor(max(1, workers)) as ex: list(progress(ex.map(one, jobs), f"phantom {kind}", total=len(jobs)))
-    if kind == "brats":
-        labels = [0, 1, 2, 3, 4] if post_treatment else [0, 1, 2, 3]
-        names = {"NCR": 1, "ED": 2, "ET": 3, **({"RC": 4} if post_treatment else {})}
-        d = {"task": "phantom_brats", "modality": "mr", "train-data": "train", "mask": ["_seg."],
-             "images": {ch: [f"_{ch}."] for ch in _CONTRAST}, "labels": labels, "label-names": names,
-             "final_classes": {"WT": [1, 2, 3], "TC": [1, 3], "ET": [3], **({"RC": [4]} if post_treatment else {})},
-             "regions": {"WT": [1, 2, 3], "TC": [1, 3], "ET": [3]}}
-    else:
-        d = {"task": "phantom_ct", "modality": "ct", "train-data": "train", "mask": ["_seg."], "images": {"ct": ["_ct."]},
-             "labels": [0, 1, 2, 3], "label-names": {"liver": 1, "kidney": 2, "spleen": 3},
-             "final_classes": {"liver": [1], "kidney": [2], "spleen": [3]}}
+    d = _phantom_dataset(kind, post_treatment)
     if test_cases: d["test-data"] = "test"
-    write_json(dj, d)
+    write_json(dj, {**d, "phantom": settings})
     return dj
 
 # %% ../nbs/01_data.ipynb #1a228934
@@ -547,10 +605,11 @@ def cli_phantom(argv:list[str]|None=None, # command-line arguments (None: `sys.a
     "segcook phantom: write a synthetic BraTS-like (or CT-like) dataset"
     p = cli_parser("segcook phantom", "Write a synthetic BraTS-like (4 MR channels) or CT-like dataset with labels and its dataset.json.",
                    "segcook phantom --out data/phantom --cases 10 --kind brats --size 96 96 64")
-    p.add_argument("--out", required=True, help="folder to write (must be empty or an earlier phantom)")
+    p.add_argument("--out", required=True, help="folder to write (new, empty, or an earlier phantom with the same settings)")
     p.add_argument("--cases", type=int, default=8, help="training cases (default 8)")
     p.add_argument("--test-cases", type=int, default=0, help="extra labelled test cases (default 0)")
-    p.add_argument("--kind", choices=["brats", "ct"], default="brats")
+    p.add_argument("--kind", choices=list(_KINDS), default="brats", help="; ".join(f"{k}: {v}" for k, v in _KINDS.items()))
+    p.add_argument("--quality", choices=list(QUALITY), default="high", help="low: blurred, half the contrast, more noise")
     p.add_argument("--size", type=int, nargs=3, default=[64, 64, 48], metavar=("X", "Y", "Z"))
     p.add_argument("--spacing", type=float, nargs=3, default=[1.0, 1.0, 1.0], metavar=("X", "Y", "Z"), help="mm")
     p.add_argument("--seed", type=int, default=0)
@@ -558,7 +617,7 @@ def cli_phantom(argv:list[str]|None=None, # command-line arguments (None: `sys.a
     p.add_argument("--workers", type=int, default=2)
     a = p.parse_args(argv)
     def go():
-        dj = make_phantom(a.out, a.cases, a.kind, a.size, a.spacing, seed=a.seed, post_treatment=a.post_treatment, test_cases=a.test_cases, workers=a.workers)
+        dj = make_phantom(a.out, a.cases, a.kind, a.size, a.spacing, seed=a.seed, post_treatment=a.post_treatment, test_cases=a.test_cases, workers=a.workers, quality=a.quality)
         print(dj)
     return run_cli(go)
 

@@ -18,7 +18,7 @@ from .core import (SegcookError, Plan, Channel, Train, load_plan, save_plan, ove
                           read_json, write_json, write_text, atomic_path, progress, log, cli_parser, run_cli, read_image, to_xyz)
 from .nets import build_net
 from .losses import build_loss
-from .transfer import load_pretrained, freeze, param_groups
+from .transfer import load_pretrained, freeze, param_groups, unfreeze, check_finetune
 
 # %% auto #0
 __all__ = ['LOG_FIELDS', 'make_folds', 'toy_experiment', 'GlobalBatchLoader', 'make_loader', 'make_optimizer', 'warmup_epochs',
@@ -420,6 +420,18 @@ def _val_score(r:Run, net, ids) -> float:
     return tot / n if n else float("nan")
 
 # %% ../nbs/07_train.ipynb #f219fc98
+def _wrap(r:Run, net):
+    "`net` in DDP when the run is distributed (built from the parameters trainable now)."
+    if not r.ddp: return net
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    return DDP(_unwrap(net), device_ids=[r.device.index] if r.device.type == "cuda" else None)
+
+def _unfreeze(r:Run, net, opt, sched, e:int):
+    "Gradual unfreezing at epoch `e`: the frozen part joins the optimiser; DDP is rebuilt around the new set."
+    n = unfreeze(_unwrap(net), opt, sched)
+    if r.main and n: log.info(f"epoch {e + 1}: unfroze '{r.plan.train.freeze}' ({n} values) at lr {opt.param_groups[-1]['lr']:.3g}")
+    return _wrap(r, net) if n else net
+
 def _build(r:Run, fold:int, pretrained:bool=True):
     "Net (DDP-wrapped when distributed), loss, optimiser, scheduler, scaler for `r.plan`."
     t = r.plan.train
@@ -430,9 +442,7 @@ def _build(r:Run, fold:int, pretrained:bool=True):
         if r.main: log.info(rep.summary())
     tune = t.freeze != "none" or t.head_lr_mult != 1
     if tune: freeze(net, t.freeze, t.freeze_middle)   # before DDP: its reducer then holds only trainable parameters
-    if r.ddp:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-        net = DDP(net, device_ids=[r.device.index] if r.device.type == "cuda" else None)
+    net = _wrap(r, net)
     opt = make_optimizer(param_groups(_unwrap(net), t.lr, t.head_lr_mult) if tune else net.parameters(), t)
     return net, build_loss(r.plan).to(r.device), opt, make_scheduler(opt, t), torch.amp.GradScaler("cuda", enabled=False)
 
@@ -472,7 +482,8 @@ def _fit_fold(r:Run, fold:int, ck:dict|None) -> float:
     "Train fold `fold` from scratch or from checkpoint `ck`; returns the best validation Dice."
     ids, t, d = fold_ids(r.exp, fold), r.plan.train, r.fold_dir(fold)
     net, loss_fn, opt, sched, scaler = _build(r, fold, pretrained=ck is None)   # a resumed run has its own weights
-    start, best, hist = 0, -math.inf, []
+    start, best, hist, u = 0, -math.inf, [], t.unfreeze_after if t.freeze != "none" else 0
+    if ck is not None and u and ck["epoch"] > u: net = _unfreeze(r, net, opt, sched, u)   # its optimiser already has the group
     if ck is not None:
         _restore(r, ck, net, opt, sched, scaler); start, best, hist = ck["epoch"], ck["best_score"], list(ck["history"])
         for g, b in zip(opt.param_groups, sched.base_lrs): g["lr"] = b * sched.lr_lambdas[0](start)   # new length when extending
@@ -482,6 +493,7 @@ def _fit_fold(r:Run, fold:int, ck:dict|None) -> float:
     run = {"world_size": r.world, "loader": r.loader, "overrides": r.overrides, "device": r.device.type}
     if r.main: write_json(d/"run.json", {**run, "resumed_from_epoch": start, "plan": plan_to_dict(r.plan)})
     for e in range(start, t.epochs):
+        if u and e == u: net = _unfreeze(r, net, opt, sched, e)
         t0, lr = time.time(), opt.param_groups[0]["lr"]
         tl = _epoch(r, fold, e, net, loss_fn, opt, dl)
         score = _val_score(r, net, ids["val"]) if ids["val"] else -tl
@@ -615,6 +627,7 @@ def train(exp, # experiment folder (config.json, folds.json, preprocessed/)
     if sum(map(bool, (resume, extend, overwrite))) > 1: raise SegcookError("--resume, --overwrite and --extend are exclusive: choose one")
     ov = run_overrides(epochs, steps_per_epoch, arch, loss, **overrides)
     plan = override(load_plan(exp), **ov)
+    check_finetune(plan)                                           # fine-tuning fields, and the pretrained plan beside this one
     kw = dict(exp=str(exp), plan=plan, folds=_folds(plan, exp, folds), gpus=gpus, loader=loader, resume=resume,
               extend=extend, overwrite=overwrite, overrides=ov)
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:       # launched by torchrun
@@ -636,7 +649,8 @@ def train(exp, # experiment folder (config.json, folds.json, preprocessed/)
 def _tune_overrides(a) -> dict:
     "The fine-tuning flags given on the command line, as train overrides."
     d = dict(pretrained=str(Path(a.pretrained).resolve()) if a.pretrained else None, freeze=a.freeze,
-             head_lr_mult=a.head_lr, reinit_head=False if a.keep_head else None)
+             head_lr_mult=a.head_lr, reinit_head=False if a.keep_head else None, unfreeze_after=a.unfreeze_after,
+             warmup_epochs=a.warmup)
     return {k: v for k, v in d.items() if v is not None}
 
 def cli_train(argv:list[str]|None=None, # command-line arguments (None: `sys.argv[1:]`)
@@ -657,6 +671,8 @@ def cli_train(argv:list[str]|None=None, # command-line arguments (None: `sys.arg
     p.add_argument("--keep-head", action="store_true", help="load the checkpoint's heads when they fit (default: new heads)")
     p.add_argument("--freeze", default=None, choices=["none", "encoder", "middle", "decoder", "head"], help="part not to train")
     p.add_argument("--head-lr", type=float, default=None, help="the head's learning rate is lr x this (SegBook: 10)")
+    p.add_argument("--unfreeze-after", type=int, default=None, metavar="N", help="gradual unfreezing: the frozen part trains too from epoch N on")
+    p.add_argument("--warmup", type=int, default=None, metavar="N", help="linear learning-rate warmup over the first N epochs (fine-tuning)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--resume", action="store_true", help="continue an interrupted run")
     g.add_argument("--overwrite", action="store_true", help="start over")

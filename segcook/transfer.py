@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Sequence
 import torch
 from torch import nn
-from .core import SegcookError
+from .core import SegcookError, Plan, Train, plan_from_dict, log
 from .nets import net_parts, _first_conv_in, STUNet, ResEncUNet, DynamicUNet, MGNet, MonaiNet
 
 # %% auto #0
 __all__ = ['CONTAINERS', 'LAYOUTS', 'PARTS', 'read_checkpoint', 'detect_layout', 'map_keys', 'adapt_stem', 'LoadReport',
-           'stem_keys', 'match_state', 'load_pretrained', 'parts', 'freeze', 'param_groups']
+           'stem_keys', 'match_state', 'load_pretrained', 'parts', 'freeze', 'param_groups', 'unfreeze',
+           'finetune_problems', 'pretrained_plan', 'compare_plans', 'check_finetune']
 
 # %% ../nbs/08_transfer.ipynb #5bc37370
 CONTAINERS = {"state_dict": "nnU-Net v1 (*.model)", "network_weights": "nnU-Net v2 (*.pth)", "model": "segcook"}
@@ -272,8 +273,6 @@ def parts(net:nn.Module, # a segcook network
 PARTS = ("encoder", "middle", "decoder", "head")
 
 # %% ../nbs/08_transfer.ipynb #db97a69a
-PARTS = ("encoder", "middle", "decoder", "head")
-
 def freeze(net:nn.Module, # a segcook network
            part:str|Sequence[str]="none", # 'encoder', 'middle', 'decoder', 'head' (or several), or 'none' to unfreeze all
            middle:int=1, # stages on each side that `middle` spans
@@ -300,3 +299,81 @@ def param_groups(net:nn.Module, # a segcook network (after `freeze`)
     groups = [{"name": "body", "lr": lr, "params": [p for p in net.parameters() if p.requires_grad and id(p) not in head]},
               {"name": "head", "lr": lr * head_lr_mult, "params": [p for p in net.parameters() if p.requires_grad and id(p) in head]}]
     return [g for g in groups if g["params"]]
+
+# %% ../nbs/08_transfer.ipynb #fbac29fd
+def unfreeze(net:nn.Module, # a segcook network, partly frozen
+             opt:torch.optim.Optimizer, # its optimiser (built from `param_groups`)
+             sched=None, # its `LambdaLR` scheduler, if any: learns the new group
+            ) -> int:
+    "Make every parameter trainable; the ones not in `opt` join it as group 'unfrozen' at the body's lr. Returns how many values joined."
+    have = {id(p) for g in opt.param_groups for p in g["params"]}
+    new = [p for p in net.parameters() if id(p) not in have]
+    for p in net.parameters(): p.requires_grad_(True)
+    if not new: return 0
+    body = next((g for g in opt.param_groups if g.get("name") == "body"), opt.param_groups[0])
+    opt.add_param_group({"name": "unfrozen", "params": new, "lr": body["lr"], "initial_lr": body.get("initial_lr", body["lr"])})
+    if sched is not None:
+        sched.base_lrs.append(body.get("initial_lr", body["lr"]))
+        sched.lr_lambdas.append(sched.lr_lambdas[0])
+    return sum(p.numel() for p in new)
+
+# %% ../nbs/08_transfer.ipynb #cb48beb6
+def finetune_problems(plan:Plan, # the plan to train with
+                     ) -> list[str]:
+    "Problems with the fine-tuning fields of `plan.train`, each naming the field, the value and what is allowed."
+    t, out = plan.train, []
+    if t.pretrained is not None and not Path(t.pretrained).is_file():
+        out.append(f"train.pretrained {t.pretrained}: no such file; give the path of a segcook, STU-Net or nnU-Net checkpoint")
+    if t.freeze not in ("none", *PARTS): out.append(f"train.freeze '{t.freeze}' is not a part; use one of {['none', *PARTS]}")
+    if not t.head_lr_mult > 0: out.append(f"train.head_lr_mult must be > 0, got {t.head_lr_mult}; to stop the head from training, freeze 'head'")
+    if t.freeze_middle < 1: out.append(f"train.freeze_middle must be >= 1 (stages on each side of the bottleneck), got {t.freeze_middle}")
+    if t.stem_adapt not in ("repeat", "average"): out.append(f"train.stem_adapt should be 'repeat' or 'average', got '{t.stem_adapt}'")
+    if t.unfreeze_after < 0: out.append(f"train.unfreeze_after must be 0 (never) or the epoch the frozen part starts training, got {t.unfreeze_after}")
+    if t.unfreeze_after and t.freeze == "none": out.append(f"train.unfreeze_after={t.unfreeze_after} but train.freeze is 'none': nothing to unfreeze")
+    return out
+
+def pretrained_plan(path, # a checkpoint file
+                   ) -> Plan|None:
+    "The segcook plan stored in the checkpoint at `path`; None for STU-Net / nnU-Net files or plain state dicts."
+    try: ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception: return None                       # `read_checkpoint` says what is wrong with the file
+    return plan_from_dict(ck["plan"]) if isinstance(ck, dict) and isinstance(ck.get("plan"), dict) else None
+
+def compare_plans(source:Plan, # the pretrained model's plan
+                  plan:Plan, # the plan to fine-tune with
+                 ) -> tuple[list[str], list[str]]:
+    "Errors (the weights cannot fit) and notes (allowed, but said) on fine-tuning `source`'s model with `plan`."
+    errs, notes = [], []
+    a, b = source.train, plan.train
+    if a.arch != b.arch: errs.append(f"architecture: the pretrained model is '{a.arch}', this plan trains '{b.arch}'; use --arch {a.arch}")
+    if a.arch_kwargs != b.arch_kwargs: errs.append(f"train.arch_kwargs: {a.arch_kwargs} pretrained, {b.arch_kwargs} here; use the pretrained model's")
+    sa, sb = source.spatial.target_spacing, plan.spatial.target_spacing
+    if sa and sb and any(abs(x - y) > 1e-3 * max(x, y) for x, y in zip(sa, sb)):
+        notes.append(f"spacing: pretrained at {sa} mm, fine-tuning at {sb} mm: allowed; the network sees its structures at another scale")
+    ma, mb = [c.modality for c in source.channels], [c.modality for c in plan.channels]
+    if (ma != mb) if len(ma) == len(mb) else set(ma) != set(mb):
+        say = lambda m: m[0] if len(set(m)) == 1 else ", ".join(m)
+        notes.append(f"modality: pretrained on {say(ma)}, fine-tuning on {say(mb)}: allowed (SegBook transfers CT to MR); intensities differ in kind")
+    if len(ma) != len(mb): notes.append(f"channels: {len(ma)} pretrained, {len(mb)} here: the stem is adapted ({b.stem_adapt})")
+    la, lb = source.labels, plan.labels
+    if (la.regions or la.labels) != (lb.regions or lb.labels):
+        what = lambda l: f"regions {list(l.regions)}" if l.regions else f"labels {l.labels}"
+        notes.append(f"classes: {what(la)} pretrained, {what(lb)} here: " + ("new heads" if b.reinit_head else "heads of other shapes are new"))
+    if a.deep_supervision != b.deep_supervision:
+        notes.append(f"train.deep_supervision: {a.deep_supervision} pretrained, {b.deep_supervision} here: heads that have no counterpart start new")
+    return errs, notes
+
+def check_finetune(plan:Plan, # the plan to train with (overrides applied)
+                  ) -> list[str]:
+    "Raise on any fine-tuning problem (all at once); log and return the notes on what differs from the pretrained plan."
+    errs, notes = finetune_problems(plan), []
+    if not errs and plan.train.pretrained and (src := pretrained_plan(plan.train.pretrained)) is not None:
+        e, notes = compare_plans(src, plan)
+        errs += [f"{plan.train.pretrained}: {x}" for x in e]
+    if errs: raise SegcookError("cannot fine-tune as planned:\n  " + "\n  ".join(errs))
+    t = plan.train
+    if t.freeze != "none" and t.unfreeze_after >= t.epochs:
+        notes.append(f"train.unfreeze_after={t.unfreeze_after} >= train.epochs={t.epochs}: '{t.freeze}' stays frozen in this run "
+                     "(it unfreezes if the run is extended past that epoch)")
+    for n in notes: log.warning(f"fine-tuning {plan.train.pretrained}: {n}")
+    return notes

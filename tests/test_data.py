@@ -248,3 +248,47 @@ def test_cli_phantom_and_check(tmp_path):
 def test_cli_unknown_command():
     r = subprocess.run(segcook_cmd("analyse"), capture_output=True, text=True)
     assert r.returncode == 2 and "did you mean 'analyze'" in r.stderr
+
+
+def test_mr_abdomen_same_anatomy_other_contrast(tmp_path):
+    ct = load_dataset(make_phantom(tmp_path/"ct", cases=2, kind="ct", size=(40, 40, 16), seed=4)).cases()
+    mr_dj = make_phantom(tmp_path/"mr", cases=2, kind="mr_abdomen", size=(40, 40, 16), seed=4)
+    mr = load_dataset(mr_dj).cases()
+    assert load_dataset(mr_dj).modality == "mr" and list(mr[0].images) == ["t1"]
+    for c, m in zip(ct, mr):
+        lc, lm = to_xyz(read_image(c.label)), to_xyz(read_image(m.label))
+        assert np.array_equal(lc, lm)                                             # same body, voxel for voxel
+        t1, hu = to_xyz(read_image(m.images["t1"])), to_xyz(read_image(c.images["ct"]))
+        assert (t1[hu <= -990] == 0).all()                                        # air is exactly 0 on MR
+        assert t1[lm == 1].mean() > t1[lm == 3].mean() and hu[lm == 1].mean() > hu[lm == 3].mean()
+    assert check_dataset(mr_dj) == []
+
+
+@pytest.mark.parametrize("kind,ch", [("brats", "t1c"), ("ct", "ct")])
+def test_low_quality_phantom(tmp_path, kind, ch):
+    hi = load_dataset(make_phantom(tmp_path/"hi", cases=1, kind=kind, size=(40, 40, 24), seed=7)).cases()[0]
+    lo = load_dataset(make_phantom(tmp_path/"lo", cases=1, kind=kind, size=(40, 40, 24), seed=7, quality="low")).cases()[0]
+    lh, ll = to_xyz(read_image(hi.label)), to_xyz(read_image(lo.label))
+    assert np.array_equal(lh, ll)                                                 # labels untouched
+    a, b = to_xyz(read_image(hi.images[ch])).astype(float), to_xyz(read_image(lo.images[ch])).astype(float)
+    one, two = (3, 2) if kind == "brats" else (1, 2)                               # ET vs oedema; liver vs kidney
+    contrast = lambda x: x[lh == one].mean() - x[lh == two].mean()
+    assert 0 < contrast(b) < 0.7 * contrast(a)
+    edge = lambda x: np.abs(np.diff(x, axis=2))[(lh[:, :, 1:] != lh[:, :, :-1])].mean()   # sharpness along z at label borders
+    assert edge(b) < edge(a)
+    with pytest.raises(SegcookError, match="unknown phantom quality 'bad'"):
+        make_phantom(tmp_path/"x", cases=1, quality="bad")
+
+
+def test_phantom_never_writes_over_user_files(tmp_path):
+    mine = tmp_path/"mine"; mine.mkdir(); (mine/"notes.txt").write_text("keep")
+    with pytest.raises(SegcookError, match="is not empty and is not a phantom segcook made"):
+        make_phantom(mine, cases=1, size=(16, 16, 12))
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+    r = subprocess.run(segcook_cmd("phantom", "--out", mine, "--cases", 1, "--size", 16, 16, 12), capture_output=True, text=True)
+    assert r.returncode != 0 and "is not a phantom segcook made" in r.stderr and (mine/"notes.txt").read_text() == "keep"
+    dj = make_phantom(tmp_path/"p", cases=2, size=(16, 16, 12))
+    assert make_phantom(tmp_path/"p", cases=2, size=(16, 16, 12)) == dj          # same settings: rewritten in place
+    with pytest.raises(SegcookError, match="cases: 2 there, 1 now"):             # fewer cases would leave stale ones behind
+        make_phantom(tmp_path/"p", cases=1, size=(16, 16, 12))
+    assert len(load_dataset(dj).cases()) == 2

@@ -266,7 +266,51 @@ def test_train_pretrained_freeze_ddp_gloo(pre_exp, tmp_path):
 def test_train_bad_freeze_is_clear(pre_exp, tmp_path):
     from segcook.train import train
     exp = tmp_path/"exp"; __import__("shutil").copytree(pre_exp, exp)
-    with pytest.raises(SegcookError, match=r"head_lr_mult must be > 0 \(got 0\)"):
+    with pytest.raises(SegcookError, match=r"train.head_lr_mult must be > 0, got 0"):
         train(exp, folds=[1], epochs=1, steps_per_epoch=1, loader="global", head_lr_mult=0)
-    with pytest.raises(SegcookError, match=r"\['bottleneck'\] is not a part of DynamicUNet"):
+    with pytest.raises(SegcookError, match=r"train.freeze 'bottleneck' is not a part; use one of \['none', 'encoder'"):
         train(exp, folds=[1], epochs=1, steps_per_epoch=1, loader="global", freeze="bottleneck")
+
+
+def test_gradual_unfreezing_ddp_gloo_and_resume(pre_exp, tmp_path):
+    "Decoder frozen in epoch 1 (unchanged), trained from epoch 2 on, in 2 gloo processes; an interrupted run resumes with the new group."
+    from segcook.train import train, load_checkpoint
+    exp = tmp_path/"exp"; __import__("shutil").copytree(pre_exp, exp)
+    pre = load_checkpoint(exp/"models/fold_0/last.pt")["model"]
+    kw = dict(folds=[1], procs=2, steps_per_epoch=1, batch_size=2, loader="global", pretrained=str(exp/"models/fold_0/last.pt"),
+              freeze="decoder", head_lr_mult=10, unfreeze_after=1)
+    train(exp, epochs=1, **kw)
+    one = load_checkpoint(exp/"models/fold_1/last.pt")
+    dec = [k for k in pre if k.startswith("decoder.") and pre[k].is_floating_point()]
+    assert all(torch.equal(pre[k], one["model"][k]) for k in dec)                          # still frozen in epoch 1
+    assert [g["name"] for g in one["optimizer"]["param_groups"]] == ["body", "head"]
+    train(exp, epochs=3, extend=True, **kw)                                                  # epochs 2-3: unfrozen
+    three = load_checkpoint(exp/"models/fold_1/last.pt")
+    groups = three["optimizer"]["param_groups"]
+    assert [g["name"] for g in groups] == ["body", "head", "unfrozen"] and three["epoch"] == 3
+    assert groups[2]["lr"] == pytest.approx(groups[0]["lr"])
+    assert any(not torch.equal(pre[k], three["model"][k]) for k in dec)                     # the decoder trained
+    from segcook.core import plan_from_dict
+    from segcook.nets import build_net
+    n = sum(1 for _ in build_net(plan_from_dict(three["plan"])).parameters())
+    assert sum(len(g["params"]) for g in groups) == n                                        # every parameter exactly once
+
+
+def test_finetune_plan_checked_up_front(pre_exp, tmp_path, caplog):
+    from segcook.train import train
+    from segcook.core import load_plan, save_plan
+    exp = tmp_path/"exp"; __import__("shutil").copytree(pre_exp, exp)
+    ck = str(exp/"models/fold_0/last.pt")
+    with pytest.raises(SegcookError, match=r"train.unfreeze_after=2 but train.freeze is 'none'"):
+        train(exp, folds=[1], epochs=3, steps_per_epoch=1, loader="global", pretrained=ck, unfreeze_after=2)
+    with pytest.raises(SegcookError, match=r"train.pretrained .*nope.pt: no such file"):
+        train(exp, folds=[1], epochs=1, steps_per_epoch=1, loader="global", pretrained=str(tmp_path/"nope.pt"))
+    with pytest.raises(SegcookError, match=r"architecture: the pretrained model is 'nnunet', this plan trains 'unet'"):
+        train(exp, folds=[1], epochs=1, steps_per_epoch=1, loader="global", pretrained=ck, arch="unet")
+    assert not (exp/"models/fold_1").exists()                                                # refused before anything ran
+    p = load_plan(exp); p.spatial.target_spacing = [x * 2 for x in p.spatial.target_spacing]; p.channels[0].modality = "ct"
+    save_plan(p, exp/"config.json")
+    with caplog.at_level("WARNING", logger="segcook"):
+        train(exp, folds=[1], epochs=1, steps_per_epoch=1, loader="global", pretrained=ck)
+    said = caplog.text
+    assert "spacing: pretrained at" in said and "modality: pretrained on mr, fine-tuning on ct, mr, mr, mr" in said
