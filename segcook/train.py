@@ -21,10 +21,11 @@ from .losses import build_loss
 from .transfer import load_pretrained, freeze, param_groups, unfreeze, check_finetune
 
 # %% auto #0
-__all__ = ['LOG_FIELDS', 'make_folds', 'toy_experiment', 'GlobalBatchLoader', 'make_loader', 'make_optimizer', 'warmup_epochs',
-           'lr_factor', 'make_scheduler', 'penalty', 'class_masks', 'dice_scores', 'predict_case', 'score_cases',
-           'rng_state', 'set_rng_state', 'save_checkpoint', 'load_checkpoint', 'load_model', 'write_log', 'plot_curves',
-           'show_curves', 'Run', 'fold_ids', 'fold_start', 'run_overrides', 'train', 'cli_train']
+__all__ = ['LOG_FIELDS', 'BRANCH_FILES', 'make_folds', 'toy_experiment', 'GlobalBatchLoader', 'make_loader', 'make_optimizer',
+           'warmup_epochs', 'lr_factor', 'make_scheduler', 'penalty', 'class_masks', 'dice_scores', 'predict_case',
+           'score_cases', 'rng_state', 'set_rng_state', 'save_checkpoint', 'load_checkpoint', 'load_model', 'write_log',
+           'plot_curves', 'show_curves', 'Run', 'fold_ids', 'fold_start', 'run_overrides', 'train', 'cli_train',
+           'branch']
 
 # %% ../nbs/07_train.ipynb #9030754a
 def _zscore(a:np.ndarray) -> np.ndarray:
@@ -684,3 +685,23 @@ def cli_train(argv:list[str]|None=None, # command-line arguments (None: `sys.arg
         if int(os.environ.get("RANK", 0)) == 0:
             for k, v in res.items(): print(f"fold {k}: best validation Dice {v:.4f}")
     return run_cli(go)
+
+# %% ../nbs/07_train.ipynb #bf94eb65
+BRANCH_FILES = ("config.json", "folds.json", "cases.csv")
+
+def branch(exp, # an analysed and preprocessed experiment
+           out, # the new experiment folder (new, or an earlier branch of `exp`)
+          ) -> Path:
+    "A new experiment at `out` with `exp`'s plan, folds and cases, sharing its preprocessed cases (a link): one arm of a study."
+    exp, out = Path(exp).resolve(), Path(out)
+    if not (exp/"config.json").is_file() or not (exp/"preprocessed").is_dir():
+        raise SegcookError(f"{exp}: not an analysed and preprocessed experiment (needs config.json and preprocessed/)")
+    link = out/"preprocessed"
+    if out.exists():
+        if link.is_symlink() and link.resolve() == (exp/"preprocessed").resolve(): return out
+        raise SegcookError(f"{out} exists and is not a branch of {exp}; choose a new folder")
+    out.mkdir(parents=True)
+    for f in BRANCH_FILES:
+        if (exp/f).is_file(): write_text(out/f, (exp/f).read_text())
+    link.symlink_to(exp/"preprocessed", target_is_directory=True)
+    return out
