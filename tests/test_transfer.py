@@ -314,3 +314,18 @@ def test_finetune_plan_checked_up_front(pre_exp, tmp_path, caplog):
         train(exp, folds=[1], epochs=1, steps_per_epoch=1, loader="global", pretrained=ck)
     said = caplog.text
     assert "spacing: pretrained at" in said and "modality: pretrained on mr, fine-tuning on ct, mr, mr, mr" in said
+
+
+def test_cli_unfreeze_after_and_warmup(pre_exp, tmp_path):
+    from segcook.train import cli_train, load_checkpoint
+    exp = tmp_path/"exp"; __import__("shutil").copytree(pre_exp, exp)
+    rc = cli_train(["--exp", str(exp), "--folds", "1", "--epochs", "2", "--steps-per-epoch", "1", "--loader", "global",
+                    "--pretrained", str(exp/"models/fold_0/last.pt"), "--freeze", "encoder", "--unfreeze-after", "1", "--warmup", "1"])
+    assert rc == 0
+    ck = load_checkpoint(exp/"models/fold_1/last.pt")
+    assert (ck["plan"]["train"]["unfreeze_after"], ck["plan"]["train"]["warmup_epochs"]) == (1, 1)
+    assert [g["name"] for g in ck["optimizer"]["param_groups"]] == ["body", "head", "unfrozen"]
+    lrs = [h["lr"] for h in ck["history"]]
+    assert lrs[0] < lrs[1]                                                  # warming up in epoch 1
+    assert cli_train(["--exp", str(exp), "--folds", "1", "--epochs", "2", "--loader", "global", "--overwrite",
+                      "--unfreeze-after", "-1", "--freeze", "encoder"]) == 2   # refused, clear message, exit code 2
