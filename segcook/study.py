@@ -19,12 +19,12 @@ from .inference import predict_oof
 from .metrics import brats_lesionwise
 
 # %% auto #0
-__all__ = ['subset_dataset', 'prepare', 'run_arm', 'held_out_pairs', 'lesionwise_scores', 'show_png']
+__all__ = ['subset_dataset', 'write_paths', 'prepare', 'run_arm', 'held_out_pairs', 'lesionwise_scores', 'show_png']
 
 # %% ../nbs/17_study.ipynb #596ea52f
 def subset_dataset(src, # dataset.json of the source dataset (train and test cases both usable)
                    train_ids:Sequence[str], # the study's training cases (one of them validates, see `prepare`)
-                   test_ids:Sequence[str], # the held-out test cases
+                   test_ids:Sequence[str], # the held-out test cases (none: `prepare` makes k folds of the training cases)
                    out, # folder for dataset.json and folds_file.json (outside the source dataset)
                   ) -> Path:
     "A dataset.json listing `train_ids` + `test_ids` of `src` by path, and a folds file whose fold 0 holds `test_ids` out."
@@ -34,15 +34,28 @@ def subset_dataset(src, # dataset.json of the source dataset (train and test cas
     if missing: raise SegcookError(f"{ds.path}: no case(s) {missing[:5]}; its cases are {sorted(by_id)[:8]}...")
     both = sorted(set(train_ids) & set(test_ids))
     if both: raise SegcookError(f"case(s) {both} are both training and test cases; a test case must be held out")
-    if not train_ids or not test_ids: raise SegcookError(f"a study needs training and test cases, got {len(train_ids)} and {len(test_ids)}")
+    if not train_ids: raise SegcookError("a study needs training cases, got none")
     out = Path(out)
     if out.resolve().is_relative_to(ds.root.resolve()): raise SegcookError(f"{out} is inside the source dataset {ds.root}; choose a folder outside it")
     entry = lambda c: {"id": c.id, "images": {k: str(Path(v).resolve()) for k, v in c.images.items()}, "mask": str(Path(c.label).resolve())}
     d = {k: v for k, v in ds.raw.items() if k not in ("train-data", "test-data", "train-cases", "test-cases", "phantom", "root")}
     d.update({"root": str(ds.root), "train-cases": [entry(by_id[i]) for i in [*train_ids, *test_ids]]})
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out/"folds_file.json", {**{i: 1 for i in train_ids}, **{i: 0 for i in test_ids}})
+    if test_ids: write_json(out/"folds_file.json", {**{i: 1 for i in train_ids}, **{i: 0 for i in test_ids}})
+    else: (out/"folds_file.json").unlink(missing_ok=True)
     return write_json(out/"dataset.json", d)
+
+def write_paths(dataset, # dataset.json
+                ids:Sequence[str], # the cases to list
+                path, # the CSV to write (id + one column per channel): an input of `segcook predict`
+               ) -> Path:
+    "A paths.csv of some cases of `dataset`, for `segcook predict --input` / `segcook.inference.predict`."
+    cs = {c.id: c for c in load_dataset(dataset).cases()}
+    missing = [i for i in ids if i not in cs]
+    if missing: raise SegcookError(f"{dataset}: no case(s) {missing[:5]}")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame([{"id": i, **{k: str(v) for k, v in cs[i].images.items()}} for i in ids]).to_csv(path, index=False)
+    return Path(path)
 
 def prepare(dataset, # dataset.json (a `subset_dataset`'s holds its test cases out as fold 0)
             exp, # experiment folder to create (resumes when it has a plan)
