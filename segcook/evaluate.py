@@ -14,11 +14,12 @@ import pandas as pd
 import SimpleITK as sitk
 from .core import (SegcookError, read_image, to_xyz, compare_headers, read_json, atomic_path, load_plan,
                           cli_parser, run_cli, progress, log)
-from .metrics import case_metrics, metric_name
+from .metrics import case_metrics, metric_name, brats_lesionwise, brats_config
 
 # %% auto #0
-__all__ = ['SUMMARY', 'read_classes', 'read_pairs', 'evaluate_case', 'summarize', 'evaluate', 'write_results', 'plot_results',
-           'experiment_pairs', 'evaluate_experiment', 'cli_evaluate']
+__all__ = ['SUMMARY', 'LESION_COLS', 'read_classes', 'read_pairs', 'evaluate_case', 'summarize', 'evaluate', 'write_results',
+           'plot_results', 'experiment_pairs', 'evaluate_experiment', 'evaluate_lesionwise_case', 'evaluate_lesionwise',
+           'cli_evaluate']
 
 # %% ../nbs/11_evaluate.ipynb #56ad46de
 def read_classes(src, # dict or JSON file: `{name: labels}` or MIST style `{name: {"labels": ..., "metrics": ...}}`
@@ -56,6 +57,17 @@ def _read_label(path) -> sitk.Image:
     if img.GetDimension() != 3: raise SegcookError(f"{path}: expected a 3D label map, got {img.GetDimension()}D")
     return img
 
+def _read_pair(case_id, mask_path, pred_path):
+    "(mask image, mask array, prediction array), both (x, y, z), after checking grids and integer labels."
+    diff = compare_headers(mask_path, pred_path)
+    if diff: raise SegcookError(f"case {case_id}: prediction {pred_path} does not match its mask {mask_path} ({'; '.join(diff)}); resample it onto the mask's grid")
+    g = _read_label(mask_path)
+    gt, pr = to_xyz(g), to_xyz(_read_label(pred_path))
+    for a, p in ((gt, mask_path), (pr, pred_path)):
+        if a.dtype.kind == "f" and not np.all(np.mod(a, 1) == 0):
+            raise SegcookError(f"case {case_id}: {p} has non-integer values; expected a label map")
+    return g, gt, pr
+
 def evaluate_case(case_id:str, # the row id
                   mask_path, # ground-truth label map
                   pred_path, # predicted label map (same grid)
@@ -64,13 +76,7 @@ def evaluate_case(case_id:str, # the row id
                   tol_mm:float=1.0, # NSD tolerance in mm
                  ) -> dict:
     "The metrics of one case as a flat dict `{'id': ..., 'WT_dice': ..., ...}`."
-    diff = compare_headers(mask_path, pred_path)
-    if diff: raise SegcookError(f"case {case_id}: prediction {pred_path} does not match its mask {mask_path} ({'; '.join(diff)}); resample it onto the mask's grid")
-    g = _read_label(mask_path)
-    gt, pr = to_xyz(g), to_xyz(_read_label(pred_path))
-    for a, p in ((gt, mask_path), (pr, pred_path)):
-        if a.dtype.kind == "f" and not np.all(np.mod(a, 1) == 0):
-            raise SegcookError(f"case {case_id}: {p} has non-integer values; expected a label map")
+    g, gt, pr = _read_pair(case_id, mask_path, pred_path)
     return {"id": case_id, **case_metrics(gt, pr, classes, g.GetSpacing(), metrics, tol_mm)}
 
 # %% ../nbs/11_evaluate.ipynb #572d3f88
@@ -138,9 +144,13 @@ def plot_results(df:pd.DataFrame, # a results table (summary rows are dropped)
         with atomic_path(path) as tmp: fig.savefig(tmp, dpi=100, format="png")
     return fig
 
+# the lesion-wise table's metric columns -> `brats_lesionwise` columns (see *BraTS lesion-wise evaluation*)
+LESION_COLS = {"lesion_dice": "LesionWise_Score_Dice", "lesion_hd95": "LesionWise_Score_HD95", "num_tp": "Num_TP",
+               "num_fp": "Num_FP", "num_fn": "Num_FN", "legacy_dice": "Legacy_Dice", "legacy_hd95": "Legacy_HD95"}
+
 def _metric_of(col, cols):
     from segcook.core import METRICS
-    for m in sorted(METRICS.names(), key=len, reverse=True):
+    for m in sorted([*LESION_COLS, *METRICS.names()], key=len, reverse=True):
         if col.endswith("_" + m): return m
     return col.rsplit("_", 1)[1]
 
@@ -179,6 +189,38 @@ def evaluate_experiment(exp, # experiment folder (config.json, cases.csv, predic
     pairs, pdir = experiment_pairs(exp, name)
     return evaluate(pairs, classes, metrics or plan.evaluate.metrics, out or exp / "results.csv", workers, plan.evaluate.nsd_tolerance_mm)
 
+# %% ../nbs/11_evaluate.ipynb #f2b25ef7
+def evaluate_lesionwise_case(case_id:str, # the row id
+                             mask_path, # ground-truth label map
+                             pred_path, # predicted label map (same grid)
+                             challenge:str="GLI", # BraTS challenge (see `segcook.metrics.brats_config`)
+                             version:int=2023, # BraTS year: 2023 or 2024
+                            ) -> dict:
+    "One case's BraTS lesion-wise table, flat: `{'id': ..., 'ET_lesion_dice': ..., 'ET_num_fp': ..., ...}`."
+    g, gt, pr = _read_pair(case_id, mask_path, pred_path)
+    t = brats_lesionwise(gt, pr, g.GetSpacing(), version=version, challenge=challenge).set_index("Labels")
+    return {"id": case_id, **{f"{r}_{k}": t.loc[r, c] for r in t.index for k, c in LESION_COLS.items()}}
+
+def _run_lw(args): return evaluate_lesionwise_case(*args)
+
+def evaluate_lesionwise(pairs:list, # [(id, mask_path, pred_path), ...]
+                        challenge:str="GLI", # BraTS challenge: GLI, SSA, PED, MEN, MET (2023); GLI (2024)
+                        version:int=2023, # BraTS year: 2023 or 2024
+                        out=None, # write the table (with summary rows) here, and a box plot next to it
+                        workers:int|None=None, # processes (default: all cores; 1: in this process)
+                       ) -> pd.DataFrame:
+    "BraTS lesion-wise scores of every pair under one challenge's parameters; one row per case."
+    regions = brats_config(version, challenge)["regions"]      # a wrong name fails here, before any case
+    if not pairs: raise SegcookError("nothing to evaluate: the list of (id, mask, prediction) is empty")
+    jobs = [(str(i), m, p, challenge, version) for i, m, p in pairs]
+    workers = min(workers or os.cpu_count() or 1, len(jobs))
+    if workers <= 1: rows = [_run_lw(j) for j in progress(jobs, desc="evaluate")]
+    else:
+        with ProcessPoolExecutor(workers) as ex: rows = list(progress(ex.map(_run_lw, jobs), desc="evaluate", total=len(jobs)))
+    df = pd.DataFrame(rows, columns=["id"] + [f"{r}_{k}" for r in regions for k in LESION_COLS])
+    if out is not None: write_results(df, out)
+    return df
+
 # %% ../nbs/11_evaluate.ipynb #672b1d4d
 def cli_evaluate(argv:list[str]|None=None, # command-line arguments (None: `sys.argv[1:]`)
                 ) -> int:
@@ -196,8 +238,13 @@ def cli_evaluate(argv:list[str]|None=None, # command-line arguments (None: `sys.
     p.add_argument("--metrics", nargs="+", default=None, help="default: dice haus95 (with --exp: the plan's)")
     p.add_argument("--nsd-tol", type=float, default=1.0, help="NSD tolerance in mm (default 1.0)")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument("--challenge", help="BraTS lesion-wise evaluation with this challenge's official parameters: GLI, SSA, PED, "
+                   "MEN, MET (2023), GLI (2024); its regions replace --classes and its table --metrics "
+                   "(default out with --exp: <exp>/results_lesionwise.csv)")
+    p.add_argument("--brats-version", type=int, default=2023, help="BraTS year for --challenge: 2023 (default) or 2024")
     a = p.parse_args(argv)
     def go():
+        if a.challenge: return go_lesionwise()
         if a.exp:
             df = evaluate_experiment(a.exp, a.name, a.metrics, a.out, a.workers) if not a.classes else \
                  evaluate(experiment_pairs(a.exp, a.name)[0], read_classes(a.classes)[0], a.metrics or ("dice", "haus95"),
@@ -207,6 +254,14 @@ def cli_evaluate(argv:list[str]|None=None, # command-line arguments (None: `sys.
             if not a.classes or not a.out: raise SegcookError("--paths needs --classes and --out")
             df = evaluate(read_pairs(a.paths), read_classes(a.classes)[0], a.metrics or ("dice", "haus95"), a.out, a.workers, a.nsd_tol)
             out = a.out
+        print(summarize(df).set_index("id").loc[["Mean", "Median"]].T.to_string(float_format=lambda v: f"{v:.4f}"))
+        print(f"wrote {out} and {Path(out).with_suffix('.png')}")
+    def go_lesionwise():
+        if a.classes or a.metrics: raise SegcookError("--challenge fixes the regions and the table; drop --classes and --metrics")
+        if a.exp: pairs, out = experiment_pairs(a.exp, a.name)[0], a.out or Path(a.exp) / "results_lesionwise.csv"
+        elif not a.out: raise SegcookError("--paths with --challenge needs --out")
+        else: pairs, out = read_pairs(a.paths), a.out
+        df = evaluate_lesionwise(pairs, a.challenge, a.brats_version, out, a.workers)
         print(summarize(df).set_index("id").loc[["Mean", "Median"]].T.to_string(float_format=lambda v: f"{v:.4f}"))
         print(f"wrote {out} and {Path(out).with_suffix('.png')}")
     return run_cli(go)

@@ -16,9 +16,9 @@ from scipy.spatial import cKDTree
 from .core import SegcookError, METRICS, register_metric
 
 # %% auto #0
-__all__ = ['ALIASES', 'BRATS', 'surfel_areas', 'corner_codes', 'SurfaceDistances', 'surface_distances', 'hausdorff_pct',
-           'hausdorff', 'assd', 'nsd', 'dice', 'Metric', 'metric_name', 'class_metrics', 'case_metrics',
-           'merge_by_dilation', 'instance_codes', 'brats_lesionwise']
+__all__ = ['ALIASES', 'BRATS_CHALLENGES', 'BRATS', 'surfel_areas', 'corner_codes', 'SurfaceDistances', 'surface_distances',
+           'hausdorff_pct', 'hausdorff', 'assd', 'nsd', 'dice', 'Metric', 'metric_name', 'class_metrics',
+           'case_metrics', 'brats_config', 'merge_by_dilation', 'instance_codes', 'brats_lesionwise']
 
 # %% ../nbs/10_metrics.ipynb #b97f5bd3
 @functools.lru_cache(maxsize=64)
@@ -188,14 +188,31 @@ def case_metrics(gt_lbl:np.ndarray, # ground-truth label map (x, y, z)
     return out
 
 # %% ../nbs/10_metrics.ipynb #408c567e
-BRATS = {
-    2023: dict(regions={"WT": [1, 2, 3], "TC": [1, 3], "ET": [3]}, penalty=374.0,
-               dilation={}, default_dilation=3, threshold={}, default_threshold=50.0,
-               merge_pred=False, nsd=False),
-    2024: dict(regions={"WT": [1, 2, 3], "TC": [1, 3], "NETC": [1], "SNFH": [2], "ET": [3], "RC": [4]},
-               penalty=337.0, dilation={"NETC": 5, "RC": 5}, default_dilation=3,
-               threshold={"ET": 10}, default_threshold=20.0, merge_pred=True, nsd=True),
+def _brats2023(dil:int, thr:float) -> dict:
+    "One BraTS 2023 challenge: the GLI regions and penalty, its own dilation and lesion threshold (mm^3)."
+    return dict(regions={"WT": [1, 2, 3], "TC": [1, 3], "ET": [3]}, penalty=374.0, dilation={}, default_dilation=dil,
+                threshold={}, default_threshold=thr, merge_pred=False, nsd=False)
+
+BRATS_CHALLENGES = {
+    2023: {"GLI": _brats2023(3, 50.0), "SSA": _brats2023(3, 50.0), "PED": _brats2023(3, 50.0),
+           "MEN": _brats2023(1, 50.0), "MET": _brats2023(1, 2.0)},
+    2024: {"GLI": dict(regions={"WT": [1, 2, 3], "TC": [1, 3], "NETC": [1], "SNFH": [2], "ET": [3], "RC": [4]},
+                       penalty=337.0, dilation={"NETC": 5, "RC": 5}, default_dilation=3,
+                       threshold={"ET": 10}, default_threshold=20.0, merge_pred=True, nsd=True)},
 }
+BRATS = {v: c["GLI"] for v, c in BRATS_CHALLENGES.items()}   # each version's default challenge
+
+def brats_config(version:int=2023, # BraTS year: 2023 or 2024
+                 challenge:str="GLI", # challenge name: GLI, SSA, PED, MEN, MET (2023); GLI (2024); 'BraTS-' prefix allowed
+                ) -> dict:
+    "The lesion-wise parameters (regions, dilation, thresholds, penalty) of one BraTS challenge."
+    known = "; ".join(f"{v}: {', '.join(sorted(c))}" for v, c in BRATS_CHALLENGES.items())
+    if version not in BRATS_CHALLENGES: raise SegcookError(f"BraTS version {version} unknown; use one of {sorted(BRATS_CHALLENGES)} (challenges {known})")
+    name = str(challenge).upper().removeprefix("BRATS-")
+    if name not in BRATS_CHALLENGES[version]:
+        raise SegcookError(f"BraTS {version} challenge {challenge!r} unknown or not implemented; known challenges by version: {known}")
+    return BRATS_CHALLENGES[version][name]
+
 _ST18 = ndi.generate_binary_structure(3, 2)
 
 def _cc26(mask:np.ndarray) -> np.ndarray:
@@ -309,12 +326,12 @@ def brats_lesionwise(gt_lbl:np.ndarray, # ground-truth label map (x, y, z)
                      pred_lbl:np.ndarray, # label maps (x, y, z)
                      spacing=(1., 1., 1.), # voxel size, mm (x, y, z)
                      version:int=2023, # 2023 or 2024 (post-treatment labels)
+                     challenge:str="GLI", # BraTS challenge: GLI, SSA, PED, MEN, MET (2023); GLI (2024)
                      legacy_quirks:bool|None=None, # 2024: whole-image HD95 on lesion-numbered maps (official)
                     ):
     "The official BraTS table (one row per region) for one case."
     import pandas as pd
-    if version not in BRATS: raise SegcookError(f"BraTS version {version} unknown; use one of {sorted(BRATS)}")
-    cfg = BRATS[version]; pen = cfg["penalty"]; vox = float(np.prod(spacing))
+    cfg = brats_config(version, challenge); pen = cfg["penalty"]; vox = float(np.prod(spacing))
     if legacy_quirks is None: legacy_quirks = version == 2024
     dil = {t: cfg["dilation"].get(t, cfg["default_dilation"]) for t in cfg["regions"]}
     thr = {t: cfg["threshold"].get(t, cfg["default_threshold"]) for t in cfg["regions"]}

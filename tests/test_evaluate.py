@@ -79,3 +79,51 @@ def test_bad_inputs_are_clear(tmp_path, capsys):
     (tmp_path / "c.json").write_text(json.dumps({"WT": [1]}))
     assert cli_evaluate(["--paths", str(tmp_path / "p.csv"), "--classes", str(tmp_path / "c.json"), "--out", str(tmp_path / "r.csv"), "--workers", "1"]) == 2
     assert "file not found" in capsys.readouterr().err
+
+def _write_pair_of_cubes(d, cid="b0"):
+    """Two 4^3 cubes of label 1 (NCR: in WT and TC, not ET) 4 voxels apart along x; the prediction is the first."""
+    g = np.zeros((40, 12, 12), np.uint8); g[2:6, 4:8, 4:8] = 1; g[10:14, 4:8, 4:8] = 1
+    p = np.zeros_like(g); p[2:6, 4:8, 4:8] = 1
+    for a, nm in ((g, "gt"), (p, "pred")): write_image(from_xyz(a), d / f"{cid}-{nm}.nii.gz")
+    return (cid, str(d / f"{cid}-gt.nii.gz"), str(d / f"{cid}-pred.nii.gz"))
+
+def test_cli_lesionwise_challenges(tmp_path, capsys):
+    """GLI dilates 3 times (the 4-voxel gap closes: one lesion of 128 voxels, half found, Dice 2*64/192);
+    MEN dilates once (two lesions: one found exactly, one missed: Dice 1/2, HD95 374/2). ET is empty on both sides."""
+    pd.DataFrame([_write_pair_of_cubes(tmp_path)], columns=["id", "mask", "prediction"]).to_csv(tmp_path / "paths.csv", index=False)
+    res = {}
+    for ch in ("GLI", "MEN"):
+        assert cli_evaluate(["--paths", str(tmp_path / "paths.csv"), "--challenge", ch, "--out", str(tmp_path / f"{ch}.csv"), "--workers", "1"]) == 0
+        res[ch] = pd.read_csv(tmp_path / f"{ch}.csv").set_index("id").loc["b0"]
+    assert (tmp_path / "GLI.png").exists()
+    for r in ("WT", "TC"):
+        assert res["GLI"][f"{r}_lesion_dice"] == pytest.approx(2 * 64 / 192)
+        assert (res["GLI"][f"{r}_num_tp"], res["GLI"][f"{r}_num_fn"], res["GLI"][f"{r}_num_fp"]) == (1, 0, 0)
+        assert res["MEN"][f"{r}_lesion_dice"] == pytest.approx(0.5) and res["MEN"][f"{r}_lesion_hd95"] == pytest.approx(187.0)
+        assert (res["MEN"][f"{r}_num_tp"], res["MEN"][f"{r}_num_fn"], res["MEN"][f"{r}_num_fp"]) == (1, 1, 0)
+        assert res["MEN"][f"{r}_legacy_dice"] == pytest.approx(2 * 64 / 192)   # the whole-image Dice ignores lesions
+    for ch in res: assert res[ch]["ET_lesion_dice"] == 1.0 and res[ch]["ET_lesion_hd95"] == 0.0 and res[ch]["ET_num_fn"] == 0
+    assert cli_evaluate(["--paths", str(tmp_path / "paths.csv"), "--challenge", "GLI", "--brats-version", "2024",
+                         "--out", str(tmp_path / "g24.csv"), "--workers", "1"]) == 0
+    cols = pd.read_csv(tmp_path / "g24.csv").columns
+    assert [c[:-len("_lesion_dice")] for c in cols if c.endswith("_lesion_dice")] == ["WT", "TC", "NETC", "SNFH", "ET", "RC"]
+
+def test_cli_lesionwise_experiment_and_bad_input(tmp_path, capsys):
+    exp = tmp_path / "exp"; (exp / "predictions" / "fold0").mkdir(parents=True)
+    cid, m, p = _write_pair_of_cubes(tmp_path)
+    Path(p).rename(exp / "predictions" / "fold0" / f"{cid}.nii.gz")
+    pd.DataFrame([{"id": cid, "label": m}]).to_csv(exp / "cases.csv", index=False)
+    assert cli_evaluate(["--exp", str(exp), "--challenge", "BraTS-MET", "--workers", "1"]) == 0
+    r = pd.read_csv(exp / "results_lesionwise.csv").set_index("id").loc[cid]
+    assert r["WT_lesion_dice"] == pytest.approx(0.5) and not (exp / "results.csv").exists()
+    capsys.readouterr()
+    assert cli_evaluate(["--exp", str(exp), "--challenge", "LUNG"]) == 2
+    err = capsys.readouterr().err
+    assert "'LUNG' unknown" in err and "2023: GLI, MEN, MET, PED, SSA" in err
+    assert cli_evaluate(["--exp", str(exp), "--challenge", "SSA", "--brats-version", "2024"]) == 2
+    assert "2024 challenge 'SSA' unknown or not implemented" in capsys.readouterr().err
+    assert cli_evaluate(["--exp", str(exp), "--challenge", "GLI", "--metrics", "dice"]) == 2
+    assert "drop --classes and --metrics" in capsys.readouterr().err
+    (tmp_path / "paths.csv").write_text(f"id,mask,prediction\n{cid},{m},{p}\n")
+    assert cli_evaluate(["--paths", str(tmp_path / "paths.csv"), "--challenge", "GLI"]) == 2
+    assert "needs --out" in capsys.readouterr().err

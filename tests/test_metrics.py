@@ -8,8 +8,8 @@ if not hasattr(np, "Inf"): np.Inf = np.inf       # surface-distance 0.1 uses ali
 if not hasattr(np, "NaN"): np.NaN = np.nan
 import surface_distance as sd
 from segcook.metrics import (surface_distances, hausdorff_pct, hausdorff, assd, nsd, dice, class_metrics,
-                             case_metrics, brats_lesionwise)
-from segcook.core import read_image, to_xyz
+                             case_metrics, brats_lesionwise, brats_config)
+from segcook.core import read_image, to_xyz, SegcookError
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SEGCOOK_SHARED_DATA", REPO / ".." / "shared" / "data"))
@@ -69,7 +69,7 @@ def test_brats_lesionwise_matches_official(case):
         pytest.skip(f"golden BraTS cases not found at {GOLDEN} (set SEGCOOK_SHARED_DATA): the official-table comparison did NOT run")
     version = int(case[5:9])
     g, p = read_image(GOLDEN / f"{case}-gt.nii.gz"), read_image(GOLDEN / f"{case}-pred.nii.gz")
-    ours = brats_lesionwise(to_xyz(g), to_xyz(p), g.GetSpacing(), version=version)
+    ours = brats_lesionwise(to_xyz(g), to_xyz(p), g.GetSpacing(), version=version, challenge="GLI")
     ref = pd.read_csv(GOLDEN / f"{case}_official.csv")
     assert list(ours.columns) == list(ref.columns)
     assert ours["Labels"].tolist() == ref["Labels"].tolist()
@@ -78,3 +78,83 @@ def test_brats_lesionwise_matches_official(case):
     for col in ref.columns[1:]:
         if col in skip: continue
         np.testing.assert_allclose(ours[col].to_numpy(float), ref[col].to_numpy(float), rtol=1e-9, atol=1e-12, err_msg=f"{case}: {col}")
+
+# The official BraTS 2023 parameters (rachitsaluja/BraTS-2023-Metrics, metrics.py, get_LesionWiseResults):
+# challenge -> (dilation iterations, lesions of <= this many mm^3 dropped). Penalty 374 for all.
+OFFICIAL_2023 = {"GLI": (3, 50), "SSA": (3, 50), "PED": (3, 50), "MEN": (1, 50), "MET": (1, 2)}
+
+def _et_row(gt, pr, challenge, spacing=(1., 1., 1.)):
+    r = brats_lesionwise(gt, pr, spacing, challenge=challenge).set_index("Labels")
+    assert (r.loc["WT"] == r.loc["ET"]).all() and (r.loc["TC"] == r.loc["ET"]).all()   # label 3 only: three equal rows
+    return r.loc["ET"]
+
+def _lesion(gt, x0, nvox):
+    "A lesion of `nvox` voxels starting at x0: full 5x5 slabs along x, the remainder as a partial slab."
+    full, rest = divmod(nvox, 25)
+    gt[x0:x0 + full, 2:7, 2:7] = 3
+    if rest: gt[x0 + full, 2:7, 2:7].flat[:rest] = 3
+
+@pytest.mark.parametrize("challenge", sorted(OFFICIAL_2023))
+def test_brats2023_threshold_per_challenge(challenge):
+    """Lesions of thr and thr+1 mm^3 with no prediction: the first is dropped (<=), the second is one miss."""
+    thr = OFFICIAL_2023[challenge][1]
+    gt = np.zeros((80, 9, 9), np.uint8)
+    _lesion(gt, 2, thr); _lesion(gt, 40, thr + 1)                      # 30+ voxels apart: never merged
+    r = _et_row(gt, np.zeros_like(gt), challenge)
+    assert (r.Num_TP, r.Num_FN, r.Num_FP) == (0, 1, 0)
+    assert r.LesionWise_Score_Dice == 0.0 and r.LesionWise_Score_HD95 == 374.0
+    gt2 = np.zeros_like(gt); _lesion(gt2, 2, thr)                       # only the lesion at the threshold: nothing left to score
+    r = _et_row(gt2, np.zeros_like(gt), challenge)
+    assert (r.Num_TP, r.Num_FN, r.Num_FP) == (0, 0, 0)
+    assert r.LesionWise_Score_Dice == 1.0 and r.LesionWise_Score_HD95 == 0.0
+
+def test_brats2023_threshold_is_in_mm3():
+    """25 voxels of 1 x 1 x 2 mm are 50 mm^3: dropped by GLI (<= 50), kept by MET (> 2) as one miss."""
+    gt = np.zeros((20, 9, 9), np.uint8); _lesion(gt, 2, 25)
+    assert _et_row(gt, np.zeros_like(gt), "GLI", (1., 1., 2.)).Num_FN == 0
+    assert _et_row(gt, np.zeros_like(gt), "MET", (1., 1., 2.)).Num_FN == 1
+    gt = np.zeros((20, 9, 9), np.uint8); _lesion(gt, 2, 26)              # 52 mm^3: kept by both
+    assert _et_row(gt, np.zeros_like(gt), "GLI", (1., 1., 2.)).Num_FN == 1
+
+@pytest.mark.parametrize("challenge", sorted(OFFICIAL_2023))
+def test_brats2023_dilation_per_challenge(challenge):
+    """Two 4^3 cubes `gap` empty voxels apart along x, the prediction exactly the first cube.
+    `dil` iterations of the 18-neighbourhood grow each cube `dil` voxels along x, so the pair is one lesion
+    when gap <= 2 * dil: one lesion of 128 voxels, half found (TP 1, Dice 2*64/(128+64)); at gap 2*dil + 1
+    two lesions, one found exactly (Dice 1, HD95 0) and one missed (Dice 0, HD95 374): Dice 1/2, HD95 187."""
+    dil = OFFICIAL_2023[challenge][0]
+    def case(gap):
+        gt = np.zeros((40, 12, 12), np.uint8); pr = np.zeros_like(gt)
+        gt[2:6, 4:8, 4:8] = 3; gt[6 + gap:10 + gap, 4:8, 4:8] = 3; pr[2:6, 4:8, 4:8] = 3
+        return _et_row(gt, pr, challenge)
+    r = case(2 * dil)
+    assert (r.Num_TP, r.Num_FN, r.Num_FP) == (1, 0, 0)
+    assert r.LesionWise_Score_Dice == pytest.approx(2 * 64 / (128 + 64))
+    r = case(2 * dil + 1)
+    assert (r.Num_TP, r.Num_FN, r.Num_FP) == (1, 1, 0)
+    assert r.LesionWise_Score_Dice == pytest.approx(0.5) and r.LesionWise_Score_HD95 == pytest.approx(187.0)
+
+@pytest.mark.parametrize("challenge", sorted(OFFICIAL_2023))
+def test_brats2023_match_uses_the_challenge_dilation(challenge):
+    """A predicted cube `gap` empty voxels from the lesion. It is matched when it overlaps the lesion dilated
+    `dil` times (which reaches `dil` voxels along x): at gap dil - 1 a TP of Dice 0; at gap dil a FP plus a miss."""
+    dil = OFFICIAL_2023[challenge][0]
+    def case(gap):
+        gt = np.zeros((40, 12, 12), np.uint8); pr = np.zeros_like(gt)
+        gt[2:6, 4:8, 4:8] = 3; pr[6 + gap:10 + gap, 4:8, 4:8] = 3
+        return _et_row(gt, pr, challenge)
+    r = case(dil - 1)
+    assert (r.Num_TP, r.Num_FN, r.Num_FP) == (1, 0, 0) and r.LesionWise_Score_Dice == 0.0
+    r = case(dil)
+    assert (r.Num_TP, r.Num_FN, r.Num_FP) == (0, 1, 1)
+    assert r.LesionWise_Score_Dice == 0.0 and r.LesionWise_Score_HD95 == 374.0
+
+def test_brats_challenge_names():
+    assert brats_config(2023, "BraTS-MEN")["default_dilation"] == 1 and brats_config(2023, "met")["default_threshold"] == 2
+    assert brats_config(2024, "GLI")["penalty"] == 337 and brats_config(2023)["penalty"] == 374
+    with pytest.raises(SegcookError, match=r"'LUNG' unknown.*2023: GLI, MEN, MET, PED, SSA; 2024: GLI"):
+        brats_lesionwise(np.zeros((4, 4, 4), np.uint8), np.zeros((4, 4, 4), np.uint8), challenge="LUNG")
+    with pytest.raises(SegcookError, match="2024 challenge 'SSA' unknown or not implemented"):
+        brats_config(2024, "SSA")
+    with pytest.raises(SegcookError, match="BraTS version 2022 unknown"):
+        brats_config(2022)
