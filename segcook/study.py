@@ -102,13 +102,14 @@ def held_out_pairs(exp, # experiment folder (cases.csv, folds.json)
     return [(i, rows.loc[i, "label"], str(pred_dir/f"{i}.nii.gz")) for i in ids]
 
 def lesionwise_scores(pairs, # (id, label, prediction) of every case
-                      version:int=2023, # BraTS metrics version (2023: GLI rules; 2024: post-treatment)
+                      version:int=2023, # BraTS metrics version (2023; 2024: post-treatment labels)
+                      challenge:str="GLI", # the challenge's rules (dilation, smallest lesion): GLI, SSA, PED, MEN, MET
                      ) -> pd.DataFrame:
     "Lesion-wise and legacy (whole-volume) Dice and HD95, FP and FN lesions, per case and region (official BraTS rules)."
     out = []
     for cid, lab, pred in pairs:
         g = read_image(lab)
-        t = brats_lesionwise(to_xyz(g), to_xyz(read_image(pred)), g.GetSpacing(), version=version)
+        t = brats_lesionwise(to_xyz(g), to_xyz(read_image(pred)), g.GetSpacing(), version=version, challenge=challenge)
         out += [{"id": cid, "region": r.Labels, "dice": r.LesionWise_Score_Dice, "hd95": r.LesionWise_Score_HD95,
                  "legacy_dice": r.Legacy_Dice, "legacy_hd95": r.Legacy_HD95, "fp": r.Num_FP, "fn": r.Num_FN} for r in t.itertuples()]
     return pd.DataFrame(out)
