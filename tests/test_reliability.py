@@ -1,0 +1,36 @@
+"Bad input a user can hit (issue 16, reliability classes): each test builds the bad input for real and asserts the message."
+import os, subprocess, sys, gzip
+from pathlib import Path
+import numpy as np
+import pytest
+from conftest import segcook_cmd
+
+
+def _run(*args, cwd=None, env=None):
+    return subprocess.run(segcook_cmd(*args), capture_output=True, text=True, cwd=cwd,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "SEGCOOK_QUIET": "1", **(env or {})})
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    "A 2-case phantom (16 x 16 x 12) written by the CLI, as a user would."
+    r = _run("phantom", "--out", tmp_path/"D", "--cases", 2, "--size", 16, 16, 12)
+    assert r.returncode == 0, r.stderr
+    return tmp_path/"D"/"dataset.json"
+
+
+# ---- class 1: corrupt files ------------------------------------------------------------------------------------------
+
+def test_check_names_truncated_and_corrupt_files(tiny):
+    d = tiny.parent/"train"
+    img, lbl, crc = d/"brats_000/brats_000_t1.nii.gz", d/"brats_000/brats_000_seg.nii.gz", d/"brats_001/brats_001_flair.nii.gz"
+    for p in (img, lbl): b = p.read_bytes(); p.write_bytes(b[:len(b) // 2])      # half-length, as an interrupted copy
+    b = bytearray(crc.read_bytes()); b[-6] ^= 0xFF; crc.write_bytes(bytes(b))     # one flipped bit of the gzip CRC
+    raw = d/"brats_001/brats_001_t2.nii.gz"                                       # gzip intact, NIfTI voxels missing
+    data = gzip.decompress(raw.read_bytes()); raw.write_bytes(gzip.compress(data[:len(data) - 100]))
+    r = _run("check", "--data", tiny)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    lines = r.stdout.splitlines()
+    for p, what in ((img, "truncated"), (lbl, "truncated"), (crc, "corrupt"), (raw, "truncated")):
+        assert any(str(p) in l and what in l for l in lines), (p, r.stdout)
+    assert "4 problem(s)" in r.stderr
