@@ -346,7 +346,7 @@ def find_inputs(src, # paths.csv, dataset.json or a folder
                 plan, # the experiment's plan (its channel names)
                ) -> list[tuple[str, dict[str, Path]]]:
     "(id, {channel: path}) for every case to predict."
-    src, names = Path(src), [c.name for c in plan.channels]
+    src, names = Path(src).resolve(), [c.name for c in plan.channels]   # a relative folder is not joined onto itself below
     if not src.exists(): raise SegcookError(f"{src}: input not found (a folder, a paths.csv or a dataset.json)")
     if src.is_file() and src.suffix == ".csv": return _csv_inputs(src, names)
     if src.is_file() and src.suffix == ".json": return _dataset_inputs(load_dataset(src), names)

@@ -34,3 +34,30 @@ def test_check_names_truncated_and_corrupt_files(tiny):
     for p, what in ((img, "truncated"), (lbl, "truncated"), (crc, "corrupt"), (raw, "truncated")):
         assert any(str(p) in l and what in l for l in lines), (p, r.stdout)
     assert "4 problem(s)" in r.stderr
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    "(dataset.json, experiment) made with the CLI: 4 training + 1 test phantom case, 2 folds, fold 0 trained 1 step."
+    root = tmp_path_factory.mktemp("trained")
+    dj, exp = root/"D"/"dataset.json", root/"E"
+    for args in (("phantom", "--out", root/"D", "--cases", 4, "--size", 24, 24, 16, "--test-cases", 1),
+                 ("analyze", "--data", dj, "--exp", exp, "--nfolds", 2, "--max-patch-size", 16, 16, 16),
+                 ("preprocess", "--exp", exp),
+                 ("train", "--exp", exp, "--folds", 0, "--epochs", 1, "--steps-per-epoch", 1)):
+        r = _run(*args); assert r.returncode == 0, r.stderr
+    return dj, exp
+
+
+# ---- class 2: relative paths -----------------------------------------------------------------------------------------
+
+def test_predict_relative_input_folder_from_another_cwd(trained, tmp_path):
+    dj, exp = trained
+    cwd = tmp_path/"work"; cwd.mkdir()
+    rel = lambda p: os.path.relpath(p, cwd)
+    r = _run("predict", "--exp", rel(exp), "--input", rel(dj.parent/"test"), "--out", "pred", "--fast", cwd=cwd)
+    assert r.returncode == 0, r.stderr
+    assert (cwd/"pred"/"brats_test_000.nii.gz").exists()
+    r = _run("predict", "--exp", rel(exp), "--input", rel(dj.parent/"nope"), "--out", "pred2", "--fast", cwd=cwd)
+    assert r.returncode == 2 and "input not found" in r.stderr
+    assert r.stderr.count("nope") == 1, r.stderr                                   # the path is printed once
