@@ -304,7 +304,19 @@ def load_models(exp, # experiment folder
     missing = [k for k in folds if k not in have]
     if missing: raise SegcookError(f"{Path(exp)/'models'}: no {ckpt} for fold(s) {missing}; available folds: {have}")
     loaded = [load_model(Path(exp)/"models"/f"fold_{k}"/ckpt, device) for k in folds]
+    if (Path(exp)/"config.json").exists():
+        mine = load_plan(exp)
+        for k, (_, p) in zip(folds, loaded): _refuse_misfit(mine, p, Path(exp)/"config.json", Path(exp)/"models"/f"fold_{k}"/ckpt)
     return [m for m, _ in loaded], folds, [p for _, p in loaded]
+
+_FIT = {"channels": lambda p: [c.name for c in p.channels], "labels.labels": lambda p: p.labels.labels,
+        "labels.regions": lambda p: p.labels.regions, "spatial.patch_size": lambda p: p.spatial.patch_size}
+
+def _refuse_misfit(mine, theirs, mine_at:Path, theirs_at:Path):
+    "Refuse a checkpoint whose plan does not fit the experiment's (what inference reads from the experiment's plan)."
+    diff = [f"{k}: {f(mine)} in {mine_at} vs {f(theirs)} in {theirs_at}" for k, f in _FIT.items() if f(mine) != f(theirs)]
+    if diff: raise SegcookError(f"{theirs_at}: the checkpoint does not fit the experiment's plan ({'; '.join(diff)}); "
+                                "predict with the experiment the model was trained in, or retrain")
 
 # %% ../nbs/09_inference.ipynb #71125530
 def _csv_inputs(p:Path, names:list[str]) -> list[tuple[str, dict]]:

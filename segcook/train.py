@@ -309,14 +309,29 @@ def save_checkpoint(path, # checkpoint file
           "scaler": scaler.state_dict(), "rng": rngs, "history": history, "run": run}
     with atomic_path(path) as tmp: torch.save(ck, tmp)
 
+def _check_device(device) -> torch.device:
+    "`device` as a `torch.device`, once it is known to exist on this machine (else a `SegcookError` about the device)."
+    try: d = torch.device(device)
+    except (RuntimeError, TypeError) as e: raise SegcookError(f"device {device!r} is not a torch device ({e}); use cpu or cuda[:<index>]") from None
+    if d.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not n: raise SegcookError(f"device {device!r}: no CUDA GPU is visible on this machine; use --device cpu")
+        if (d.index or 0) >= n: raise SegcookError(f"device {device!r}: this machine has {n} CUDA GPU(s), cuda:0 to cuda:{n - 1}")
+    return d
+
+def _first_line(e:BaseException) -> str:
+    "The first sentence of an exception's message, else its type."
+    return next((l.strip().split(". ")[0][:200] for l in str(e).splitlines() if l.strip()), type(e).__name__)
+
 def load_checkpoint(path, # checkpoint file
                     device="cpu", # where tensors are mapped
                    ) -> dict:
     "A checkpoint read with `weights_only=True`; a bad file is a `SegcookError` naming it."
-    path = Path(path)
+    path, device = Path(path), _check_device(device)
     if not path.exists(): raise SegcookError(f"{path}: checkpoint not found")
+    if path.stat().st_size == 0: raise SegcookError(f"{path}: empty checkpoint file (0 bytes: a copy or a write that did not finish); copy it again or retrain the fold")
     try: ck = torch.load(path, map_location=device, weights_only=True)
-    except Exception as e: raise SegcookError(f"{path}: not a readable segcook checkpoint ({str(e).splitlines()[0][:200]})") from None
+    except Exception as e: raise SegcookError(f"{path}: not a readable segcook checkpoint, truncated or corrupt ({_first_line(e)}); copy it again or retrain the fold") from None
     if not isinstance(ck, dict) or ck.get("format") != "segcook-ckpt-1":
         raise SegcookError(f"{path}: not a segcook checkpoint (format {ck.get('format') if isinstance(ck, dict) else type(ck).__name__!r})")
     return ck
@@ -326,8 +341,11 @@ def load_model(path, # checkpoint file
               ) -> tuple[nn.Module, Plan]:
     "The network of a checkpoint, rebuilt from its plan, with its weights, in eval mode; and the plan."
     ck = load_checkpoint(path, device)
-    plan = plan_from_dict(ck["plan"])
-    net = build_net(plan); net.load_state_dict(ck["model"])
+    try: plan = plan_from_dict(ck["plan"])
+    except SegcookError as e: raise SegcookError(f"{path}: the checkpoint's plan is invalid: {str(e).replace('config.json: ', '', 1)}") from None
+    net = build_net(plan)
+    try: net.load_state_dict(ck["model"])
+    except (RuntimeError, KeyError) as e: raise SegcookError(f"{path}: the weights do not fit the network its plan describes ({_first_line(e)})") from None
     return net.to(device).eval(), plan
 
 # %% ../nbs/07_train.ipynb #0001ef96

@@ -61,3 +61,53 @@ def test_predict_relative_input_folder_from_another_cwd(trained, tmp_path):
     r = _run("predict", "--exp", rel(exp), "--input", rel(dj.parent/"nope"), "--out", "pred2", "--fast", cwd=cwd)
     assert r.returncode == 2 and "input not found" in r.stderr
     assert r.stderr.count("nope") == 1, r.stderr                                   # the path is printed once
+
+
+# ---- class 3: checkpoints --------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def exp_copy(trained, tmp_path):
+    import shutil
+    dj, exp = trained
+    shutil.copytree(exp, tmp_path/"E")
+    return dj, tmp_path/"E"
+
+
+def _predict(dj, exp, out, *extra):
+    return _run("predict", "--exp", exp, "--input", dj.parent/"test", "--out", out, "--fast", *extra)
+
+
+def test_empty_and_truncated_checkpoints_are_named(exp_copy, tmp_path):
+    dj, exp = exp_copy
+    best = exp/"models"/"fold_0"/"best.pt"
+    good = best.read_bytes()
+    for content, what in ((b"", "empty checkpoint file (0 bytes"), (good[:len(good) // 2], "truncated or corrupt"),
+                          (b"not a checkpoint at all", "truncated or corrupt")):
+        best.write_bytes(content)
+        r = _predict(dj, exp, tmp_path/"p")
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert f"{best}: " in r.stderr and what in r.stderr, r.stderr
+    assert not (tmp_path/"p"/"brats_test_000.nii.gz").exists()
+
+
+def test_checkpoint_that_does_not_fit_the_experiment_is_refused(exp_copy, tmp_path):
+    import json
+    dj, exp = exp_copy
+    cfg = json.loads((exp/"config.json").read_text())
+    trained_ps = cfg["spatial"]["patch_size"]
+    cfg["spatial"]["patch_size"] = [8, 8, 8]; cfg["labels"]["regions"] = None
+    (exp/"config.json").write_text(json.dumps(cfg))
+    r = _predict(dj, exp, tmp_path/"p")
+    assert r.returncode == 2 and "does not fit the experiment's plan" in r.stderr, r.stderr
+    assert f"spatial.patch_size: [8, 8, 8] in {exp/'config.json'} vs {trained_ps} in {exp/'models/fold_0/best.pt'}" in r.stderr
+    assert "labels.regions: None in" in r.stderr
+    assert not (tmp_path/"p"/"brats_test_000.nii.gz").exists()
+
+
+def test_missing_gpu_is_a_device_problem(trained, tmp_path):
+    import torch
+    if torch.cuda.is_available(): pytest.skip("a GPU is visible: --device cuda works here")
+    dj, exp = trained
+    r = _predict(dj, exp, tmp_path/"p", "--device", "cuda")
+    assert r.returncode == 2 and "device 'cuda': no CUDA GPU is visible on this machine; use --device cpu" in r.stderr, r.stderr
+    assert "checkpoint" not in r.stderr
