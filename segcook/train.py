@@ -605,6 +605,16 @@ def _precheck(kw:dict):
     "Fail in the launching process (one clear message) on unpreprocessed cases or a wrong flag for an existing run."
     r = Run(kw["exp"], kw["plan"], loader=kw["loader"], resume=kw["resume"], extend=kw["extend"], overwrite=kw["overwrite"], overrides=kw["overrides"])
     for k in kw["folds"]: fold_ids(r.exp, k); fold_start(r, k)
+    _check_memory(kw["plan"], kw["gpus"])
+
+def _check_memory(plan:Plan, gpus:int):
+    "Refuse a batch whose training step cannot fit in this machine's memory (CPU) or in its GPUs (the batch is split over them)."
+    from segcook.core import _memory_problem
+    if gpus > 0:
+        gib = min(torch.cuda.get_device_properties(i).total_memory for i in range(gpus)) / 2**30
+        m = _memory_problem(plan, gib * gpus, f"{gpus} GPU(s) of {gib:.0f} GiB")
+    else: m = _memory_problem(plan, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, "this machine's memory")
+    if m: raise SegcookError(m)
 
 def _folds(plan:Plan, exp:Path, folds) -> list[int]:
     fj = read_json(exp/"folds.json")
