@@ -97,6 +97,9 @@ def evaluate(pairs:list, # [(id, mask_path, pred_path), ...]
     if isinstance(classes, (str, Path)): classes = read_classes(classes)[0]
     metrics = [metric_name(m) for m in metrics]
     if not pairs: raise SegcookError("nothing to evaluate: the list of (id, mask, prediction) is empty")
+    gone = [f"{i}: {p}" for i, _, p in pairs if not Path(p).exists()]
+    if gone: raise SegcookError(f"{len(gone)} of {len(pairs)} prediction(s) do not exist: {'; '.join(gone[:3])}{' ...' if len(gone) > 3 else ''}; "
+                                "predict them first or drop their rows")
     jobs = [(str(i), m, p, classes, metrics, tol_mm) for i, m, p in pairs]
     workers = min(workers or os.cpu_count() or 1, len(jobs))
     if workers <= 1: rows = [_run(j) for j in progress(jobs, desc="evaluate")]
@@ -180,6 +183,11 @@ def evaluate_experiment(exp, # experiment folder (config.json, cases.csv, predic
     return evaluate(pairs, classes, metrics or plan.evaluate.metrics, out or exp / "results.csv", workers, plan.evaluate.nsd_tolerance_mm)
 
 # %% ../nbs/11_evaluate.ipynb #672b1d4d
+def _n_unpredicted(exp, n_evaluated:int) -> int:
+    "How many labelled cases of `<exp>/cases.csv` were not evaluated (no prediction)."
+    cases = pd.read_csv(Path(exp)/"cases.csv", dtype=str)
+    return int(cases["label"].fillna("").astype(bool).sum()) - n_evaluated
+
 def cli_evaluate(argv:list[str]|None=None, # command-line arguments (None: `sys.argv[1:]`)
                 ) -> int:
     "segcook evaluate: Dice, HD95, NSD, ... per case and class -> results.csv"
@@ -208,5 +216,7 @@ def cli_evaluate(argv:list[str]|None=None, # command-line arguments (None: `sys.
             df = evaluate(read_pairs(a.paths), read_classes(a.classes)[0], a.metrics or ("dice", "haus95"), a.out, a.workers, a.nsd_tol)
             out = a.out
         print(summarize(df).set_index("id").loc[["Mean", "Median"]].T.to_string(float_format=lambda v: f"{v:.4f}"))
-        print(f"wrote {out} and {Path(out).with_suffix('.png')}")
+        miss = _n_unpredicted(a.exp, len(df)) if a.exp else 0
+        print(f"wrote {out} and {Path(out).with_suffix('.png')}: {len(df)} case(s) evaluated"
+              + (f"; {miss} labelled case(s) of {Path(a.exp)/'cases.csv'} have no prediction and were not evaluated" if miss else ""))
     return run_cli(go)

@@ -738,8 +738,10 @@ def cli_preprocess(argv:list[str]|None=None, # command-line arguments (None: `sy
     p.add_argument("--overwrite", action="store_true", help="redo cases that are already finished")
     p.add_argument("--n4", action="store_true", help="N4 bias-field correction of MR channels (slow)")
     a = p.parse_args(argv)
+    res = {}
     def go():
         done = preprocess(a.exp, a.workers, a.overwrite, a.n4)
         failed = read_json(Path(a.exp)/"preprocessed"/"failed.json")
         print(f"{len(done)} case(s) preprocessed in {Path(a.exp)/'preprocessed'}" + (f"; {len(failed)} failed (see failed.json)" if failed else ""))
-    return run_cli(go)
+        res["all_failed"] = bool(failed) and not done
+    return run_cli(go) or (1 if res.get("all_failed") else 0)

@@ -6,8 +6,9 @@ import pytest
 from conftest import segcook_cmd
 
 
-def _run(*args, cwd=None, env=None):
-    return subprocess.run(segcook_cmd(*args), capture_output=True, text=True, cwd=cwd,
+def _run(*args, cwd=None, env=None, timeout=300):
+    "Run the segcook CLI (a hang, as an absurd batch size once caused, fails the test instead of stalling it)."
+    return subprocess.run(segcook_cmd(*args), capture_output=True, text=True, cwd=cwd, timeout=timeout,
                           env={**os.environ, "OMP_NUM_THREADS": "1", "SEGCOOK_QUIET": "1", **(env or {})})
 
 
@@ -111,3 +112,98 @@ def test_missing_gpu_is_a_device_problem(trained, tmp_path):
     r = _predict(dj, exp, tmp_path/"p", "--device", "cuda")
     assert r.returncode == 2 and "device 'cuda': no CUDA GPU is visible on this machine; use --device cpu" in r.stderr, r.stderr
     assert "checkpoint" not in r.stderr
+
+
+# ---- class 4: the plan and the flags are validated up front -----------------------------------------------------------
+
+def _edit(exp, **changes):
+    "Set dotted fields of `<exp>/config.json` by hand, as a user editing the plan would."
+    import json
+    cfg = json.loads((exp/"config.json").read_text())
+    for k, v in changes.items():
+        *ps, last = k.split("__"); node = cfg
+        for q in ps: node = node[int(q)] if isinstance(node, list) else node[q]
+        node[last] = v
+    (exp/"config.json").write_text(json.dumps(cfg))
+
+
+@pytest.mark.parametrize("flags,msg", [(("--epochs", 0), "options train.epochs=0: train.epochs should be >= 1, got 0"),
+                                       (("--epochs", 1, "--steps-per-epoch", 0), "train.steps_per_epoch should be >= 1, got 0")])
+def test_train_flags_out_of_range(exp_copy, flags, msg):
+    dj, exp = exp_copy
+    r = _run("train", "--exp", exp, "--folds", 1, *flags)
+    assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (exp/"models"/"fold_1").exists()
+
+
+def test_edited_plan_fields_out_of_range_all_named(exp_copy):
+    dj, exp = exp_copy
+    _edit(exp, train__lr=0, train__batch_size=0, channels__0__norm="minmax", infer__tta_axes=[0, 3], infer__sw_batch_size=0,
+          train__folds=[5])
+    r = _run("train", "--exp", exp, "--epochs", 1)
+    assert r.returncode == 2, r.stderr
+    for m in ("train.lr should be a finite number > 0, got 0", "train.batch_size should be >= 1, got 0",
+              "channel 't1': norm should be one of ['zscore', 'ct'], got 'minmax'",
+              "infer.tta_axes should be distinct axes among 0, 1, 2 (x, y, z), got [0, 3]",
+              "infer.sw_batch_size should be >= 1, got 0", "train.folds [5] should be in 0 to 1"):
+        assert m in r.stderr, (m, r.stderr)
+    assert f"{exp/'config.json'}: " in r.stderr
+    _edit(exp, train__lr=1e-3, train__batch_size=2, channels=[], infer__tta_axes=[0], infer__sw_batch_size=1, train__folds=None)
+    r = _run("predict", "--exp", exp, "--input", dj.parent/"test", "--out", exp/"p")
+    assert r.returncode == 2 and "channels: a plan needs at least one channel, got none" in r.stderr, r.stderr
+
+
+def test_absurd_batch_size_is_refused_before_training(exp_copy):
+    dj, exp = exp_copy
+    _edit(exp, train__batch_size=10**7)                          # no machine has that much memory: refused on load
+    r = _run("train", "--exp", exp, "--folds", 1, "--epochs", 1)
+    assert r.returncode == 2 and "train.batch_size 10000000 with spatial.patch_size" in r.stderr, r.stderr
+    assert "(the most any machine has: 1,024 GiB); allowed: 1 to " in r.stderr
+    ram_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    if ram_gib > 500: pytest.skip("this machine has more memory than the batch below needs")
+    _edit(exp, train__batch_size=200_000)                        # fits the cap, not this machine: refused by train, at once
+    r = _run("train", "--exp", exp, "--folds", 1, "--epochs", 1)
+    assert r.returncode == 2 and "GiB per training step (this machine's memory: " in r.stderr, r.stderr
+    assert not (exp/"models"/"fold_1").exists()
+
+
+def test_postprocessing_steps_out_of_range(tmp_path, trained):
+    import json
+    dj, exp = trained
+    for step, msg in (({"op": "opening", "labels": [1], "radius": 0}, "radius should be an integer from 1 to 32 voxels, got 0"),
+                      ({"op": "remove_small", "labels": [0, 1], "min_size": -5}, "labels should be a non-empty list of foreground labels (integers >= 1), got [0, 1]; min_size should be >= 0, got -5")):
+        (tmp_path/"s.json").write_text(json.dumps({"steps": [step]}))
+        r = _run("postprocess", "--input", dj.parent/"train"/"brats_000", "--out", tmp_path/"o", "--strategy", tmp_path/"s.json")
+        assert r.returncode == 2 and f"{tmp_path/'s.json'}: step 0 ({step['op']}): {msg}" in r.stderr, r.stderr
+        assert not (tmp_path/"o").exists()
+
+
+# ---- class 5: exit codes tell the truth -------------------------------------------------------------------------------
+
+def test_preprocess_where_every_case_fails_exits_nonzero(tiny, tmp_path):
+    r = _run("analyze", "--data", tiny, "--exp", tmp_path/"E", "--nfolds", 2, "--max-patch-size", 16, 16, 16)
+    assert r.returncode == 0, r.stderr
+    t1s = sorted((tiny.parent/"train").glob("*/*_t1.nii.gz"))
+    t1s[0].write_bytes(b"not an image")                                  # one case fails: counted, exit 0
+    r = _run("preprocess", "--exp", tmp_path/"E", "--workers", 1)
+    assert r.returncode == 0 and r.stdout.strip().splitlines()[-1].endswith("1 case(s) preprocessed in " + str(tmp_path/"E"/"preprocessed") + "; 1 failed (see failed.json)"), r.stdout
+    for p in t1s: p.write_bytes(b"not an image")                         # every case fails: exit 1
+    r = _run("preprocess", "--exp", tmp_path/"E", "--workers", 1, "--overwrite")
+    assert r.returncode == 1 and "0 case(s) preprocessed" in r.stdout and "2 failed" in r.stdout, (r.returncode, r.stdout, r.stderr)
+
+
+def test_evaluate_says_how_many_predictions_are_missing(exp_copy):
+    dj, exp = exp_copy
+    r = _run("predict", "--exp", exp, "--oof", "--fast")                 # fold 0 only: 2 of the 5 labelled cases
+    assert r.returncode == 0, r.stderr
+    r = _run("evaluate", "--exp", exp, "--workers", 1)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1].endswith(
+        f"2 case(s) evaluated; 3 labelled case(s) of {exp/'cases.csv'} have no prediction and were not evaluated"), r.stdout
+    import csv
+    rows = [(i, m, exp/"predictions"/"oof"/f"{i}.nii.gz") for i, m in
+            ((r["id"], r["label"]) for r in csv.DictReader(open(exp/"cases.csv")) if r["label"])]
+    with open(exp/"paths.csv", "w") as f: f.write("id,mask,prediction\n" + "".join(f"{i},{m},{p}\n" for i, m, p in rows))
+    (exp/"classes.json").write_text('{"WT": [1, 2, 3]}')
+    r = _run("evaluate", "--paths", exp/"paths.csv", "--classes", exp/"classes.json", "--out", exp/"r.csv", "--workers", 1)
+    assert r.returncode == 2 and "3 of 5 prediction(s) do not exist: " in r.stderr and "Traceback" not in r.stderr, r.stderr
