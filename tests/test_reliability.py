@@ -207,3 +207,20 @@ def test_evaluate_says_how_many_predictions_are_missing(exp_copy):
     (exp/"classes.json").write_text('{"WT": [1, 2, 3]}')
     r = _run("evaluate", "--paths", exp/"paths.csv", "--classes", exp/"classes.json", "--out", exp/"r.csv", "--workers", 1)
     assert r.returncode == 2 and "3 of 5 prediction(s) do not exist: " in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+# ---- class 10: determinism ------------------------------------------------------------------------------------------
+
+def test_n4_preprocessing_does_not_depend_on_workers(tmp_path):
+    import shutil
+    r = _run("phantom", "--out", tmp_path/"D", "--cases", 2, "--size", 48, 48, 32)
+    assert r.returncode == 0, r.stderr
+    r = _run("analyze", "--data", tmp_path/"D"/"dataset.json", "--exp", tmp_path/"E1", "--nfolds", 2)
+    assert r.returncode == 0, r.stderr
+    shutil.copytree(tmp_path/"E1", tmp_path/"E2")
+    for exp, w in (("E1", 1), ("E2", 2)):
+        r = _run("preprocess", "--exp", tmp_path/exp, "--n4", "--workers", w, env={"OMP_NUM_THREADS": "2"})
+        assert r.returncode == 0, r.stderr
+    for cid in ("brats_000", "brats_001"):
+        a, b = (np.load(tmp_path/e/"preprocessed"/cid/"image.npy") for e in ("E1", "E2"))
+        assert a.shape == b.shape and np.array_equal(a, b), (cid, float(np.abs(a - b).max()))
