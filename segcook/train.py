@@ -24,7 +24,7 @@ from .transfer import load_pretrained, freeze, param_groups
 __all__ = ['LOG_FIELDS', 'make_folds', 'toy_experiment', 'GlobalBatchLoader', 'make_loader', 'make_optimizer', 'warmup_epochs',
            'lr_factor', 'make_scheduler', 'penalty', 'class_masks', 'dice_scores', 'predict_case', 'score_cases',
            'rng_state', 'set_rng_state', 'save_checkpoint', 'load_checkpoint', 'load_model', 'write_log', 'plot_curves',
-           'show_curves', 'Run', 'fold_ids', 'fold_start', 'run_overrides', 'train', 'cli_train']
+           'show_curves', 'Run', 'fold_ids', 'fold_start', 'FoldLock', 'run_overrides', 'train', 'cli_train']
 
 # %% ../nbs/07_train.ipynb #9030754a
 def _zscore(a:np.ndarray) -> np.ndarray:
@@ -549,13 +549,64 @@ def _run_folds(r:Run, folds:list[int]) -> dict[int, float]:
     "Train every fold in `folds` in this process."
     out, base = {}, r.plan
     for k in folds:
-        plan, ck = fold_start(r, k)
-        if plan is None: out[k] = load_checkpoint(r.fold_dir(k)/"last.pt")["best_score"]; continue
-        if r.overwrite and ck is None and r.main:
-            for f in ("best.pt", "last.pt", "log.csv", "curves.png", "run.json"): (r.fold_dir(k)/f).unlink(missing_ok=True)
-        r.barrier(); r.plan = plan
-        out[k] = _fit_fold(r, k, ck); r.plan = base
+        with FoldLock(r.fold_dir(k), k, r.main):
+            plan, ck = fold_start(r, k)
+            if plan is None: out[k] = load_checkpoint(r.fold_dir(k)/"last.pt")["best_score"]; continue
+            if r.overwrite and ck is None and r.main:
+                for f in ("best.pt", "last.pt", "log.csv", "curves.png", "run.json"): (r.fold_dir(k)/f).unlink(missing_ok=True)
+            r.barrier(); r.plan = plan
+            out[k] = _fit_fold(r, k, ck); r.plan = base
     return out
+
+# %% ../nbs/07_train.ipynb #cab9e1f0
+def _pid_alive(pid:int) -> bool:
+    try: os.kill(pid, 0); return True
+    except ProcessLookupError: return False
+    except PermissionError: return True                   # alive, someone else's
+
+class FoldLock:
+    "Context manager: hold `<fold dir>/train.lock` while training a fold; refuse when a live process holds it."
+    def __init__(self,
+                 folder, # the fold's folder (created)
+                 fold:int, # fold number (for the message)
+                 enabled:bool=True, # False: do nothing (DDP ranks other than 0)
+                ): self.path, self.fold, self.enabled, self.mine = Path(folder)/"train.lock", fold, enabled, False
+
+    def holder(self) -> dict|None:
+        "The live holder of the lock ({'pid', 'host', 'started'}), None when free or stale."
+        if not self.path.exists(): return None
+        try: d = read_json(self.path)
+        except SegcookError: d = {}
+        if not isinstance(d, dict): d = {}
+        if d.get("host") == socket.gethostname() and isinstance(d.get("pid"), int) and not _pid_alive(d["pid"]): return None
+        return d
+
+    def refuse_if_held(self):
+        "A `SegcookError` naming the holder when another live process trains this fold."
+        d = self.holder()
+        if d is None: return
+        who = f"pid {d.get('pid')} on host {d.get('host')}, since {d.get('started')}"
+        hint = (" if that run is gone (another host cannot be checked from here), delete the lock" if d.get("host") != socket.gethostname() else
+                " wait for it to finish or stop it")
+        raise SegcookError(f"{self.path}: fold {self.fold} is being trained by another process ({who});{hint}")
+
+    def __enter__(self):
+        if not self.enabled: return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+        write_json(tmp, info)
+        try:
+            for _ in range(2):
+                try: os.link(tmp, self.path); self.mine = True; return self      # atomic: exists -> FileExistsError
+                except FileExistsError:
+                    self.refuse_if_held()
+                    log.warning(f"{self.path}: taking over a stale lock (its process is gone)"); self.path.unlink(missing_ok=True)
+            raise SegcookError(f"{self.path}: could not take the lock of fold {self.fold}")
+        finally: tmp.unlink(missing_ok=True)
+
+    def __exit__(self, *exc):
+        if self.mine: self.path.unlink(missing_ok=True); self.mine = False
 
 # %% ../nbs/07_train.ipynb #30af3a2c
 def _free_port() -> int:
@@ -604,7 +655,7 @@ def _check_gpus(gpus:int, procs:int):
 def _precheck(kw:dict):
     "Fail in the launching process (one clear message) on unpreprocessed cases or a wrong flag for an existing run."
     r = Run(kw["exp"], kw["plan"], loader=kw["loader"], resume=kw["resume"], extend=kw["extend"], overwrite=kw["overwrite"], overrides=kw["overrides"])
-    for k in kw["folds"]: fold_ids(r.exp, k); fold_start(r, k)
+    for k in kw["folds"]: FoldLock(r.fold_dir(k), k).refuse_if_held(); fold_ids(r.exp, k); fold_start(r, k)
     _check_memory(kw["plan"], kw["gpus"])
 
 def _check_memory(plan:Plan, gpus:int):

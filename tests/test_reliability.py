@@ -224,3 +224,32 @@ def test_n4_preprocessing_does_not_depend_on_workers(tmp_path):
     for cid in ("brats_000", "brats_001"):
         a, b = (np.load(tmp_path/e/"preprocessed"/cid/"image.npy") for e in ("E1", "E2"))
         assert a.shape == b.shape and np.array_equal(a, b), (cid, float(np.abs(a - b).max()))
+
+
+# ---- class 9: concurrency --------------------------------------------------------------------------------------------
+
+def test_second_train_on_the_same_fold_refuses_and_a_stale_lock_is_taken_over(exp_copy):
+    import signal, time, json, socket
+    dj, exp = exp_copy
+    lock = exp/"models"/"fold_1"/"train.lock"
+    first = subprocess.Popen(segcook_cmd("train", "--exp", exp, "--folds", 1, "--epochs", 1000, "--steps-per-epoch", 2),
+                             env={**os.environ, "OMP_NUM_THREADS": "1", "SEGCOOK_QUIET": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        t0 = time.time()
+        while not lock.exists() and first.poll() is None and time.time() - t0 < 120: time.sleep(0.1)
+        assert lock.exists(), first.stderr.read().decode() if first.poll() is not None else "no lock after 120 s"
+        assert json.loads(lock.read_text())["pid"] == first.pid and json.loads(lock.read_text())["host"] == socket.gethostname()
+        for flags in ((), ("--resume",), ("--overwrite",)):                       # whatever the flags: refused
+            r = _run("train", "--exp", exp, "--folds", 1, "--epochs", 1, "--steps-per-epoch", 1, *flags)
+            assert r.returncode == 2, r.stderr
+            assert f"{lock}: fold 1 is being trained by another process (pid {first.pid} on host {socket.gethostname()}" in r.stderr, r.stderr
+        assert first.poll() is None                                                # the first run was not disturbed
+    finally:
+        first.send_signal(signal.SIGKILL); first.wait()
+    assert lock.exists()                                                           # a killed run leaves its lock: stale
+    r = _run("train", "--exp", exp, "--folds", 1, "--epochs", 1, "--steps-per-epoch", 1, "--overwrite")
+    assert r.returncode == 0 and "taking over a stale lock" in r.stderr, r.stderr
+    assert not lock.exists()                                                       # released on exit
+    lock.write_text(json.dumps({"pid": 1, "host": "elsewhere", "started": "2026-01-01 00:00:00"}))
+    r = _run("train", "--exp", exp, "--folds", 1, "--epochs", 2, "--steps-per-epoch", 1, "--extend")
+    assert r.returncode == 2 and "pid 1 on host elsewhere" in r.stderr and "delete the lock" in r.stderr, r.stderr
