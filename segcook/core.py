@@ -6,7 +6,7 @@ Docs: https://segcook.github.io/segcook/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #cc1be71b
 from __future__ import annotations
-import json, os, sys, math, tempfile, logging, contextlib, dataclasses, argparse, textwrap
+import json, os, sys, math, errno, tempfile, logging, contextlib, dataclasses, argparse, textwrap
 from dataclasses import dataclass, field, fields, asdict
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -45,17 +45,27 @@ _UMASK = os.umask(0o022); os.umask(_UMASK)     # read once: os.umask can only be
 def atomic_path(path, # final file name
                ):
     "Yield a temporary path next to `path`; rename it to `path` only if the block succeeds."
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + _suffix(path), dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)     # mkstemp makes 0600; the finished file follows the umask, as open() would
+    path, tmp = Path(path), None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + _suffix(path), dir=path.parent)
+        os.close(fd)
+        os.chmod(tmp, 0o666 & ~_UMASK)     # mkstemp makes 0600; the finished file follows the umask, as open() would
         yield Path(tmp)
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError): os.remove(tmp)
+    except BaseException as e:
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError): os.remove(tmp)
+        if _disk_full(e): raise SegcookError(f"{path}: no space left on device ({_first(e)}); nothing was written under this name; "
+                                             f"free space in {path.parent} (or raise the file size limit) and run again") from None
         raise
+
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+def _disk_full(e:BaseException) -> bool:
+    "Whether `e` says the disk (or a quota, or the file size limit) is full, including numpy's short-write message."
+    return isinstance(e, OSError) and (e.errno in _FULL or ("requested" in str(e) and "written" in str(e)))
+
+def _first(e:BaseException) -> str: return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
 
 def write_text(path, # file to write (its folder must exist)
                text:str, # the whole content
@@ -447,9 +457,23 @@ def write_image(img:sitk.Image, # the image to write
                 path, # destination; the extension chooses the format
                 compress:bool=True, # compress (e.g. gzip for .nii.gz)
                ):
-    "Write `img` atomically to `path` (the extension chooses the format)."
-    with atomic_path(path) as tmp: sitk.WriteImage(img, str(tmp), compress)
+    "Write `img` atomically to `path` (the extension chooses the format); a short write (full disk) is an error, not a file."
+    with atomic_path(path) as tmp:
+        sitk.WriteImage(img, str(tmp), compress)
+        _check_written(tmp, img, compress)
     return Path(path)
+
+def _check_written(tmp:Path, img:sitk.Image, compress:bool):
+    "ITK's NIfTI writer reports a short write on stderr only: check the file holds every voxel (raises ENOSPC)."
+    import gzip, zlib
+    if tmp.name.lower().endswith(".gz"):
+        try:
+            with gzip.open(tmp, "rb") as f: n = sum(len(b) for b in iter(lambda: f.read(1 << 24), b""))
+        except (EOFError, OSError, zlib.error): n = -1
+    elif not compress: n = tmp.stat().st_size
+    else: return                        # internally compressed formats (NRRD, MHA): no size to expect
+    if n < img.GetNumberOfPixels() * img.GetNumberOfComponentsPerPixel() * img.GetSizeOfPixelComponent():
+        raise OSError(errno.ENOSPC, "the image file was written short")
 
 # %% ../nbs/00_core.ipynb #4b6f86de
 def array_to_image(arr:np.ndarray, # (z, y, x) array

@@ -6,7 +6,7 @@ Docs: https://segcook.github.io/segcook/train.html.md"""
 
 # %% ../nbs/07_train.ipynb #9b16fe9d
 from __future__ import annotations
-import csv, math, os, random, shutil, socket, time
+import csv, io, math, os, random, shutil, socket, time
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, Sequence
@@ -307,7 +307,8 @@ def save_checkpoint(path, # checkpoint file
     ck = {"format": "segcook-ckpt-1", "plan": plan_to_dict(plan), "model": _unwrap(net).state_dict(), "epoch": int(epoch),
           "best_score": float(best_score), "fold": int(fold), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
           "scaler": scaler.state_dict(), "rng": rngs, "history": history, "run": run}
-    with atomic_path(path) as tmp: torch.save(ck, tmp)
+    buf = io.BytesIO(); torch.save(ck, buf)                 # then one plain write: a full disk is an OSError (ENOSPC) with the path
+    with atomic_path(path) as tmp: Path(tmp).write_bytes(buf.getbuffer())
 
 def _check_device(device) -> torch.device:
     "`device` as a `torch.device`, once it is known to exist on this machine (else a `SegcookError` about the device)."

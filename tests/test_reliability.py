@@ -6,9 +6,15 @@ import pytest
 from conftest import segcook_cmd
 
 
-def _run(*args, cwd=None, env=None, timeout=300):
+def _fsize_limit(n):
+    "A preexec function: files of this process may not grow past `n` bytes (RLIMIT_FSIZE): a disk that is full for it."
+    import resource
+    return None if n is None else (lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (n, n)))
+
+
+def _run(*args, cwd=None, env=None, timeout=300, fsize=None):
     "Run the segcook CLI (a hang, as an absurd batch size once caused, fails the test instead of stalling it)."
-    return subprocess.run(segcook_cmd(*args), capture_output=True, text=True, cwd=cwd, timeout=timeout,
+    return subprocess.run(segcook_cmd(*args), capture_output=True, text=True, cwd=cwd, timeout=timeout, preexec_fn=_fsize_limit(fsize),
                           env={**os.environ, "OMP_NUM_THREADS": "1", "SEGCOOK_QUIET": "1", **(env or {})})
 
 
@@ -253,3 +259,36 @@ def test_second_train_on_the_same_fold_refuses_and_a_stale_lock_is_taken_over(ex
     lock.write_text(json.dumps({"pid": 1, "host": "elsewhere", "started": "2026-01-01 00:00:00"}))
     r = _run("train", "--exp", exp, "--folds", 1, "--epochs", 2, "--steps-per-epoch", 1, "--extend")
     assert r.returncode == 2 and "pid 1 on host elsewhere" in r.stderr and "delete the lock" in r.stderr, r.stderr
+
+
+# ---- class 6: full disk -----------------------------------------------------------------------------------------------
+
+def _leftovers(folder):
+    "Files under `folder` other than the ones a failed stage may leave (its failure report)."
+    return sorted(str(p.relative_to(folder)) for p in Path(folder).rglob("*") if p.is_file() and p.name != "failed.json")
+
+
+def test_full_disk_in_preprocess_and_train_names_the_file_and_leaves_nothing_half_written(trained, tmp_path):
+    import shutil
+    dj, exp0 = trained
+    exp = tmp_path/"E"
+    shutil.copytree(exp0, exp, ignore=shutil.ignore_patterns("preprocessed", "models"))
+    r = _run("preprocess", "--exp", exp, "--workers", 1, fsize=20_000)
+    assert r.returncode == 1, (r.returncode, r.stderr)
+    assert f"{exp/'preprocessed'/'brats_000'/'image.npy'}: no space left on device" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and _leftovers(exp/"preprocessed") == [], _leftovers(exp/"preprocessed")
+    r = _run("preprocess", "--exp", exp, "--workers", 1)                   # space again: every case is redone
+    assert r.returncode == 0 and "5 case(s) preprocessed" in r.stdout, r.stdout + r.stderr
+    r = _run("train", "--exp", exp, "--folds", 0, "--epochs", 1, "--steps-per-epoch", 1, fsize=100_000)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert f"{exp/'models'/'fold_0'}/" in r.stderr and ".pt: no space left on device" in r.stderr, r.stderr
+    assert not list((exp/"models"/"fold_0").glob("*.pt")) and not list((exp/"models"/"fold_0").glob(".*tmp*"))
+
+
+def test_short_image_write_is_an_error_not_a_file(tmp_path):
+    code = ("import numpy as np; from segcook.core import write_image, from_xyz, SegcookError\n"
+            "try: write_image(from_xyz(np.random.rand(32, 32, 32).astype(np.float32)), 'out/img.nii.gz')\n"
+            "except SegcookError as e: print(e)")
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, preexec_fn=_fsize_limit(20_000))
+    assert "out/img.nii.gz: no space left on device" in r.stdout, (r.stdout, r.stderr)
+    assert not (tmp_path/"out"/"img.nii.gz").exists() and list((tmp_path/"out").iterdir()) == []
