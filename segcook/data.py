@@ -16,8 +16,9 @@ from .core import (SegcookError, log, read_json, write_json, read_image, write_i
                           Geometry, is_image_file, cli_parser, run_cli, progress)
 
 # %% auto #0
-__all__ = ['MODALITIES', 'Case', 'Dataset', 'load_dataset', 'find_cases', 'make_phantom', 'show_case', 'Problem', 'file_problem',
-           'check_dataset', 'convert_msd', 'convert_csv', 'convert_nnunet', 'cli_phantom', 'cli_convert', 'cli_check']
+__all__ = ['MODALITIES', 'SPACING_RANGE_MM', 'Case', 'Dataset', 'load_dataset', 'find_cases', 'make_phantom', 'show_case',
+           'Problem', 'file_problem', 'spacing_problem', 'blank_problem', 'check_dataset', 'convert_msd', 'convert_csv',
+           'convert_nnunet', 'cli_phantom', 'cli_convert', 'cli_check']
 
 # %% ../nbs/01_data.ipynb #9bea6b24
 @dataclass
@@ -377,6 +378,22 @@ def file_problem(p, # an image file
         if have < need: return f"truncated: {have} of the {need} bytes its header announces; copy the file again"
     return None
 
+SPACING_RANGE_MM = (0.01, 100.0)   # voxel sizes outside this are a wrong header (metres, micrometres), not a scan
+
+def spacing_problem(spacing, # voxel size, mm (x, y, z)
+                   ) -> str|None:
+    "Why `spacing` cannot be a scan's (None: plausible): outside `SPACING_RANGE_MM` on some axis."
+    lo, hi = SPACING_RANGE_MM
+    if all(lo <= s <= hi for s in spacing): return None
+    return (f"spacing ({', '.join(f'{s:g}' for s in spacing)}) mm is outside {lo:g} to {hi:g} mm on some axis: a wrong header "
+            "(units in metres or micrometres?); resampling it would make the case vanish or blow up; fix the header or remove the case")
+
+def blank_problem(a:np.ndarray, # the voxels of one image
+                 ) -> str|None:
+    "Why image `a` carries no signal (None: it does): every voxel has the same value."
+    if a.size and a.min() == a.max(): return f"is constant ({float(a.flat[0]):g} in every voxel): a blank scan; fix or remove the case"
+    return None
+
 def _check_file(cid:str, ch:str, p:Path, ds:Dataset) -> tuple[list[Problem], Geometry|None]:
     "Problems of one file of a case, and its geometry (None: unusable)."
     bad = file_problem(p) if p.exists() else None
@@ -395,6 +412,8 @@ def _check_file(cid:str, ch:str, p:Path, ds:Dataset) -> tuple[list[Problem], Geo
         if not (a != 0).any(): out.append(Problem(cid, str(p), "label is empty (only 0)"))
     elif (bad := _nonfinite(p, a)):
         out.append(Problem(cid, str(p), f"{ch} has {bad} NaN/inf voxels"))
+    elif (bad := blank_problem(a)): out.append(Problem(cid, str(p), f"{ch} {bad}"))
+    if (bad := spacing_problem(img.GetSpacing())): out.append(Problem(cid, str(p), bad))
     return out, Geometry.of(img)
 
 def _check_case(c:Case, ds:Dataset, **tol) -> list[Problem]:

@@ -292,3 +292,31 @@ def test_short_image_write_is_an_error_not_a_file(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, preexec_fn=_fsize_limit(20_000))
     assert "out/img.nii.gz: no space left on device" in r.stdout, (r.stdout, r.stderr)
     assert not (tmp_path/"out"/"img.nii.gz").exists() and list((tmp_path/"out").iterdir()) == []
+
+
+# ---- class 11: degenerate data ---------------------------------------------------------------------------------------
+
+def test_degenerate_cases_are_named_by_check_and_excluded_by_analyze(tmp_path):
+    import SimpleITK as sitk, shutil
+    r = _run("phantom", "--out", tmp_path/"D", "--cases", 4, "--size", 16, 16, 12)
+    assert r.returncode == 0, r.stderr
+    dj, tr = tmp_path/"D"/"dataset.json", tmp_path/"D"/"train"
+    blank, huge = tr/"brats_000"/"brats_000_flair.nii.gz", tr/"brats_001"
+    img = sitk.ReadImage(str(blank)); sitk.WriteImage(sitk.Multiply(img, 0), str(blank))         # an all-zero scan
+    for p in huge.glob("*.nii.gz"):                                                              # spacing in the wrong unit
+        img = sitk.ReadImage(str(p)); img.SetSpacing((1000.0, 1000.0, 1000.0)); sitk.WriteImage(img, str(p))
+    r = _run("check", "--data", dj)
+    assert r.returncode == 1, r.stderr
+    assert f"brats_000: {blank}: flair is constant (0 in every voxel): a blank scan" in r.stdout, r.stdout
+    assert "spacing (1000, 1000, 1000) mm is outside 0.01 to 100 mm on some axis" in r.stdout
+    r = _run("analyze", "--data", dj, "--exp", tmp_path/"E", "--nfolds", 2)
+    assert r.returncode == 0, r.stderr
+    assert "2 case(s), 2 excluded" in r.stdout, r.stdout
+    import json
+    excl = {e["id"]: e["reason"] for e in json.loads((tmp_path/"E"/"config.json").read_text())["excluded"]}
+    assert "flair is constant" in excl["brats_000"] and "outside 0.01 to 100 mm" in excl["brats_001"], excl
+    for p in tr.glob("*/*_seg.nii.gz"):                                                          # every label empty
+        img = sitk.ReadImage(str(p)); sitk.WriteImage(sitk.Multiply(img, 0), str(p))
+    r = _run("analyze", "--data", dj, "--exp", tmp_path/"E2", "--nfolds", 2)
+    assert r.returncode == 2 and "every training label is empty (only 0) in the 2 usable case(s): there is nothing to learn" in r.stderr, r.stderr
+    assert not (tmp_path/"E2"/"config.json").exists()
