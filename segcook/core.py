@@ -450,8 +450,14 @@ def read_image(path, # NIfTI, NRRD, MHA, ... file
     if not path.exists(): raise SegcookError(f"{path}: file not found")
     if not is_image_file(path): raise SegcookError(f"{path}: not an image file segcook reads ({', '.join(IMAGE_SUFFIXES)})")
     try: img = sitk.ReadImage(str(path), dtype) if dtype is not None else sitk.ReadImage(str(path))
-    except RuntimeError as e: raise SegcookError(f"{path}: unreadable image ({str(e).strip().splitlines()[-1][:200]})") from None
+    except RuntimeError as e: raise SegcookError(f"{path}: unreadable image ({_itk_reason(e, path)})") from None
     return img
+
+def _itk_reason(e:RuntimeError, path) -> str:
+    "The last line of an ITK error without the file name, which the message names already (once)."
+    line = (str(e).strip().splitlines() or ["unknown ITK error"])[-1]
+    for p in {str(path), str(Path(path).resolve())}: line = line.replace(f' for "{p}"', "").replace(f'"{p}"', "the file").replace(p, "the file")
+    return line.replace("sitk::ERROR: ", "")[:200]
 
 def write_image(img:sitk.Image, # the image to write
                 path, # destination; the extension chooses the format
@@ -525,7 +531,7 @@ class Geometry:
         if not path.exists(): raise SegcookError(f"{path}: file not found")
         r = sitk.ImageFileReader(); r.SetFileName(str(path))
         try: r.ReadImageInformation()
-        except RuntimeError as e: raise SegcookError(f"{path}: unreadable image header ({str(e).strip().splitlines()[-1][:200]})") from None
+        except RuntimeError as e: raise SegcookError(f"{path}: unreadable image header ({_itk_reason(e, path)})") from None
         return cls(list(r.GetSize()), list(r.GetSpacing()), list(r.GetOrigin()), list(r.GetDirection()))
 
     def apply(self, img:sitk.Image) -> sitk.Image:

@@ -70,6 +70,17 @@ def test_predict_relative_input_folder_from_another_cwd(trained, tmp_path):
     assert r.stderr.count("nope") == 1, r.stderr                                   # the path is printed once
 
 
+def test_unreadable_image_messages_print_the_path_once(tiny, tmp_path):
+    bad = tiny.parent/"train"/"brats_000"/"brats_000_t1.nii.gz"
+    bad.write_bytes(b"not an image at all")
+    r = _run("analyze", "--data", tiny, "--exp", tmp_path/"E", "--nfolds", 2, "--max-patch-size", 16, 16, 16)
+    line = next(l for l in r.stderr.splitlines() if "brats_000:" in l)               # the exclusion of the case
+    assert line.count(bad.name) == 1 and "unreadable image header" in line, r.stderr
+    from segcook.core import read_image, SegcookError
+    with pytest.raises(SegcookError) as e: read_image(bad)
+    assert str(e.value).count(str(bad)) == 1 and str(e.value).startswith(f"{bad}: unreadable image ("), str(e.value)
+
+
 # ---- class 3: checkpoints --------------------------------------------------------------------------------------------
 
 @pytest.fixture
