@@ -98,7 +98,7 @@ def evaluate(pairs:list, # [(id, mask_path, pred_path), ...]
     metrics = [metric_name(m) for m in metrics]
     if not pairs: raise SegcookError("nothing to evaluate: the list of (id, mask, prediction) is empty")
     gone = [f"{i}: {p}" for i, _, p in pairs if not Path(p).exists()]
-    if gone: raise SegcookError(f"{len(gone)} of {len(pairs)} prediction(s) do not exist: {'; '.join(gone[:3])}{' ...' if len(gone) > 3 else ''}; "
+    if gone: raise SegcookError(f"{len(gone)} of {len(pairs)} prediction(s): file not found: {'; '.join(gone[:3])}{' ...' if len(gone) > 3 else ''}; "
                                 "predict them first or drop their rows")
     jobs = [(str(i), m, p, classes, metrics, tol_mm) for i, m, p in pairs]
     workers = min(workers or os.cpu_count() or 1, len(jobs))

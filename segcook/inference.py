@@ -306,15 +306,16 @@ def load_models(exp, # experiment folder
     loaded = [load_model(Path(exp)/"models"/f"fold_{k}"/ckpt, device) for k in folds]
     if (Path(exp)/"config.json").exists():
         mine = load_plan(exp)
-        for k, (_, p) in zip(folds, loaded): _refuse_misfit(mine, p, Path(exp)/"config.json", Path(exp)/"models"/f"fold_{k}"/ckpt)
+        for k, (m, p) in zip(folds, loaded):
+            _refuse_misfit(mine, p, Path(exp)/"config.json", Path(exp)/"models"/f"fold_{k}"/ckpt, getattr(m, "segcook_overrides", {}))
     return [m for m, _ in loaded], folds, [p for _, p in loaded]
 
 _FIT = {"channels": lambda p: [c.name for c in p.channels], "labels.labels": lambda p: p.labels.labels,
         "labels.regions": lambda p: p.labels.regions, "spatial.patch_size": lambda p: p.spatial.patch_size}
 
-def _refuse_misfit(mine, theirs, mine_at:Path, theirs_at:Path):
-    "Refuse a checkpoint whose plan does not fit the experiment's (what inference reads from the experiment's plan)."
-    diff = [f"{k}: {f(mine)} in {mine_at} vs {f(theirs)} in {theirs_at}" for k, f in _FIT.items() if f(mine) != f(theirs)]
+def _refuse_misfit(mine, theirs, mine_at:Path, theirs_at:Path, overridden=()):
+    "Refuse a checkpoint whose plan does not fit the experiment's, except in fields its run overrode on purpose (e.g. `--patch`)."
+    diff = [f"{k}: {f(mine)} in {mine_at} vs {f(theirs)} in {theirs_at}" for k, f in _FIT.items() if f(mine) != f(theirs) and k not in overridden]
     if diff: raise SegcookError(f"{theirs_at}: the checkpoint does not fit the experiment's plan ({'; '.join(diff)}); "
                                 "predict with the experiment the model was trained in, or retrain")
 

@@ -347,6 +347,7 @@ def load_model(path, # checkpoint file
     net = build_net(plan)
     try: net.load_state_dict(ck["model"])
     except (RuntimeError, KeyError) as e: raise SegcookError(f"{path}: the weights do not fit the network its plan describes ({_first_line(e)})") from None
+    net.segcook_overrides = dict((ck.get("run") or {}).get("overrides") or {})     # what the run changed from config.json
     return net.to(device).eval(), plan
 
 # %% ../nbs/07_train.ipynb #0001ef96

@@ -223,7 +223,7 @@ def test_evaluate_says_how_many_predictions_are_missing(exp_copy):
     with open(exp/"paths.csv", "w") as f: f.write("id,mask,prediction\n" + "".join(f"{i},{m},{p}\n" for i, m, p in rows))
     (exp/"classes.json").write_text('{"WT": [1, 2, 3]}')
     r = _run("evaluate", "--paths", exp/"paths.csv", "--classes", exp/"classes.json", "--out", exp/"r.csv", "--workers", 1)
-    assert r.returncode == 2 and "3 of 5 prediction(s) do not exist: " in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert r.returncode == 2 and "3 of 5 prediction(s): file not found: " in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
 # ---- class 10: determinism ------------------------------------------------------------------------------------------
