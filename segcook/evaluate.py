@@ -97,6 +97,8 @@ def evaluate(pairs:list, # [(id, mask_path, pred_path), ...]
     if isinstance(classes, (str, Path)): classes = read_classes(classes)[0]
     metrics = [metric_name(m) for m in metrics]
     if not pairs: raise SegcookError("nothing to evaluate: the list of (id, mask, prediction) is empty")
+    if not tol_mm > 0: raise SegcookError(f"the NSD tolerance (--nsd-tol, evaluate.nsd_tolerance_mm) should be > 0 mm, got {tol_mm}")
+    if workers is not None and workers < 1: raise SegcookError(f"--workers should be >= 1 (or unset: all cores), got {workers}")
     gone = [f"{i}: {p}" for i, _, p in pairs if not Path(p).exists()]
     if gone: raise SegcookError(f"{len(gone)} of {len(pairs)} prediction(s): file not found: {'; '.join(gone[:3])}{' ...' if len(gone) > 3 else ''}; "
                                 "predict them first or drop their rows")

@@ -224,6 +224,10 @@ def test_evaluate_says_how_many_predictions_are_missing(exp_copy):
     (exp/"classes.json").write_text('{"WT": [1, 2, 3]}')
     r = _run("evaluate", "--paths", exp/"paths.csv", "--classes", exp/"classes.json", "--out", exp/"r.csv", "--workers", 1)
     assert r.returncode == 2 and "3 of 5 prediction(s): file not found: " in r.stderr and "Traceback" not in r.stderr, r.stderr
+    for flags, msg in ((("--nsd-tol", -1), "the NSD tolerance (--nsd-tol, evaluate.nsd_tolerance_mm) should be > 0 mm, got -1.0"),
+                       (("--workers", -2), "--workers should be >= 1 (or unset: all cores), got -2")):      # class 4: flags
+        r = _run("evaluate", "--exp", exp, "--classes", exp/"classes.json", *flags)
+        assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
 # ---- class 10: determinism ------------------------------------------------------------------------------------------
