@@ -14,7 +14,7 @@ import numpy as np
 import SimpleITK as sitk
 from .core import (SegcookError, Plan, DatasetInfo, Channel, Labels, Spatial, Train, Geometry, save_plan,
                           validate_plan, write_json, write_text, read_json, progress, log, cli_parser, run_cli, to_xyz)
-from .data import Dataset, Case, load_dataset
+from .data import Dataset, Case, load_dataset, spacing_problem, blank_problem
 
 # %% auto #0
 __all__ = ['OPTS', 'otsu_threshold', 'foreground_mask', 'bbox_of', 'rai_axes', 'to_rai', 'Fingerprint', 'crop_decision',
@@ -107,6 +107,7 @@ class Fingerprint:
     zero_frac: dict = field(default_factory=dict)      # channel -> fraction of voxels == 0
     ct_samples: dict = field(default_factory=dict)     # CT channel -> float32 foreground intensities
     problem: str | None = None                         # why the case cannot be used
+    label_fg: int | None = None                        # foreground voxels of the label (None: no label)
 
 # %% ../nbs/02_analysis.ipynb #0fdb827d
 def _inflate(raw:bytes) -> bytes:
@@ -201,17 +202,20 @@ def _measure(case:Case, fp:Fingerprint, ct_channels, allowed, ignore, ct_max_sam
     "Fill `fp` reading the label, then one channel at a time (at most one image in memory)."
     ref = next(iter(case.images))
     g = Geometry.read(case.images[ref])
+    if (bad := spacing_problem(g.spacing)): raise SegcookError(f"{case.images[ref]}: {bad}")
     lab = fgm = None
     if case.label:
         lab, gl = _read_xyz(case.label)
         _same_geometry(g, gl, "label", ref, case.label, tol)
         if allowed is not None and (bad := _label_problem(lab, allowed)): raise SegcookError(f"{case.label}: {bad}")
+        fp.label_fg = int(np.count_nonzero((lab != 0) & (lab != ignore)) if ignore is not None else np.count_nonzero(lab))
         if ct_channels: fgm = (lab != 0) & (lab != ignore) if ignore is not None else lab != 0
     fg = None
     for ch, p in case.images.items():
         a, gc = _read_xyz(p)
         if ch != ref: _same_geometry(g, gc, ch, ref, p, tol)
         if (bad := _n_nonfinite(a)): raise SegcookError(f"{p}: {ch} has {bad} NaN/inf voxels; fix or remove the case")
+        if (bad := blank_problem(a)): raise SegcookError(f"{p}: {ch} {bad}")
         m = foreground_mask([a], fg_samples)
         if fg is None: fg = m
         else: fg |= m
@@ -411,6 +415,9 @@ def _exclude(fps:list[Fingerprint]) -> tuple[list[Fingerprint], list[dict]]:
     if bad: log.warning(f"excluding {len(bad)} case(s):\n" + "\n".join(f"  {b['id']}: {b['reason']}" for b in bad))
     good = [f for f in fps if not f.problem]
     if not good: raise SegcookError("every training case was excluded:\n" + "\n".join(f"  {b['id']}: {b['reason']}" for b in bad))
+    if all(f.label_fg == 0 for f in good):
+        raise SegcookError(f"every training label is empty (only 0) in the {len(good)} usable case(s): there is nothing to learn; "
+                           "check the mask pattern of dataset.json and the label files (`segcook check`)")
     return good, bad
 
 # %% ../nbs/02_analysis.ipynb #3652601d

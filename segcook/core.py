@@ -6,7 +6,7 @@ Docs: https://segcook.github.io/segcook/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #cc1be71b
 from __future__ import annotations
-import json, os, sys, tempfile, logging, contextlib, dataclasses, argparse, textwrap
+import json, os, sys, math, errno, tempfile, logging, contextlib, dataclasses, argparse, textwrap
 from dataclasses import dataclass, field, fields, asdict
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -15,11 +15,12 @@ import SimpleITK as sitk
 
 # %% auto #0
 __all__ = ['log', 'ARCHS', 'LOSSES', 'POSTPROCESSORS', 'METRICS', 'register_arch', 'register_loss', 'register_postprocessor',
-           'register_metric', 'SCHEMA_VERSION', 'IMAGE_SUFFIXES', 'SegcookError', 'atomic_path', 'write_text',
-           'write_json', 'read_json', 'progress', 'Registry', 'DatasetInfo', 'Channel', 'Labels', 'Spatial',
-           'Preprocess', 'Train', 'Infer', 'Evaluate', 'Plan', 'plan_from_dict', 'plan_to_dict', 'validate_plan',
-           'save_plan', 'load_plan', 'override', 'is_image_file', 'read_image', 'write_image', 'array_to_image',
-           'to_xyz', 'from_xyz', 'Geometry', 'compare_headers', 'cli_parser', 'run_cli']
+           'register_metric', 'SCHEMA_VERSION', 'NORMS', 'ACT_FLOATS', 'MAX_TRAIN_GIB', 'IMAGE_SUFFIXES',
+           'SegcookError', 'atomic_path', 'write_text', 'write_json', 'read_json', 'progress', 'Registry',
+           'DatasetInfo', 'Channel', 'Labels', 'Spatial', 'Preprocess', 'Train', 'Infer', 'Evaluate', 'Plan',
+           'plan_from_dict', 'plan_to_dict', 'train_memory_gib', 'validate_plan', 'save_plan', 'load_plan', 'override',
+           'is_image_file', 'read_image', 'write_image', 'array_to_image', 'to_xyz', 'from_xyz', 'Geometry',
+           'compare_headers', 'cli_parser', 'run_cli']
 
 # %% ../nbs/00_core.ipynb #39f84f01
 class SegcookError(ValueError):
@@ -44,17 +45,27 @@ _UMASK = os.umask(0o022); os.umask(_UMASK)     # read once: os.umask can only be
 def atomic_path(path, # final file name
                ):
     "Yield a temporary path next to `path`; rename it to `path` only if the block succeeds."
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + _suffix(path), dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)     # mkstemp makes 0600; the finished file follows the umask, as open() would
+    path, tmp = Path(path), None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + _suffix(path), dir=path.parent)
+        os.close(fd)
+        os.chmod(tmp, 0o666 & ~_UMASK)     # mkstemp makes 0600; the finished file follows the umask, as open() would
         yield Path(tmp)
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError): os.remove(tmp)
+    except BaseException as e:
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError): os.remove(tmp)
+        if _disk_full(e): raise SegcookError(f"{path}: no space left on device ({_first(e)}); nothing was written under this name; "
+                                             f"free space in {path.parent} (or raise the file size limit) and run again") from None
         raise
+
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+def _disk_full(e:BaseException) -> bool:
+    "Whether `e` says the disk (or a quota, or the file size limit) is full, including numpy's short-write message."
+    return isinstance(e, OSError) and (e.errno in _FULL or ("requested" in str(e) and "written" in str(e)))
+
+def _first(e:BaseException) -> str: return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
 
 def write_text(path, # file to write (its folder must exist)
                text:str, # the whole content
@@ -306,6 +317,51 @@ def plan_to_dict(plan:Plan, # the plan to serialise
     return asdict(plan)
 
 # %% ../nbs/00_core.ipynb #4fd8a6f8
+_RANGES = [  # (dotted field, allowed range as the message says it, test)
+    ("train.epochs", ">= 1", lambda v: v >= 1), ("train.steps_per_epoch", ">= 1", lambda v: v >= 1),
+    ("train.batch_size", ">= 1", lambda v: v >= 1), ("train.lr", "a finite number > 0", lambda v: 0 < v < float("inf")),
+    ("train.warmup_epochs", ">= 0", lambda v: v >= 0), ("train.deep_supervision", ">= 0", lambda v: v >= 0),
+    ("train.l1", ">= 0", lambda v: v >= 0), ("train.l2", ">= 0", lambda v: v >= 0),
+    ("train.clip_grad", "null or > 0", lambda v: v is None or v > 0),
+    ("train.freeze_middle", ">= 0", lambda v: v >= 0), ("train.seed", "0 to 2**32 - 1", lambda v: 0 <= v < 2**32),
+    ("infer.sigma", "> 0", lambda v: v > 0), ("infer.sw_batch_size", ">= 1", lambda v: v >= 1),
+    ("evaluate.nsd_tolerance_mm", "> 0", lambda v: v > 0)]
+NORMS = ("zscore", "ct")           # channel normalisations preprocessing implements
+ACT_FLOATS = 300                   # floats per patch voxel and sample a U-Net keeps for its backward pass (rough)
+MAX_TRAIN_GIB = 1024               # no node has more device memory: a larger estimate is a mistake
+
+def train_memory_gib(plan:Plan, # the plan (spatial.patch_size, train.batch_size, channels)
+                    ) -> float:
+    "Rough memory one training step needs: batch x patch voxels x (channels + `ACT_FLOATS`) x 4 bytes, GiB."
+    if not plan.spatial.patch_size: return 0.0
+    return plan.train.batch_size * math.prod(plan.spatial.patch_size) * (len(plan.channels) + ACT_FLOATS) * 4 / 2**30
+
+def _memory_problem(plan:Plan, limit_gib:float, where:str) -> str|None:
+    "A message when the training step of `plan` does not fit in `limit_gib`, naming the largest batch size that does."
+    need = train_memory_gib(plan)
+    if need <= limit_gib: return None
+    fits = int(plan.train.batch_size * limit_gib / need)
+    return (f"train.batch_size {plan.train.batch_size} with spatial.patch_size {plan.spatial.patch_size} and {len(plan.channels)} channel(s) "
+            f"needs about {need:,.0f} GiB per training step ({where}: {limit_gib:,.0f} GiB); allowed: 1 to {max(fits, 1)}"
+            + ("" if fits else "; the patch size is too large even for batch 1"))
+
+def _ranges(p:Plan) -> list[str]:
+    "Problems with the numeric fields and the names the later stages read."
+    get = lambda k: getattr(getattr(p, k.split(".")[0]), k.split(".")[1])
+    out = [f"{k} should be {allowed}, got {get(k)!r}" for k, allowed, ok in _RANGES if not ok(get(k))]
+    if not p.channels: out.append("channels: a plan needs at least one channel, got none")
+    for c in p.channels:
+        if c.norm not in NORMS: out.append(f"channel '{c.name}': norm should be one of {list(NORMS)}, got '{c.norm}'")
+        if c.window is not None and (len(c.window) != 2 or not c.window[0] < c.window[1]):
+            out.append(f"channel '{c.name}': window should be [low, high] with low < high, got {c.window}")
+    bad = [a for a in p.infer.tta_axes if a not in (0, 1, 2)]
+    if bad or len(set(p.infer.tta_axes)) != len(p.infer.tta_axes):
+        out.append(f"infer.tta_axes should be distinct axes among 0, 1, 2 (x, y, z), got {p.infer.tta_axes}")
+    bad = [k for k in (p.train.folds or []) if not 0 <= k < p.train.nfolds]
+    if bad: out.append(f"train.folds {bad} should be in 0 to {p.train.nfolds - 1} (train.nfolds {p.train.nfolds})")
+    if not out and (m := _memory_problem(p, MAX_TRAIN_GIB, "the most any machine has")): out.append(m)
+    return out
+
 def _positive3(x, name):
     if x is None: return []
     if len(x) != 3 or any(v <= 0 for v in x): return [f"{name} should be three positive numbers (x, y, z), got {x}"]
@@ -340,7 +396,7 @@ def validate_plan(plan:Plan, # the plan to check
     if p.preprocess.intensity not in ("zscore", "zscore_rescale", "histmatch"):
         out.append(f"preprocess.intensity should be zscore, zscore_rescale or histmatch, got '{p.preprocess.intensity}'")
     if p.preprocess.mind not in (None, "extra", "replace"): out.append(f"preprocess.mind should be null, 'extra' or 'replace', got '{p.preprocess.mind}'")
-    return out
+    return out + _ranges(p)
 
 # %% ../nbs/00_core.ipynb #c9338c94
 def save_plan(plan:Plan, # the plan to write (validated first)
@@ -374,7 +430,10 @@ def override(plan:Plan, # the plan to copy (left unchanged)
             node = node[part]
         if last not in node: raise SegcookError(f"override '{k}': unknown field '{last}'; known: {sorted(node)}")
         node[last] = v
-    return plan_from_dict(d)
+    try: return plan_from_dict(d)
+    except SegcookError as e:   # the options are wrong, not config.json: say which options
+        given = ", ".join(f"{k.replace('__', '.')}={v!r}" for k, v in kw.items())
+        raise SegcookError(str(e).replace("config.json: ", f"options {given}: ", 1)) from None
 
 # %% ../nbs/00_core.ipynb #6313b3df
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -392,16 +451,36 @@ def read_image(path, # NIfTI, NRRD, MHA, ... file
     if not path.exists(): raise SegcookError(f"{path}: file not found")
     if not is_image_file(path): raise SegcookError(f"{path}: not an image file segcook reads ({', '.join(IMAGE_SUFFIXES)})")
     try: img = sitk.ReadImage(str(path), dtype) if dtype is not None else sitk.ReadImage(str(path))
-    except RuntimeError as e: raise SegcookError(f"{path}: unreadable image ({str(e).strip().splitlines()[-1][:200]})") from None
+    except RuntimeError as e: raise SegcookError(f"{path}: unreadable image ({_itk_reason(e, path)})") from None
     return img
+
+def _itk_reason(e:RuntimeError, path) -> str:
+    "The last line of an ITK error without the file name, which the message names already (once)."
+    line = (str(e).strip().splitlines() or ["unknown ITK error"])[-1]
+    for p in {str(path), str(Path(path).resolve())}: line = line.replace(f' for "{p}"', "").replace(f'"{p}"', "the file").replace(p, "the file")
+    return line.replace("sitk::ERROR: ", "")[:200]
 
 def write_image(img:sitk.Image, # the image to write
                 path, # destination; the extension chooses the format
                 compress:bool=True, # compress (e.g. gzip for .nii.gz)
                ):
-    "Write `img` atomically to `path` (the extension chooses the format)."
-    with atomic_path(path) as tmp: sitk.WriteImage(img, str(tmp), compress)
+    "Write `img` atomically to `path` (the extension chooses the format); a short write (full disk) is an error, not a file."
+    with atomic_path(path) as tmp:
+        sitk.WriteImage(img, str(tmp), compress)
+        _check_written(tmp, img, compress)
     return Path(path)
+
+def _check_written(tmp:Path, img:sitk.Image, compress:bool):
+    "ITK's NIfTI writer reports a short write on stderr only: check the file holds every voxel (raises ENOSPC)."
+    import gzip, zlib
+    if tmp.name.lower().endswith(".gz"):
+        try:
+            with gzip.open(tmp, "rb") as f: n = sum(len(b) for b in iter(lambda: f.read(1 << 24), b""))
+        except (EOFError, OSError, zlib.error): n = -1
+    elif not compress: n = tmp.stat().st_size
+    else: return                        # internally compressed formats (NRRD, MHA): no size to expect
+    if n < img.GetNumberOfPixels() * img.GetNumberOfComponentsPerPixel() * img.GetSizeOfPixelComponent():
+        raise OSError(errno.ENOSPC, "the image file was written short")
 
 # %% ../nbs/00_core.ipynb #4b6f86de
 def array_to_image(arr:np.ndarray, # (z, y, x) array
@@ -453,7 +532,7 @@ class Geometry:
         if not path.exists(): raise SegcookError(f"{path}: file not found")
         r = sitk.ImageFileReader(); r.SetFileName(str(path))
         try: r.ReadImageInformation()
-        except RuntimeError as e: raise SegcookError(f"{path}: unreadable image header ({str(e).strip().splitlines()[-1][:200]})") from None
+        except RuntimeError as e: raise SegcookError(f"{path}: unreadable image header ({_itk_reason(e, path)})") from None
         return cls(list(r.GetSize()), list(r.GetSpacing()), list(r.GetOrigin()), list(r.GetDirection()))
 
     def apply(self, img:sitk.Image) -> sitk.Image:

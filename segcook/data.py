@@ -16,8 +16,9 @@ from .core import (SegcookError, log, read_json, write_json, read_image, write_i
                           Geometry, is_image_file, cli_parser, run_cli, progress)
 
 # %% auto #0
-__all__ = ['MODALITIES', 'QUALITY', 'Case', 'Dataset', 'load_dataset', 'find_cases', 'make_phantom', 'show_case', 'Problem',
-           'check_dataset', 'convert_msd', 'convert_csv', 'convert_nnunet', 'cli_phantom', 'cli_convert', 'cli_check']
+__all__ = ['MODALITIES', 'QUALITY', 'SPACING_RANGE_MM', 'Case', 'Dataset', 'load_dataset', 'find_cases', 'make_phantom',
+           'show_case', 'Problem', 'file_problem', 'spacing_problem', 'blank_problem', 'check_dataset', 'convert_msd',
+           'convert_csv', 'convert_nnunet', 'cli_phantom', 'cli_convert', 'cli_check']
 
 # %% ../nbs/01_data.ipynb #9bea6b24
 @dataclass
@@ -415,25 +416,71 @@ def _nonfinite(p:Path, a:np.ndarray) -> int:
     if not np.issubdtype(a.dtype, np.floating): return 0
     return int(a.size - np.isfinite(a).sum())
 
+def file_problem(p, # an image file
+                ) -> str|None:
+    "What is wrong with the bytes of image file `p` (None: nothing): gzip is decompressed to its end (CRC checked), NIfTI voxel data must be as long as the header says."
+    import gzip, zlib, nibabel as nib
+    p, n = Path(p), None
+    if p.name.lower().endswith(".gz"):
+        try:
+            with gzip.open(p, "rb") as f:
+                n = 0
+                while b := f.read(1 << 24): n += len(b)
+        except EOFError: return "truncated: the compressed data end early (an interrupted copy or download?); copy the file again"
+        except (OSError, zlib.error) as e: return f"corrupt: the compressed data do not decompress ({e}); copy the file again"
+    if p.name.lower().endswith((".nii", ".nii.gz")):
+        try: h = nib.load(str(p)).header
+        except Exception as e: return f"corrupt: unreadable NIfTI header ({str(e)[:200]})"
+        need = int(h.get_data_offset()) + int(np.prod(h.get_data_shape())) * h.get_data_dtype().itemsize
+        have = n if n is not None else p.stat().st_size
+        if have < need: return f"truncated: {have} of the {need} bytes its header announces; copy the file again"
+    return None
+
+SPACING_RANGE_MM = (0.01, 100.0)   # voxel sizes outside this are a wrong header (metres, micrometres), not a scan
+
+def spacing_problem(spacing, # voxel size, mm (x, y, z)
+                   ) -> str|None:
+    "Why `spacing` cannot be a scan's (None: plausible): outside `SPACING_RANGE_MM` on some axis."
+    lo, hi = SPACING_RANGE_MM
+    if all(lo <= s <= hi for s in spacing): return None
+    return (f"spacing ({', '.join(f'{s:g}' for s in spacing)}) mm is outside {lo:g} to {hi:g} mm on some axis: a wrong header "
+            "(units in metres or micrometres?); resampling it would make the case vanish or blow up; fix the header or remove the case")
+
+def blank_problem(a:np.ndarray, # the voxels of one image
+                 ) -> str|None:
+    "Why image `a` carries no signal (None: it does): every voxel has the same value."
+    if a.size and a.min() == a.max(): return f"is constant ({float(a.flat[0]):g} in every voxel): a blank scan; fix or remove the case"
+    return None
+
+def _check_file(cid:str, ch:str, p:Path, ds:Dataset) -> tuple[list[Problem], Geometry|None]:
+    "Problems of one file of a case, and its geometry (None: unusable)."
+    bad = file_problem(p) if p.exists() else None
+    if bad: return [Problem(cid, str(p), bad)], None
+    try: img = read_image(p)
+    except SegcookError as e: return [Problem(cid, str(p), str(e).split(": ", 1)[-1])], None
+    if img.GetDimension() != 3 or img.GetNumberOfComponentsPerPixel() != 1:
+        return [Problem(cid, str(p), f"{ch} is {img.GetDimension()}D with {img.GetNumberOfComponentsPerPixel()} component(s); segcook needs one 3D volume per file (split 4D files with `segcook convert msd`)")], None
+    a, out = sitk.GetArrayViewFromImage(img), []
+    if ch == "label":
+        vals = np.unique(a)
+        if not np.allclose(vals, np.round(vals)): out.append(Problem(cid, str(p), "label has non-integer values"))
+        allowed = set(ds.labels) | ({ds.ignore_label} if ds.ignore_label is not None else set())
+        extra = sorted(set(int(v) for v in np.round(vals)) - allowed)
+        if extra: out.append(Problem(cid, str(p), f"label values {extra} are not declared in labels {ds.labels}; add them to dataset.json or fix the label"))
+        if not (a != 0).any(): out.append(Problem(cid, str(p), "label is empty (only 0)"))
+    elif (bad := _nonfinite(p, a)):
+        out.append(Problem(cid, str(p), f"{ch} has {bad} NaN/inf voxels"))
+    elif (bad := blank_problem(a)): out.append(Problem(cid, str(p), f"{ch} {bad}"))
+    if (bad := spacing_problem(img.GetSpacing())): out.append(Problem(cid, str(p), bad))
+    return out, Geometry.of(img)
+
 def _check_case(c:Case, ds:Dataset, **tol) -> list[Problem]:
     out, ref, ref_name = [], None, None
     for ch, p in [*c.images.items(), *([("label", c.label)] if c.label else [])]:
-        try: img = read_image(p)
-        except SegcookError as e: out.append(Problem(c.id, str(p), str(e).split(": ", 1)[-1])); continue
-        if img.GetDimension() != 3 or img.GetNumberOfComponentsPerPixel() != 1:
-            out.append(Problem(c.id, str(p), f"{ch} is {img.GetDimension()}D with {img.GetNumberOfComponentsPerPixel()} component(s); segcook needs one 3D volume per file (split 4D files with `segcook convert msd`)"))
-            continue
-        a = sitk.GetArrayViewFromImage(img)
-        if ch == "label":
-            vals = np.unique(a)
-            if not np.allclose(vals, np.round(vals)): out.append(Problem(c.id, str(p), "label has non-integer values"))
-            allowed = set(ds.labels) | ({ds.ignore_label} if ds.ignore_label is not None else set())
-            extra = sorted(set(int(v) for v in np.round(vals)) - allowed)
-            if extra: out.append(Problem(c.id, str(p), f"label values {extra} are not declared in labels {ds.labels}; add them to dataset.json or fix the label"))
-            if not (a != 0).any(): out.append(Problem(c.id, str(p), "label is empty (only 0)"))
-        elif (bad := _nonfinite(p, a)):
-            out.append(Problem(c.id, str(p), f"{ch} has {bad} NaN/inf voxels"))
-        g = Geometry.of(img)
+        try: ps, g = _check_file(c.id, ch, Path(p), ds)
+        except (OSError, EOFError, RuntimeError, ValueError) as e: ps, g = [Problem(c.id, str(p), f"unreadable {ch} ({type(e).__name__}: {str(e)[:200]})")], None
+        out += ps
+        if g is None: continue
         if ref is None: ref, ref_name = g, ch
         else:
             diff = ref.compare(g, **tol)
@@ -647,7 +694,7 @@ def cli_convert(argv:list[str]|None=None, # command-line arguments (None: `sys.a
 def cli_check(argv:list[str]|None=None, # command-line arguments (None: `sys.argv[1:]`)
              ) -> int:
     "segcook check: report every problem in a dataset at once"
-    p = cli_parser("segcook check", "Open every file of a dataset and report every problem at once (missing or unreadable files, undeclared labels, "
+    p = cli_parser("segcook check", "Open every file of a dataset and report every problem at once (missing, truncated, corrupt or unreadable files, undeclared labels, "
                    "non-3D images, NaN/inf, geometry mismatches, empty labels, duplicate ids, paths outside the root). Writes nothing.",
                    "segcook check --data data/phantom/dataset.json")
     p.add_argument("--data", required=True, help="dataset.json")

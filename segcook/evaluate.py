@@ -103,6 +103,11 @@ def evaluate(pairs:list, # [(id, mask_path, pred_path), ...]
     if isinstance(classes, (str, Path)): classes = read_classes(classes)[0]
     metrics = [metric_name(m) for m in metrics]
     if not pairs: raise SegcookError("nothing to evaluate: the list of (id, mask, prediction) is empty")
+    if not tol_mm > 0: raise SegcookError(f"the NSD tolerance (--nsd-tol, evaluate.nsd_tolerance_mm) should be > 0 mm, got {tol_mm}")
+    if workers is not None and workers < 1: raise SegcookError(f"--workers should be >= 1 (or unset: all cores), got {workers}")
+    gone = [f"{i}: {p}" for i, _, p in pairs if not Path(p).exists()]
+    if gone: raise SegcookError(f"{len(gone)} of {len(pairs)} prediction(s): file not found: {'; '.join(gone[:3])}{' ...' if len(gone) > 3 else ''}; "
+                                "predict them first or drop their rows")
     jobs = [(str(i), m, p, classes, metrics, tol_mm) for i, m, p in pairs]
     workers = min(workers or os.cpu_count() or 1, len(jobs))
     if workers <= 1: rows = [_run(j) for j in progress(jobs, desc="evaluate")]
@@ -222,6 +227,11 @@ def evaluate_lesionwise(pairs:list, # [(id, mask_path, pred_path), ...]
     return df
 
 # %% ../nbs/11_evaluate.ipynb #672b1d4d
+def _n_unpredicted(exp, n_evaluated:int) -> int:
+    "How many labelled cases of `<exp>/cases.csv` were not evaluated (no prediction)."
+    cases = pd.read_csv(Path(exp)/"cases.csv", dtype=str)
+    return int(cases["label"].fillna("").astype(bool).sum()) - n_evaluated
+
 def cli_evaluate(argv:list[str]|None=None, # command-line arguments (None: `sys.argv[1:]`)
                 ) -> int:
     "segcook evaluate: Dice, HD95, NSD, ... per case and class -> results.csv"
@@ -255,7 +265,9 @@ def cli_evaluate(argv:list[str]|None=None, # command-line arguments (None: `sys.
             df = evaluate(read_pairs(a.paths), read_classes(a.classes)[0], a.metrics or ("dice", "haus95"), a.out, a.workers, a.nsd_tol)
             out = a.out
         print(summarize(df).set_index("id").loc[["Mean", "Median"]].T.to_string(float_format=lambda v: f"{v:.4f}"))
-        print(f"wrote {out} and {Path(out).with_suffix('.png')}")
+        miss = _n_unpredicted(a.exp, len(df)) if a.exp else 0
+        print(f"wrote {out} and {Path(out).with_suffix('.png')}: {len(df)} case(s) evaluated"
+              + (f"; {miss} labelled case(s) of {Path(a.exp)/'cases.csv'} have no prediction and were not evaluated" if miss else ""))
     def go_lesionwise():
         if a.classes or a.metrics: raise SegcookError("--challenge fixes the regions and the table; drop --classes and --metrics")
         if a.exp: pairs, out = experiment_pairs(a.exp, a.name)[0], a.out or Path(a.exp) / "results_lesionwise.csv"

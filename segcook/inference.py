@@ -304,7 +304,20 @@ def load_models(exp, # experiment folder
     missing = [k for k in folds if k not in have]
     if missing: raise SegcookError(f"{Path(exp)/'models'}: no {ckpt} for fold(s) {missing}; available folds: {have}")
     loaded = [load_model(Path(exp)/"models"/f"fold_{k}"/ckpt, device) for k in folds]
+    if (Path(exp)/"config.json").exists():
+        mine = load_plan(exp)
+        for k, (m, p) in zip(folds, loaded):
+            _refuse_misfit(mine, p, Path(exp)/"config.json", Path(exp)/"models"/f"fold_{k}"/ckpt, getattr(m, "segcook_overrides", {}))
     return [m for m, _ in loaded], folds, [p for _, p in loaded]
+
+_FIT = {"channels": lambda p: [c.name for c in p.channels], "labels.labels": lambda p: p.labels.labels,
+        "labels.regions": lambda p: p.labels.regions, "spatial.patch_size": lambda p: p.spatial.patch_size}
+
+def _refuse_misfit(mine, theirs, mine_at:Path, theirs_at:Path, overridden=()):
+    "Refuse a checkpoint whose plan does not fit the experiment's, except in fields its run overrode on purpose (e.g. `--patch`)."
+    diff = [f"{k}: {f(mine)} in {mine_at} vs {f(theirs)} in {theirs_at}" for k, f in _FIT.items() if f(mine) != f(theirs) and k not in overridden]
+    if diff: raise SegcookError(f"{theirs_at}: the checkpoint does not fit the experiment's plan ({'; '.join(diff)}); "
+                                "predict with the experiment the model was trained in, or retrain")
 
 # %% ../nbs/09_inference.ipynb #71125530
 def _csv_inputs(p:Path, names:list[str]) -> list[tuple[str, dict]]:
@@ -346,7 +359,7 @@ def find_inputs(src, # paths.csv, dataset.json or a folder
                 plan, # the experiment's plan (its channel names)
                ) -> list[tuple[str, dict[str, Path]]]:
     "(id, {channel: path}) for every case to predict."
-    src, names = Path(src), [c.name for c in plan.channels]
+    src, names = Path(src).resolve(), [c.name for c in plan.channels]   # a relative folder is not joined onto itself below
     if not src.exists(): raise SegcookError(f"{src}: input not found (a folder, a paths.csv or a dataset.json)")
     if src.is_file() and src.suffix == ".csv": return _csv_inputs(src, names)
     if src.is_file() and src.suffix == ".json": return _dataset_inputs(load_dataset(src), names)

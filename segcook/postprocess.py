@@ -173,8 +173,23 @@ def load_strategy(src, # a dict, a list of steps, or a JSON file (segcook or MIS
         allowed = set(inspect.signature(fn).parameters) - {"lbl", "labels", "spacing"}
         bad = set(s) - allowed - {"op", "labels"}
         if bad: raise SegcookError(f"strategy step {i} ({s['op']}): unknown argument(s) {sorted(bad)}; allowed: {sorted(allowed)}")
+        if probs := _step_problems(s): raise SegcookError(f"{src if isinstance(src, (str, Path)) else 'strategy'}: step {i} ({s['op']}): " + "; ".join(probs))
         out.append(dict(s))
     return out
+
+_isint = lambda v: isinstance(v, int) and not isinstance(v, bool)
+_LABEL = ("a label >= 0", lambda v: _isint(v) and v >= 0)
+_STEP_ARGS = {"radius": ("an integer from 1 to 32 voxels", lambda v: _isint(v) and 1 <= v <= 32), "k": ("an integer >= 1", lambda v: _isint(v) and v >= 1),
+              **{n: (">= 0", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0) for n in ("min_size", "min_et", "min_tc", "min_wt")},
+              **{n: _LABEL for n in ("replace_with", "et", "ncr", "ed")}, "fill_label": ("null or a label >= 1", lambda v: v is None or (_isint(v) and v >= 1)),
+              "unit": ("'voxels' or 'mm3'", lambda v: v in ("voxels", "mm3"))}
+
+def _step_problems(s:dict) -> list[str]:
+    "What is out of range in one strategy step: its labels and its numeric arguments."
+    out, ls = [], s["labels"]
+    if ls is not None and (not isinstance(ls, (list, tuple)) or not ls or not all(_isint(l) and l >= 1 for l in ls)):
+        out.append(f"labels should be a non-empty list of foreground labels (integers >= 1), got {ls!r}")
+    return out + [f"{k} should be {allowed}, got {s[k]!r}" for k, (allowed, ok) in _STEP_ARGS.items() if k in s and not ok(s[k])]
 
 def apply_strategy(lbl:np.ndarray, # label map (x, y, z)
                    strategy, # steps, or anything `load_strategy` reads

@@ -20,8 +20,8 @@ from .analysis import foreground_mask, bbox_of
 from .analysis import _read_xyz, _n_nonfinite
 
 # %% auto #0
-__all__ = ['MIND_CHANNELS', 'META_FORMAT', 'label_values', 'read_case', 'crop_box', 'crop', 'n4_correct', 'sitk_code',
-           'orientation_of', 'reorient', 'coarse_axis', 'bspline_axis', 'nearest_axis', 'resample_image',
+__all__ = ['N4_THREADS', 'MIND_CHANNELS', 'META_FORMAT', 'label_values', 'read_case', 'crop_box', 'crop', 'n4_correct',
+           'sitk_code', 'orientation_of', 'reorient', 'coarse_axis', 'bspline_axis', 'nearest_axis', 'resample_image',
            'resample_label', 'normalize', 'rescale_2_98', 'hist_match', 'mind_ssc', 'distance_map', 'distance_maps',
            'preprocess_case', 'to_native', 'read_cases_csv', 'case_dir', 'is_done', 'run_case', 'histmatch_reference',
            'preprocess', 'cli_preprocess']
@@ -124,11 +124,19 @@ def crop(img:sitk.Image, # the image
     return sitk.RegionOfInterest(img, [int(b - a) for a, b in zip(start, stop)], [int(a) for a in start])
 
 # %% ../nbs/03_preprocess.ipynb #f0d68b01
+N4_THREADS = 1   # ITK threads of N4: its sums depend on how the work is split, so a fixed count keeps results independent of --workers
+
 def n4_correct(img:sitk.Image, # an MR image
                shrink:int=4, # fit the field on an image this many times smaller per axis
                iters=(50, 50, 30, 20), # iterations per fitting level
               ) -> sitk.Image:
-    "N4 bias-field corrected `img` (float32), the field fitted on a shrunk copy."
+    "N4 bias-field corrected `img` (float32), the field fitted on a shrunk copy; the same result whatever the thread count."
+    old = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(N4_THREADS)
+    try: return _n4(img, shrink, iters)
+    finally: sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(old)
+
+def _n4(img, shrink, iters):
     img = sitk.Cast(img, sitk.sitkFloat32)
     pos = sitk.Maximum(img, 0.0) + 1.0                              # N4 works on log intensities
     mask = sitk.OtsuThreshold(pos, 0, 1, 200)
@@ -738,8 +746,10 @@ def cli_preprocess(argv:list[str]|None=None, # command-line arguments (None: `sy
     p.add_argument("--overwrite", action="store_true", help="redo cases that are already finished")
     p.add_argument("--n4", action="store_true", help="N4 bias-field correction of MR channels (slow)")
     a = p.parse_args(argv)
+    res = {}
     def go():
         done = preprocess(a.exp, a.workers, a.overwrite, a.n4)
         failed = read_json(Path(a.exp)/"preprocessed"/"failed.json")
         print(f"{len(done)} case(s) preprocessed in {Path(a.exp)/'preprocessed'}" + (f"; {len(failed)} failed (see failed.json)" if failed else ""))
-    return run_cli(go)
+        res["all_failed"] = bool(failed) and not done
+    return run_cli(go) or (1 if res.get("all_failed") else 0)

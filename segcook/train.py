@@ -6,7 +6,7 @@ Docs: https://segcook.github.io/segcook/train.html.md"""
 
 # %% ../nbs/07_train.ipynb #9b16fe9d
 from __future__ import annotations
-import csv, math, os, random, shutil, socket, time
+import csv, io, math, os, random, shutil, socket, time
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, Sequence
@@ -24,8 +24,8 @@ from .transfer import load_pretrained, freeze, param_groups, unfreeze, check_fin
 __all__ = ['LOG_FIELDS', 'BRANCH_FILES', 'make_folds', 'toy_experiment', 'GlobalBatchLoader', 'make_loader', 'make_optimizer',
            'warmup_epochs', 'lr_factor', 'make_scheduler', 'penalty', 'class_masks', 'dice_scores', 'predict_case',
            'score_cases', 'rng_state', 'set_rng_state', 'save_checkpoint', 'load_checkpoint', 'load_model', 'write_log',
-           'plot_curves', 'show_curves', 'Run', 'fold_ids', 'fold_start', 'run_overrides', 'train', 'cli_train',
-           'branch']
+           'plot_curves', 'show_curves', 'Run', 'fold_ids', 'fold_start', 'FoldLock', 'run_overrides', 'train',
+           'cli_train', 'branch']
 
 # %% ../nbs/07_train.ipynb #9030754a
 def _zscore(a:np.ndarray) -> np.ndarray:
@@ -308,16 +308,32 @@ def save_checkpoint(path, # checkpoint file
     ck = {"format": "segcook-ckpt-1", "plan": plan_to_dict(plan), "model": _unwrap(net).state_dict(), "epoch": int(epoch),
           "best_score": float(best_score), "fold": int(fold), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
           "scaler": scaler.state_dict(), "rng": rngs, "history": history, "run": run}
-    with atomic_path(path) as tmp: torch.save(ck, tmp)
+    buf = io.BytesIO(); torch.save(ck, buf)                 # then one plain write: a full disk is an OSError (ENOSPC) with the path
+    with atomic_path(path) as tmp: Path(tmp).write_bytes(buf.getbuffer())
+
+def _check_device(device) -> torch.device:
+    "`device` as a `torch.device`, once it is known to exist on this machine (else a `SegcookError` about the device)."
+    try: d = torch.device(device)
+    except (RuntimeError, TypeError) as e: raise SegcookError(f"device {device!r} is not a torch device ({e}); use cpu or cuda[:<index>]") from None
+    if d.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not n: raise SegcookError(f"device {device!r}: no CUDA GPU is visible on this machine; use --device cpu")
+        if (d.index or 0) >= n: raise SegcookError(f"device {device!r}: this machine has {n} CUDA GPU(s), cuda:0 to cuda:{n - 1}")
+    return d
+
+def _first_line(e:BaseException) -> str:
+    "The first sentence of an exception's message, else its type."
+    return next((l.strip().split(". ")[0][:200] for l in str(e).splitlines() if l.strip()), type(e).__name__)
 
 def load_checkpoint(path, # checkpoint file
                     device="cpu", # where tensors are mapped
                    ) -> dict:
     "A checkpoint read with `weights_only=True`; a bad file is a `SegcookError` naming it."
-    path = Path(path)
+    path, device = Path(path), _check_device(device)
     if not path.exists(): raise SegcookError(f"{path}: checkpoint not found")
+    if path.stat().st_size == 0: raise SegcookError(f"{path}: empty checkpoint file (0 bytes: a copy or a write that did not finish); copy it again or retrain the fold")
     try: ck = torch.load(path, map_location=device, weights_only=True)
-    except Exception as e: raise SegcookError(f"{path}: not a readable segcook checkpoint ({str(e).splitlines()[0][:200]})") from None
+    except Exception as e: raise SegcookError(f"{path}: not a readable segcook checkpoint, truncated or corrupt ({_first_line(e)}); copy it again or retrain the fold") from None
     if not isinstance(ck, dict) or ck.get("format") != "segcook-ckpt-1":
         raise SegcookError(f"{path}: not a segcook checkpoint (format {ck.get('format') if isinstance(ck, dict) else type(ck).__name__!r})")
     return ck
@@ -327,8 +343,12 @@ def load_model(path, # checkpoint file
               ) -> tuple[nn.Module, Plan]:
     "The network of a checkpoint, rebuilt from its plan, with its weights, in eval mode; and the plan."
     ck = load_checkpoint(path, device)
-    plan = plan_from_dict(ck["plan"])
-    net = build_net(plan); net.load_state_dict(ck["model"])
+    try: plan = plan_from_dict(ck["plan"])
+    except SegcookError as e: raise SegcookError(f"{path}: the checkpoint's plan is invalid: {str(e).replace('config.json: ', '', 1)}") from None
+    net = build_net(plan)
+    try: net.load_state_dict(ck["model"])
+    except (RuntimeError, KeyError) as e: raise SegcookError(f"{path}: the weights do not fit the network its plan describes ({_first_line(e)})") from None
+    net.segcook_overrides = dict((ck.get("run") or {}).get("overrides") or {})     # what the run changed from config.json
     return net.to(device).eval(), plan
 
 # %% ../nbs/07_train.ipynb #0001ef96
@@ -544,13 +564,64 @@ def _run_folds(r:Run, folds:list[int]) -> dict[int, float]:
     "Train every fold in `folds` in this process."
     out, base = {}, r.plan
     for k in folds:
-        plan, ck = fold_start(r, k)
-        if plan is None: out[k] = load_checkpoint(r.fold_dir(k)/"last.pt")["best_score"]; continue
-        if r.overwrite and ck is None and r.main:
-            for f in ("best.pt", "last.pt", "log.csv", "curves.png", "run.json"): (r.fold_dir(k)/f).unlink(missing_ok=True)
-        r.barrier(); r.plan = plan
-        out[k] = _fit_fold(r, k, ck); r.plan = base
+        with FoldLock(r.fold_dir(k), k, r.main):
+            plan, ck = fold_start(r, k)
+            if plan is None: out[k] = load_checkpoint(r.fold_dir(k)/"last.pt")["best_score"]; continue
+            if r.overwrite and ck is None and r.main:
+                for f in ("best.pt", "last.pt", "log.csv", "curves.png", "run.json"): (r.fold_dir(k)/f).unlink(missing_ok=True)
+            r.barrier(); r.plan = plan
+            out[k] = _fit_fold(r, k, ck); r.plan = base
     return out
+
+# %% ../nbs/07_train.ipynb #cab9e1f0
+def _pid_alive(pid:int) -> bool:
+    try: os.kill(pid, 0); return True
+    except ProcessLookupError: return False
+    except PermissionError: return True                   # alive, someone else's
+
+class FoldLock:
+    "Context manager: hold `<fold dir>/train.lock` while training a fold; refuse when a live process holds it."
+    def __init__(self,
+                 folder, # the fold's folder (created)
+                 fold:int, # fold number (for the message)
+                 enabled:bool=True, # False: do nothing (DDP ranks other than 0)
+                ): self.path, self.fold, self.enabled, self.mine = Path(folder)/"train.lock", fold, enabled, False
+
+    def holder(self) -> dict|None:
+        "The live holder of the lock ({'pid', 'host', 'started'}), None when free or stale."
+        if not self.path.exists(): return None
+        try: d = read_json(self.path)
+        except SegcookError: d = {}
+        if not isinstance(d, dict): d = {}
+        if d.get("host") == socket.gethostname() and isinstance(d.get("pid"), int) and not _pid_alive(d["pid"]): return None
+        return d
+
+    def refuse_if_held(self):
+        "A `SegcookError` naming the holder when another live process trains this fold."
+        d = self.holder()
+        if d is None: return
+        who = f"pid {d.get('pid')} on host {d.get('host')}, since {d.get('started')}"
+        hint = (" if that run is gone (another host cannot be checked from here), delete the lock" if d.get("host") != socket.gethostname() else
+                " wait for it to finish or stop it")
+        raise SegcookError(f"{self.path}: fold {self.fold} is being trained by another process ({who});{hint}")
+
+    def __enter__(self):
+        if not self.enabled: return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+        write_json(tmp, info)
+        try:
+            for _ in range(2):
+                try: os.link(tmp, self.path); self.mine = True; return self      # atomic: exists -> FileExistsError
+                except FileExistsError:
+                    self.refuse_if_held()
+                    log.warning(f"{self.path}: taking over a stale lock (its process is gone)"); self.path.unlink(missing_ok=True)
+            raise SegcookError(f"{self.path}: could not take the lock of fold {self.fold}")
+        finally: tmp.unlink(missing_ok=True)
+
+    def __exit__(self, *exc):
+        if self.mine: self.path.unlink(missing_ok=True); self.mine = False
 
 # %% ../nbs/07_train.ipynb #30af3a2c
 def _free_port() -> int:
@@ -599,7 +670,17 @@ def _check_gpus(gpus:int, procs:int):
 def _precheck(kw:dict):
     "Fail in the launching process (one clear message) on unpreprocessed cases or a wrong flag for an existing run."
     r = Run(kw["exp"], kw["plan"], loader=kw["loader"], resume=kw["resume"], extend=kw["extend"], overwrite=kw["overwrite"], overrides=kw["overrides"])
-    for k in kw["folds"]: fold_ids(r.exp, k); fold_start(r, k)
+    for k in kw["folds"]: FoldLock(r.fold_dir(k), k).refuse_if_held(); fold_ids(r.exp, k); fold_start(r, k)
+    _check_memory(kw["plan"], kw["gpus"])
+
+def _check_memory(plan:Plan, gpus:int):
+    "Refuse a batch whose training step cannot fit in this machine's memory (CPU) or in its GPUs (the batch is split over them)."
+    from segcook.core import _memory_problem
+    if gpus > 0:
+        gib = min(torch.cuda.get_device_properties(i).total_memory for i in range(gpus)) / 2**30
+        m = _memory_problem(plan, gib * gpus, f"{gpus} GPU(s) of {gib:.0f} GiB")
+    else: m = _memory_problem(plan, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, "this machine's memory")
+    if m: raise SegcookError(m)
 
 def _folds(plan:Plan, exp:Path, folds) -> list[int]:
     fj = read_json(exp/"folds.json")
