@@ -54,3 +54,5 @@ def test_brats_optimisation_smoke(tmp_path):
     text = lambda t: "".join(t) if isinstance(t, list) else t
     last = "".join(text(o.get("data", {}).get("text/plain", "")) for o in nb["cells"][-1]["outputs"])
     assert "losses:mse+ce+edge" in last and "thresholds:chosen thresholds, none" in last
+    v = pd.read_csv(exp/"verdicts.csv")
+    assert list(v.section) == SECTIONS and set(v.here) <= {"reproduced", "not reproduced", "within the spread"}
