@@ -24,6 +24,7 @@ COMMANDS = {
     "predict":     ("segcook.inference",   "sliding-window inference back to native geometry"),
     "evaluate":    ("segcook.evaluate",    "Dice, HD95, NSD, ... per case and class -> results.csv"),
     "postprocess": ("segcook.postprocess", "apply or select postprocessing strategies"),
+    "sparse":      ("segcook.sparse",      "which slices to annotate under a budget; simulated sparse labels; mask interpolation"),
     "sweep":       ("segcook.sweep",       "grids of recipes on this machine or on Slurm, into one results table"),
     "demo":        ("segcook.demo",        "every stage on a fresh phantom dataset, small budget"),
 }

@@ -1,4 +1,4 @@
-"""Dice, HD95, Hausdorff, ASSD and normalised surface Dice on the surfel definition of DeepMind's surface-distance, plus the BraTS lesion-wise metrics.
+"""Dice, IoU, HD95, Hausdorff, ASSD and normalised surface Dice on the surfel definition of DeepMind's surface-distance, plus the BraTS lesion-wise metrics.
 
 Docs: https://segcook.github.io/segcook/metrics.html.md"""
 
@@ -17,7 +17,7 @@ from .core import SegcookError, METRICS, register_metric
 
 # %% auto #0
 __all__ = ['ALIASES', 'BRATS_CHALLENGES', 'BRATS', 'surfel_areas', 'corner_codes', 'SurfaceDistances', 'surface_distances',
-           'hausdorff_pct', 'hausdorff', 'assd', 'nsd', 'dice', 'Metric', 'metric_name', 'class_metrics',
+           'hausdorff_pct', 'hausdorff', 'assd', 'nsd', 'dice', 'iou', 'Metric', 'metric_name', 'class_metrics',
            'case_metrics', 'brats_config', 'merge_by_dilation', 'instance_codes', 'brats_lesionwise']
 
 # %% ../nbs/10_metrics.ipynb #b97f5bd3
@@ -125,6 +125,14 @@ def dice(gt:np.ndarray, # ground-truth mask
     den = int(gt.sum()) + int(pred.sum())
     return 2.0 * int(np.logical_and(gt, pred).sum()) / den if den else float("nan")
 
+def iou(gt:np.ndarray, # ground-truth mask
+        pred:np.ndarray, # predicted mask (same shape)
+       ) -> float:
+    "Intersection over union (Jaccard index) of two masks (NaN when both are empty); IoU = Dice / (2 - Dice)."
+    gt, pred = gt != 0, pred != 0
+    u = int(np.logical_or(gt, pred).sum())
+    return int(np.logical_and(gt, pred).sum()) / u if u else float("nan")
+
 # %% ../nbs/10_metrics.ipynb #531f93ee
 @dataclass
 class Metric:
@@ -136,15 +144,16 @@ class Metric:
     higher_is_better: bool  # True for overlaps (Dice), False for distances (Hausdorff)
 
 register_metric("dice")(Metric(lambda g, p, s, **k: dice(g, p), 1.0, 0.0, False, True))
+register_metric("iou")(Metric(lambda g, p, s, **k: iou(g, p), 1.0, 0.0, False, True))
 register_metric("haus95")(Metric(lambda g, p, s, **k: hausdorff_pct(s, 95), 0.0, None, True, False))
 register_metric("hausdorff")(Metric(lambda g, p, s, **k: hausdorff(s), 0.0, None, True, False))
 register_metric("avg_surf")(Metric(lambda g, p, s, **k: assd(s), 0.0, None, True, False))
 register_metric("surf_dice")(Metric(lambda g, p, s, tol_mm=1.0, **k: nsd(s, tol_mm), 1.0, 0.0, True, True))
 
-ALIASES = {"hd95": "haus95", "hd": "hausdorff", "assd": "avg_surf", "nsd": "surf_dice"}
+ALIASES = {"jaccard": "iou", "hd95": "haus95", "hd": "hausdorff", "assd": "avg_surf", "nsd": "surf_dice"}
 def metric_name(name:str, # a metric name or alias
                ) -> str:
-    "The registered name of a metric (aliases: hd95, hd, assd, nsd)."
+    "The registered name of a metric (aliases: jaccard, hd95, hd, assd, nsd)."
     name = ALIASES.get(name.lower(), name.lower())
     METRICS[name]  # raises a SegcookError listing what is available
     return name
