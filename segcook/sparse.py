@@ -279,13 +279,23 @@ def _norm2(a):
 
 def _warp(fixed:np.ndarray, moving:np.ndarray, mask:np.ndarray, iters:int=30) -> np.ndarray:
     "`mask` (on `moving`'s grid) carried onto `fixed` by a 2D demons registration of moving onto fixed."
-    f, m = sitk.GetImageFromArray(_norm2(fixed)), sitk.GetImageFromArray(_norm2(moving))
+    f, m = sitk.GetImageFromArray(fixed.astype(np.float32)), sitk.GetImageFromArray(moving.astype(np.float32))
     dem = sitk.FastSymmetricForcesDemonsRegistrationFilter()
     dem.SetNumberOfIterations(iters); dem.SetStandardDeviations(1.5)
     field = dem.Execute(f, m)
     tx = sitk.DisplacementFieldTransform(sitk.Cast(field, sitk.sitkVectorFloat64))
     mk = sitk.GetImageFromArray(mask.astype(np.uint8))
     return sitk.GetArrayFromImage(sitk.Resample(mk, f, tx, sitk.sitkNearestNeighbor, 0))
+
+def _contrast_channel(img, v, ax, annotated):
+    "The z-scored channel (slices first) that best separates object from background on the annotated slices."
+    im = np.asarray(img, np.float32)
+    im = np.moveaxis(im if im.ndim == 4 else im[None], ax + 1, 1)
+    fg = v[annotated] != 0
+    def score(c):
+        a = c[annotated]
+        return abs(a[fg].mean() - a[~fg].mean()) / (a.std() + 1e-6) if fg.any() and (~fg).any() else 0.0
+    return _norm2(max(im, key=score))
 
 def propagate_interpolate(lbl:np.ndarray, # label map (x, y, z) with annotated slices
                           img:np.ndarray, # image (x, y, z), or (c, x, y, z) channels
@@ -294,14 +304,12 @@ def propagate_interpolate(lbl:np.ndarray, # label map (x, y, z) with annotated s
                           iters:int=30, # demons iterations per slice pair
                          ) -> np.ndarray:
     "Dense label map by the study's Algorithm 1: annotated masks propagated slice by slice while they hold the object."
-    im = np.asarray(img, np.float32)
-    im = im if im.ndim == 4 else im[None]
-    im = np.moveaxis(np.stack([_norm2(c) for c in im]).mean(0), ax, 0)
     v = np.moveaxis(lbl, ax, 0)
+    im = _contrast_channel(img, v, ax, annotated)
     out = np.zeros_like(v)
     known = set(annotated)
     for z in annotated: out[z] = v[z]
-    q = deque(z for z in sorted(annotated) if out[z].any())
+    q = deque(sorted(annotated))    # every annotated mask, empty ones too: an empty mask propagates nothing but claims its neighbours
     while q:
         z = q.popleft()
         for n in (z - 1, z + 1):
