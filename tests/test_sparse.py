@@ -196,3 +196,17 @@ def test_iou_metric_in_evaluate(tmp_path):
         assert df.loc[0, f"{cls}_iou"] == pytest.approx(float(ref), rel=1e-6)
         d = df.loc[0, f"{cls}_dice"]
         assert df.loc[0, f"{cls}_iou"] == pytest.approx(d / (2 - d))
+
+
+def test_unequal_lengths_use_the_median_clipped(tmp_path):
+    "Volumes of 10, 20 and 30 slices: 0.5 x median 20 = 10 slices each, the 10-slice volume gives all it has."
+    for i, nz in enumerate((10, 20, 30)):
+        d = tmp_path/"u"/"train"/f"u{i}"
+        write_image(from_xyz(np.random.default_rng(i).normal(size=(8, 8, nz)).astype(np.float32)), d/f"u{i}_t1.nii.gz")
+    write_json(tmp_path/"u"/"dataset.json", {"task": "u", "images": {"t1": ["_t1."]}, "labels": [0, 1], "train-data": "train"})
+    for pol in ("fixed", "random", "ual"):
+        s = select(tmp_path/"u"/"dataset.json", 0.5, 1.0, pol)
+        assert s.groupby("case").size().to_dict() == {"u0": 10, "u1": 10, "u2": 10}
+        assert s[s.case == "u0"].slice.tolist() == list(range(10))
+    rc = cli_sparse(["select", "--data", str(tmp_path/"u"/"dataset.json"), "--density", "0.5", "--volumes", "1", "--out", str(tmp_path/"o")])
+    assert rc == 0 and (tmp_path/"o"/"slices.csv").exists() and not (tmp_path/"o"/"dataset.json").exists()   # no labels: no simulation
