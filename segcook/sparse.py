@@ -129,11 +129,12 @@ def select(data, # dataset.json path or Dataset
     cases = ds.cases("train")
     k = n_volumes(volumes, len(cases))
     chosen = [cases[i] for i in sorted(np.random.default_rng(seed).choice(len(cases), k, replace=False))]
-    geo = {c.id: Geometry.read(next(iter(c.images.values()))) for c in chosen}
+    geo, cases_by_id = {c.id: Geometry.read(next(iter(c.images.values()))) for c in chosen}, {c.id: c for c in chosen}
     ax = _axis(axis, [g.spacing for g in geo.values()])
     lens = {cid: g.size[ax] for cid, g in geo.items()}
     for cid, L in lens.items():
-        if L < 2: raise SegcookError(f"case '{cid}': {L} slice along {'xyz'[ax]} ({chosen[0].images}); sparse annotation needs an axis with several slices: choose another --axis")
+        if L < 2: raise SegcookError(f"case '{cid}': {L} slice along {'xyz'[ax]} in {next(iter(cases_by_id[cid].images.values()))}; "
+                                     "sparse annotation needs an axis with several slices: choose another --axis")
     m = n_slices(density, float(np.median(list(lens.values()))))
     if m == 0:
         short = min(lens, key=lens.get)
