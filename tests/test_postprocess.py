@@ -77,3 +77,23 @@ def test_selection_keeps_helpful_steps_and_rejects_harmful(tmp_path):
                             "--out", str(tmp_path / "sel"), "--workers", "1"]) == 0
     assert json.loads((tmp_path / "sel" / "strategy.json").read_text())["steps"]
     assert (tmp_path / "sel" / "comparison.csv").exists()
+
+def test_selection_keeps_the_minimal_chain_and_needs_two_cases(tmp_path):
+    "Greedy keeps 'remove < 10' then 'remove < 200'; the first is redundant and is pruned. A fix for one case only is not kept."
+    rows = []
+    for i in range(4):
+        g = np.zeros((40, 40, 20), np.uint8); g[8:32, 8:32, 4:16] = 1
+        p = g.copy(); p[2:4, 2:4, 2:3] = 1; p[34:39, 2:6, 2:5] = 1      # a 4-voxel speck and a 60-voxel blob
+        if i == 0: p[18:20, 18:20, 9:11] = 0                             # a hole in one case only
+        for a, n in ((g, "gt"), (p, "pr")): write_image(from_xyz(a), tmp_path / f"{n}{i}.nii.gz")
+        rows.append((f"c{i}", str(tmp_path / f"gt{i}.nii.gz"), str(tmp_path / f"pr{i}.nii.gz")))
+    cands = [{"op": "remove_small", "labels": [1], "min_size": 10}, {"op": "remove_small", "labels": [1], "min_size": 200},
+             {"op": "fill_holes", "labels": [1]}]
+    strat, cmp = select_strategy(rows, {"fg": [1]}, ["dice", "haus95"], cands, workers=1)
+    assert strat["steps"] == [cands[1]]
+    assert cmp["step"].str.startswith("drop ").sum() == 1 and json.dumps(cands[0]) in cmp[cmp["step"].str.startswith("drop ")]["step"].iloc[0]
+    assert cmp.loc[cmp["step"] == json.dumps(cands[2]), "cases helped"].iloc[0] == 1
+    assert not cmp.loc[cmp["step"] == json.dumps(cands[2]), "accepted"].iloc[0]
+    # with min_cases=1 the one-case fix is kept: the rule, not the metric, rejected it
+    strat1, _ = select_strategy(rows, {"fg": [1]}, ["dice", "haus95"], cands, workers=1, min_cases=1)
+    assert cands[2] in strat1["steps"]
