@@ -14,12 +14,12 @@ import numpy as np
 import SimpleITK as sitk
 
 # %% auto #0
-__all__ = ['log', 'ARCHS', 'LOSSES', 'POSTPROCESSORS', 'METRICS', 'register_arch', 'register_loss', 'register_postprocessor',
-           'register_metric', 'SCHEMA_VERSION', 'NORMS', 'ACT_FLOATS', 'MAX_TRAIN_GIB', 'IMAGE_SUFFIXES',
-           'SegcookError', 'atomic_path', 'write_text', 'write_json', 'read_json', 'progress', 'Registry',
-           'DatasetInfo', 'Channel', 'Labels', 'Spatial', 'Preprocess', 'Train', 'Infer', 'Evaluate', 'Plan',
-           'plan_from_dict', 'plan_to_dict', 'train_memory_gib', 'validate_plan', 'save_plan', 'load_plan', 'override',
-           'is_image_file', 'read_image', 'write_image', 'array_to_image', 'to_xyz', 'from_xyz', 'Geometry',
+__all__ = ['log', 'PROGRESS_STEP', 'ARCHS', 'LOSSES', 'POSTPROCESSORS', 'METRICS', 'register_arch', 'register_loss',
+           'register_postprocessor', 'register_metric', 'SCHEMA_VERSION', 'NORMS', 'ACT_FLOATS', 'MAX_TRAIN_GIB',
+           'IMAGE_SUFFIXES', 'SegcookError', 'atomic_path', 'write_text', 'write_json', 'read_json', 'progress',
+           'Registry', 'DatasetInfo', 'Channel', 'Labels', 'Spatial', 'Preprocess', 'Train', 'Infer', 'Evaluate',
+           'Plan', 'plan_from_dict', 'plan_to_dict', 'train_memory_gib', 'validate_plan', 'save_plan', 'load_plan',
+           'override', 'is_image_file', 'read_image', 'write_image', 'array_to_image', 'to_xyz', 'from_xyz', 'Geometry',
            'compare_headers', 'cli_parser', 'run_cli']
 
 # %% ../nbs/00_core.ipynb #39f84f01
@@ -96,15 +96,41 @@ def read_json(path, # JSON file
     except json.JSONDecodeError as e: raise SegcookError(f"{path}: not valid JSON ({e})") from None
 
 # %% ../nbs/00_core.ipynb #c2711e2b
+PROGRESS_STEP = 0.1   # in a log (not a terminal or notebook): one line per this fraction of the loop
+
+def _interactive(stream) -> bool:
+    "A terminal or a notebook kernel: somewhere a redrawn bar is read, not stored."
+    if getattr(stream, "isatty", lambda: False)(): return True
+    ip = sys.modules.get("IPython")
+    shell = ip.get_ipython() if ip is not None and hasattr(ip, "get_ipython") else None
+    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
+
+def _lines(it:Iterable, desc:str, total:int|None, stream, step:float):
+    "Progress as plain lines: one per `step` of `total` (and the last); without a total, only the last."
+    import time
+    t0, n, every = time.monotonic(), 0, max(1, math.ceil(step * total)) if total else None
+    def say(end=""):
+        dt = time.monotonic() - t0
+        count = f"{n}/{total} ({100 * n / total:.0f}%)" if total else f"{n}"
+        print(f"{desc}: {count} {dt:.1f} s, {n / dt if dt > 0 else 0:.2f} it/s{end}", file=stream, flush=True)
+    for x in it:
+        yield x
+        n += 1
+        if every and (n % every == 0 or n == total) and n != total: say()
+    say(" done")
+
 def progress(it:Iterable, # what to loop over
              desc:str='', # label in front of the bar
              total:int|None=None, # number of items (default: `len(it)` when known)
              quiet:bool|None=None, # no bar (None: `SEGCOOK_QUIET=1` decides)
             ):
-    "A progress bar over `it` (tqdm on stderr), silent when `quiet` or `SEGCOOK_QUIET=1`."
-    from tqdm.auto import tqdm
+    "A progress bar over `it` (tqdm on stderr; plain lines every 10% in a log), silent when `quiet` or `SEGCOOK_QUIET=1`."
     if quiet is None: quiet = os.environ.get("SEGCOOK_QUIET", "0") == "1"
-    return tqdm(it, desc=desc, total=total, disable=quiet, file=sys.stderr, dynamic_ncols=True)
+    if quiet: return it
+    if total is None and hasattr(it, "__len__"): total = len(it)
+    if not _interactive(sys.stderr): return _lines(it, desc, total, sys.stderr, PROGRESS_STEP)
+    from tqdm.auto import tqdm
+    return tqdm(it, desc=desc, total=total, file=sys.stderr, dynamic_ncols=True)
 
 # %% ../nbs/00_core.ipynb #2cef9ac7
 def _origin(obj) -> str:
