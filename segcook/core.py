@@ -15,12 +15,12 @@ import SimpleITK as sitk
 
 # %% auto #0
 __all__ = ['log', 'PROGRESS_STEP', 'ARCHS', 'LOSSES', 'POSTPROCESSORS', 'METRICS', 'register_arch', 'register_loss',
-           'register_postprocessor', 'register_metric', 'SCHEMA_VERSION', 'NORMS', 'ACT_FLOATS', 'MAX_TRAIN_GIB',
-           'IMAGE_SUFFIXES', 'SegcookError', 'atomic_path', 'write_text', 'write_json', 'read_json', 'progress',
-           'Registry', 'DatasetInfo', 'Channel', 'Labels', 'Spatial', 'Preprocess', 'Train', 'Infer', 'Evaluate',
-           'Plan', 'plan_from_dict', 'plan_to_dict', 'train_memory_gib', 'validate_plan', 'save_plan', 'load_plan',
-           'override', 'is_image_file', 'read_image', 'write_image', 'array_to_image', 'to_xyz', 'from_xyz', 'Geometry',
-           'compare_headers', 'cli_parser', 'run_cli']
+           'register_postprocessor', 'register_metric', 'PLUGIN_ENV', 'SCHEMA_VERSION', 'NORMS', 'ACT_FLOATS',
+           'MAX_TRAIN_GIB', 'IMAGE_SUFFIXES', 'SegcookError', 'atomic_path', 'write_text', 'write_json', 'read_json',
+           'progress', 'Registry', 'load_plugins', 'DatasetInfo', 'Channel', 'Labels', 'Spatial', 'Preprocess', 'Train',
+           'Infer', 'Evaluate', 'Plan', 'plan_from_dict', 'plan_to_dict', 'train_memory_gib', 'validate_plan',
+           'save_plan', 'load_plan', 'override', 'is_image_file', 'read_image', 'write_image', 'array_to_image',
+           'to_xyz', 'from_xyz', 'Geometry', 'compare_headers', 'cli_parser', 'run_cli']
 
 # %% ../nbs/00_core.ipynb #39f84f01
 class SegcookError(ValueError):
@@ -156,10 +156,14 @@ class Registry:
 
     def __getitem__(self, name:str):
         if name in self._d: return self._d[name]
+        if os.environ.get("SEGCOOK_PLUGINS"):          # a worker process: import the plugins its parent named
+            load_plugins()
+            if name in self._d: return self._d[name]
         import difflib
         close = difflib.get_close_matches(name, list(self._d), n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise SegcookError(f"unknown {self.kind} '{name}'; available: {sorted(self._d)}.{hint}")
+        raise SegcookError(f"unknown {self.kind} '{name}'; available: {sorted(self._d)}.{hint} Your own {self.kind}? "
+                           "Register it in a module and name it with --plugin MODULE (or the plan's `plugins`)")
 
     def __contains__(self, name): return name in self._d
     def __iter__(self): return iter(sorted(self._d))
@@ -171,6 +175,27 @@ class Registry:
 ARCHS, LOSSES, POSTPROCESSORS, METRICS = Registry("arch"), Registry("loss"), Registry("postprocessing op"), Registry("metric")
 register_arch, register_loss = ARCHS.register, LOSSES.register
 register_postprocessor, register_metric = POSTPROCESSORS.register, METRICS.register
+
+# %% ../nbs/00_core.ipynb #643f8180
+PLUGIN_ENV = "SEGCOOK_PLUGINS"   # comma-separated plugin modules, inherited by worker processes
+
+def load_plugins(modules:Iterable[str]|None=None, # module names to import (plus those already in $SEGCOOK_PLUGINS)
+                ) -> list[str]:
+    "Import plugin modules (which register archs, losses, ...) and record them in `$SEGCOOK_PLUGINS` for worker processes."
+    import importlib
+    names = list(dict.fromkeys([m for m in os.environ.get(PLUGIN_ENV, "").split(",") if m] + [str(m) for m in (modules or []) if m]))
+    for m in names:
+        if m in sys.modules: continue
+        try: importlib.import_module(m)
+        except ImportError as e:
+            raise SegcookError(f"plugin '{m}' could not be imported ({e}); give the name of an importable module "
+                               "(a .py file on PYTHONPATH or an installed package), e.g. --plugin mymodels") from None
+    if names: os.environ[PLUGIN_ENV] = ",".join(names)
+    return names
+
+def _main_defined(obj) -> bool:
+    "Defined in `__main__` (a notebook or a script): a worker process cannot import it."
+    return _origin(obj) == "__main__"
 
 # %% ../nbs/00_core.ipynb #48ba72fb
 SCHEMA_VERSION = 1
@@ -288,6 +313,7 @@ class Plan:
     infer: Infer = field(default_factory=Infer)  # inference settings
     evaluate: Evaluate = field(default_factory=Evaluate)  # evaluation settings
     excluded: list[dict[str, str]] = field(default_factory=list)  # [{'id':..., 'reason':...}] from analysis
+    plugins: list[str] = field(default_factory=list)  # modules imported before any registry lookup (your archs, losses, ...)
 
 # %% ../nbs/00_core.ipynb #44a70383
 import typing
@@ -439,8 +465,10 @@ def load_plan(path, # config.json or the experiment folder holding it
     path = Path(path)
     if path.is_dir(): path = path/"config.json"
     if not path.exists(): raise SegcookError(f"{path}: no plan here; run `segcook analyze` first")
-    try: return plan_from_dict(read_json(path))
+    try: plan = plan_from_dict(read_json(path))
     except SegcookError as e: raise SegcookError(str(e).replace("config.json:", f"{path}:", 1)) from None
+    load_plugins(plan.plugins)
+    return plan
 
 # %% ../nbs/00_core.ipynb #6864da01
 def override(plan:Plan, # the plan to copy (left unchanged)

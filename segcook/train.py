@@ -690,6 +690,16 @@ def _folds(plan:Plan, exp:Path, folds) -> list[int]:
     return [int(k) for k in want]
 
 # %% ../nbs/07_train.ipynb #78a21193
+def _check_importable(plan:Plan):
+    "Worker processes import what they run: an arch or loss defined in `__main__` (a notebook, a script) is refused up front."
+    from segcook.core import ARCHS, LOSSES, _main_defined
+    for kind, reg, name in (("arch", ARCHS, plan.train.arch), ("loss", LOSSES, plan.train.loss)):
+        if name in reg and _main_defined(reg[name]):
+            raise SegcookError(f"{kind} '{name}' is defined in __main__ (a notebook or a script), which the worker processes of a "
+                               f"multi-process run cannot import; move it into a module (e.g. my_{kind}s.py on PYTHONPATH) and "
+                               f"pass --plugin my_{kind}s (or list it in the plan's `plugins`)")
+
+# %% ../nbs/07_train.ipynb #e45a617d
 def train(exp, # experiment folder (config.json, folds.json, preprocessed/)
           folds:Sequence[int]|None=None, # folds to train (None: plan.train.folds, else all)
           gpus:int=0, # GPUs on this node (0: CPU)
@@ -718,6 +728,7 @@ def train(exp, # experiment folder (config.json, folds.json, preprocessed/)
     _check_gpus(gpus, procs)
     _precheck(kw)
     world = gpus or procs
+    if world > 1: _check_importable(plan)
     if world == 1: return _worker(0, 1, None, kw)
     import torch.multiprocessing as mp
     try: mp.spawn(_worker, args=(world, _free_port(), kw), nprocs=world, join=True)
