@@ -229,6 +229,11 @@ class Labels:
     ignore_label: int | None = None    # voxels with this value carry no loss and no metric
     final_classes: dict[str, list[int]] = field(default_factory=dict)  # evaluation classes (MIST's)
 
+    def eval_classes(self) -> dict[str, list[int]]:
+        "The classes scored: `final_classes`, or else one per label other than background and the ignore label."
+        if self.final_classes: return {k: list(v) for k, v in self.final_classes.items()}
+        return {str(l): [l] for l in self.labels if l != 0 and l != self.ignore_label}
+
 @dataclass
 class Spatial:
     "Geometry of the training space."

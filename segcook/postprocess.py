@@ -557,7 +557,7 @@ def cli_postprocess(argv:list[str]|None=None, # command-line arguments (None: `s
         elif a.exp: pairs = experiment_pairs(a.exp, a.name)[0]
         else: raise SegcookError("--select needs --paths or --exp")
         if a.classes: classes = read_classes(a.classes)[0]
-        elif a.exp: classes = load_plan(Path(a.exp) / "config.json").labels.final_classes
+        elif a.exp: classes = load_plan(Path(a.exp) / "config.json").labels.eval_classes()
         else: raise SegcookError("--select with --paths needs --classes")
         cands = read_json(a.candidates) if a.candidates else None
         strat, cmp = select_strategy(pairs, classes, a.metrics, cands, workers=a.workers)

@@ -223,7 +223,7 @@ def class_masks(logits:torch.Tensor, # (1, out, X, Y, Z)
         pred = {n: torch.sigmoid(logits[0, i].float()) > thr.get(n, 0.5) for i, n in enumerate(L.regions)}
         return pred, {n: torch.isin(t, torch.tensor(ls)) for n, ls in L.regions.items()}
     lab = torch.tensor(L.labels)[logits[0].argmax(0)]
-    groups = L.final_classes or {str(l): [l] for l in L.labels[1:]}
+    groups = L.eval_classes()
     return ({n: torch.isin(lab, torch.tensor(g)) for n, g in groups.items()},
             {n: torch.isin(t, torch.tensor(g)) for n, g in groups.items()})
 
