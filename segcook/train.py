@@ -24,7 +24,7 @@ from .transfer import load_pretrained, freeze, param_groups, unfreeze, check_fin
 
 # %% auto #0
 __all__ = ['LOG_FIELDS', 'BRANCH_FILES', 'toy_experiment', 'GlobalBatchLoader', 'make_loader', 'make_optimizer', 'warmup_epochs',
-           'lr_factor', 'make_scheduler', 'penalty', 'class_masks', 'dice_scores', 'predict_case', 'score_cases',
+           'lr_factor', 'make_scheduler', 'penalty', 'class_masks', 'dice_scores', 'case_logits', 'score_cases',
            'rng_state', 'set_rng_state', 'save_checkpoint', 'load_checkpoint', 'load_model', 'write_log', 'plot_curves',
            'show_curves', 'Run', 'fold_ids', 'fold_start', 'FoldLock', 'run_overrides', 'train', 'cli_train', 'branch']
 
@@ -115,8 +115,10 @@ class GlobalBatchLoader:
 
 # %% ../nbs/07_train.ipynb #a76f9ed6
 def _dali_available() -> bool:
-    try: import segcook.loader; return hasattr(segcook.loader, "make_train_loader")
+    "Whether NVIDIA DALI imports here (segcook.loader itself always does: it loads DALI only when a pipeline is built)."
+    try: import nvidia.dali  # noqa: F401
     except ImportError: return False
+    return True
 
 def make_loader(kind:str, # 'dali', 'global' or 'auto'
                 case_dirs, # preprocessed case folders
@@ -188,12 +190,10 @@ def penalty(net:nn.Module, # the network
 
 # %% ../nbs/07_train.ipynb #25a46593
 def _sliding_window(net, img, plan:Plan):
-    try: from segcook.inference import sliding_window
-    except ImportError: sliding_window = None
-    ps, inf = list(plan.spatial.patch_size), plan.infer
-    if sliding_window is not None: return sliding_window(net, img, ps, overlap=inf.overlap, sigma=inf.sigma, sw_batch_size=inf.sw_batch_size)
-    from monai.inferers import sliding_window_inference
-    return sliding_window_inference(img, ps, inf.sw_batch_size, net, overlap=inf.overlap, mode="gaussian", sigma_scale=inf.sigma)
+    "Validation uses inference's sliding window (the same Gaussian blending as prediction)."
+    from segcook.inference import sliding_window   # lazily: inference imports this module's checkpoints
+    inf = plan.infer
+    return sliding_window(net, img, list(plan.spatial.patch_size), overlap=inf.overlap, sigma=inf.sigma, sw_batch_size=inf.sw_batch_size)
 
 def class_masks(logits:torch.Tensor, # (1, out, X, Y, Z)
                 lbl:torch.Tensor, # (1, 1, X, Y, Z) integer labels
@@ -225,7 +225,7 @@ def dice_scores(logits, # (1, out, X, Y, Z) network output
     return out
 
 @torch.no_grad()
-def predict_case(net:nn.Module, # the network (eval mode)
+def case_logits(net:nn.Module, # the network (eval mode)
                  img:torch.Tensor, # (1, C, X, Y, Z) preprocessed case
                  plan:Plan, # the plan (patch size, inference settings)
                  device="cpu", # torch device
@@ -251,7 +251,7 @@ def score_cases(net, # the network (eval mode)
         d = Path(exp)/"preprocessed"/i
         img = torch.from_numpy(np.load(d/"image.npy"))[None]
         lbl = torch.from_numpy(np.load(d/"label.npy").astype(np.int64))[None]
-        out[i] = dice_scores(predict_case(net, img, plan, device, amp), lbl, plan)
+        out[i] = dice_scores(case_logits(net, img, plan, device, amp), lbl, plan)
     return out
 
 # %% ../nbs/07_train.ipynb #a1e354e7
