@@ -8,7 +8,7 @@ Docs: https://segcook.github.io/segcook/metrics.html.md"""
 from __future__ import annotations
 import functools, math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple
 import numpy as np
 import cc3d
 from scipy import ndimage as ndi
@@ -18,7 +18,7 @@ from .core import SegcookError, METRICS, register_metric
 # %% auto #0
 __all__ = ['ALIASES', 'BRATS_CHALLENGES', 'BRATS', 'surfel_areas', 'corner_codes', 'SurfaceDistances', 'surface_distances',
            'hausdorff_pct', 'hausdorff', 'assd', 'nsd', 'dice', 'iou', 'Metric', 'metric_name', 'class_metrics',
-           'case_metrics', 'brats_config', 'merge_by_dilation', 'instance_codes', 'brats_lesionwise']
+           'case_metrics', 'brats_config', 'merge_by_dilation', 'instance_codes', 'Lesion', 'brats_lesionwise']
 
 # %% ../nbs/10_metrics.ipynb #b97f5bd3
 @functools.lru_cache(maxsize=64)
@@ -308,19 +308,27 @@ def _voxel_nsd(a:np.ndarray, b:np.ndarray, tol:float, spacing) -> float:
     da, db = _nearest(pa, pb), _nearest(pb, pa)
     return float(((da <= tol).mean() + (db <= tol).mean()) / (2 + 1e-8))
 
+class Lesion(NamedTuple):
+    "One ground-truth lesion, scored against the predicted lesions that touch it (after dilation)."
+    voxels: int                 # its size in voxels
+    matched: np.ndarray         # the numbers of the predicted lesions it matches
+    dice: float                 # Dice of the lesion and its matched predictions
+    hd95: float                 # HD95 (mm), the penalty when nothing matched
+    nsd_05: float = float("nan")  # NSD at 0.5 mm (BraTS 2024's extra columns), when asked
+    nsd_1: float = float("nan")   # NSD at 1 mm, when asked
+
 def _lesion_scores(gl:np.ndarray, pl:np.ndarray, dil:int, spacing, penalty:float, with_nsd:bool):
-    "Per ground-truth lesion: (volume in voxels, matched prediction numbers, dice, hd95[, nsd0.5, nsd1])."
+    "Per ground-truth lesion a `Lesion`, and the numbers of the predicted lesions that match none (false positives)."
     rows, matched = [], set()
     for k in range(1, int(gl.max()) + 1):
         g = gl == k
         sl = tuple(slice(max(s.start - dil, 0), s.stop + dil) for s in _bbox(g))
-        hit = np.unique(pl[sl][_dilate(g[sl], dil)]); hit = hit[hit != 0]
+        hit = np.unique(pl[sl][_dilate(g[sl], dil)])
+        hit = hit[hit != 0]
         matched |= set(hit.tolist())
         p = np.isin(pl, hit) if len(hit) else np.zeros_like(g)
-        row = [int(g.sum()), hit, dice(g, p), _hd95_or(g, p, spacing, penalty)]
-        if with_nsd:
-            row += [_voxel_nsd(g, p, 0.5, spacing), _voxel_nsd(g, p, 1.0, spacing)] if len(hit) else [0.0, 0.0]
-        rows.append(row)
+        nsd = ((_voxel_nsd(g, p, 0.5, spacing), _voxel_nsd(g, p, 1.0, spacing)) if len(hit) else (0.0, 0.0)) if with_nsd else ()
+        rows.append(Lesion(int(g.sum()), hit, dice(g, p), _hd95_or(g, p, spacing, penalty), *nsd))
     fp = sorted(set(np.unique(pl).tolist()) - matched - {0})
     return rows, fp
 
@@ -371,23 +379,23 @@ def brats_lesionwise(gt_lbl:np.ndarray, # ground-truth label map (x, y, z)
         else: full_hd = _hd95_or(g, p, spacing, pen)
         sens, spec = _sens_spec(g, p, size)
         les, fp = _lesion_scores(gmap[t], pmap[t], dil[t], spacing, pen, cfg["nsd"])
-        kept = [r for r in les if r[0] * vox > thr[t]]   # lesion volume in mm^3
+        kept = [r for r in les if r.voxels * vox > thr[t]]   # lesion volume in mm^3
         n = len(kept) + len(fp)
         row = {"Labels": t,
-               "Num_TP": sum(1 for r in kept if len(r[1])), "Num_FP": len(fp),
-               "Num_FN": sum(1 for r in kept if not len(r[1])),
+               "Num_TP": sum(1 for r in kept if len(r.matched)), "Num_FP": len(fp),
+               "Num_FN": sum(1 for r in kept if not len(r.matched)),
                "Sensitivity": sens, "Specificity": spec, "Legacy_Dice": full_dice, "Legacy_HD95": full_hd}
         if cfg["nsd"]:
-            for j, tol in ((4, 0.5), (5, 1.0)):
+            for tol in (0.5, 1.0):
                 if both_empty: v = 1.0
                 elif not g.any() or not p.any(): v = 0.0
                 else: v = _voxel_nsd(gmap[t] > 0, pmap[t] > 0, tol, spacing)
                 row[f"Legacy NSD @ {tol}"] = v
         row["GT_Complete_Volume"] = float(g.sum()) * vox
-        row["LesionWise_Score_Dice"] = sum(r[2] for r in kept) / n if n else 1.0
-        row["LesionWise_Score_HD95"] = (sum(r[3] for r in kept) + pen * len(fp)) / n if n else 0.0
+        row["LesionWise_Score_Dice"] = sum(r.dice for r in kept) / n if n else 1.0
+        row["LesionWise_Score_HD95"] = (sum(r.hd95 for r in kept) + pen * len(fp)) / n if n else 0.0
         if cfg["nsd"]:
-            for j, tol in ((4, 0.5), (5, 1.0)):
-                row[f"LesionWise_Score_NSD @ {tol}"] = sum(r[j] for r in kept) / n if n else 1.0
+            for f, tol in (("nsd_05", 0.5), ("nsd_1", 1.0)):
+                row[f"LesionWise_Score_NSD @ {tol}"] = sum(getattr(r, f) for r in kept) / n if n else 1.0
         rows.append(row)
     return pd.DataFrame(rows)

@@ -209,3 +209,15 @@ def test_torchrun_entry_point(exp):
     assert r.returncode == 0, r.stderr[-2000:]
     assert "fold 0: best validation Dice" in r.stdout
     assert load_checkpoint(exp/"models/fold_0/last.pt")["run"]["world_size"] == 2
+
+
+def test_auto_loader_falls_back_when_dali_does_not_import(exp, monkeypatch):
+    "loader='auto' is DALI where it imports, and the exact-DDP reference loader where it does not (None in sys.modules blocks the import)."
+    from segcook.train import make_loader, _dali_available
+    from segcook.loader import TrainLoader
+    plan, dirs = load_plan(exp), [exp/"preprocessed"/i for i in fold_ids(exp, 0)["train"]]
+    assert _dali_available()
+    assert isinstance(make_loader("auto", dirs, plan, 2, 0, 0, 1, None, 1), TrainLoader)
+    monkeypatch.setitem(sys.modules, "nvidia.dali", None)
+    assert not _dali_available()
+    assert isinstance(make_loader("auto", dirs, plan, 2, 0, 0, 1, None, 1), GlobalBatchLoader)
