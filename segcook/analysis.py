@@ -516,12 +516,13 @@ def _test_cases(ds:Dataset) -> list[Case]:
 
 # %% ../nbs/02_analysis.ipynb #30d10252
 def _size_2d(plan:Plan, fps:list[Fingerprint], o:dict, max_patch_size):
-    "2d: the batch (`batch_size_2d` against the 3d plan's patch) and as many windows per network call at inference."
+    "2d: the batch (`batch_size_2d` against the 3d plan's patch), as many windows per network call, and no test-time flip across slices."
     s = plan.spatial
     sizes = [resampled_size(f.crop_size if s.crop_to_foreground else f.size, f.spacing, s.target_spacing) for f in fps]
     p3 = patch_size_for(np.median(np.asarray(sizes, float), axis=0), max_patch_size, o["min_patch"])
     plan.train.batch_size = batch_size_2d(p3, s.patch_size, plan.train.batch_size)
     plan.infer.sw_batch_size = plan.train.batch_size
+    plan.infer.tta_axes = [a for a in plan.infer.tta_axes if a != s.slice_axis]   # a 2d network sees each slice alone: that flip changes nothing
 
 def analyze(data, # dataset.json path or Dataset
             exp, # experiment folder to create/fill

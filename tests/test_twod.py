@@ -1,5 +1,5 @@
 "The 2d configuration (slices along one axis) and class-probability patch sampling: plan, network, sampling, CLI end to end."
-import math, os, time
+import importlib.util, math, os, time
 from pathlib import Path
 import numpy as np
 import pytest
@@ -44,6 +44,7 @@ def test_plan_and_network_are_2d(ct, tmp_path):
     assert plan.spatial.target_spacing == [1.0, 1.0, 3.0]
     assert batch_size_2d([32, 32, 8], [32, 32, 1]) == 16 and batch_size_2d([16, 16, 8], [16, 16, 1], 2, 8) == 8   # 2 x 8 slices, capped
     assert 2 <= plan.train.batch_size <= 32 and plan.infer.sw_batch_size == plan.train.batch_size
+    assert plan.infer.tta_axes == [0, 1]                            # no flip across slices
     for arch in ("nnunet", "unet", "nnunet_resenc", "stunet_s"):
         net = build_net(override(plan, **{"train.arch": arch}))
         convs = [m for m in net.modules() if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d, nn.MaxPool3d, nn.AvgPool3d))]
@@ -101,6 +102,10 @@ def test_2d_end_to_end_cli(ct, tmp_path):
     save_plan(override(plan, **{"train.arch_kwargs": {"base": 4}}), exp/"config.json")      # a tiny network
     assert cli_preprocess(["--exp", str(exp), "--workers", "1"]) == 0
     assert cli_train(["--exp", str(exp), "--folds", "0", "--epochs", "1", "--steps-per-epoch", "2", "--loader", "global"]) == 0
+    if importlib.util.find_spec("nvidia.dali"):                     # the DALI loader too, with class probabilities and 2d rotation
+        assert cli_train(["--exp", str(exp), "--folds", "1", "--epochs", "1", "--steps-per-epoch", "2", "--loader", "dali",
+                          "--sample-probs", "1=0.4", "2=0.3", "background=0.3"]) == 0
+    assert cli_train(["--exp", str(exp), "--folds", "1", "--epochs", "1", "--sample-probs", "lung=1", "--overwrite"]) == 2
     src = _as_input(ct, tmp_path/"in")
     assert cli_predict(["--exp", str(exp), "--input", str(src.parent), "--out", str(tmp_path/"pred"), "--fast"]) == 0
     out = read_image(tmp_path/"pred"/"case_a.nii.gz"); ref = read_image(src)
