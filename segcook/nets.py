@@ -407,8 +407,8 @@ _MEDNEXT_PARTS = {"encoder": ("stem", "enc_stages", "down_blocks", "bottleneck")
 
 def _mednext(variant):
     def build(in_channels, out_channels, patch_size, spacing=None, deep_supervision:int=0, kernel_size:int=3, **kw):
-        from monai.networks.nets.mednext import create_mednext
         _check_divisible(patch_size, 16, f"mednext_{variant.lower()}")
+        from monai.networks.nets.mednext import create_mednext
         ds = _check_ds(deep_supervision, 5, f"mednext_{variant.lower()}")
         net = create_mednext(variant, 3, in_channels, out_channels, kernel_size, deep_supervision=ds > 0, **kw)
         return MonaiNet(net, _MEDNEXT_PARTS, ds)

@@ -46,7 +46,7 @@ def test_plan_and_network_are_2d(ct, tmp_path):
     assert 2 <= plan.train.batch_size <= 32 and plan.infer.sw_batch_size == plan.train.batch_size
     assert plan.infer.tta_axes == [0, 1]                            # no flip across slices
     for arch in ("nnunet", "unet", "nnunet_resenc", "stunet_s"):
-        net = build_net(override(plan, **{"train.arch": arch}))
+        net = build_net(override(plan, **{"train.arch": arch, "train.arch_kwargs": {"base": 4}}))
         convs = [m for m in net.modules() if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d, nn.MaxPool3d, nn.AvgPool3d))]
         assert convs
         for m in convs:
