@@ -42,7 +42,7 @@ def main():
         rows.append((config, ps, bs, sps, sps * bs, sps * bs * vox))
     print(f"\n{a.kind} phantom, {a.cases} cases {a.size} at {a.spacing} mm, loader {a.loader}, {a.threads} torch thread(s)\n")
     print("| config | patch | batch | steps/s | patches/s | voxels/s |\n|---|---|---|---|---|---|")
-    for c, ps, bs, sps, pps, vps in rows: print(f"| {c} | {ps} | {bs} | {sps:.2f} | {pps:.1f} | {vps / 1e6:.2f} M |")
+    for c, ps, bs, sps, pps, vps in rows: print(f"| {c} | {ps} | {bs} | {sps:.2f} | {pps:.1f} | {vps / 1e3:.1f} k |")
 
 
 if __name__ == "__main__":
