@@ -3,7 +3,7 @@
 Same network (segcook's nnunet, random weights, eval mode), same input, same settings (patch, overlap 0.5,
 Gaussian blending with sigma 0.125, batched windows). Prints a markdown row: times, ratio, max |difference|.
 Run:  PYTHONPATH=. python benchmarks/inference.py [--size 4 128 128 128] [--patch 64 64 64] [--sw-batch 2] [--reps 2] [--device cpu]
-The reps alternate MONAI and segcook and keep the best time of each.
+The reps alternate MONAI and segcook; every rep is printed (with the load average), and the best time of each.
 """
 import argparse, time
 import torch
@@ -46,9 +46,12 @@ def main():
         with torch.no_grad():
             return sliding_window_inference(x, a.patch, a.sw_batch, net, overlap=0.5, mode="gaussian", sigma_scale=0.125)
     t_m = t_s = float("inf")
-    for _ in range(a.reps):                     # interleaved rounds, best of each: fair on a shared machine
-        t, y_m = timed(theirs, dev); t_m = min(t_m, t)
-        t, y_s = timed(ours, dev); t_s = min(t_s, t)
+    import os
+    print(f"load average before: {os.getloadavg()[0]:.2f}")
+    for i in range(a.reps):                     # interleaved rounds, best of each: fair on a shared machine
+        t1, y_m = timed(theirs, dev); t_m = min(t_m, t1)
+        t2, y_s = timed(ours, dev); t_s = min(t_s, t2)
+        print(f"rep {i + 1}: MONAI {t1:.2f} s, segcook {t2:.2f} s, ratio {t1 / t2:.2f}x (load {os.getloadavg()[0]:.2f})")
     diff = (y_s - y_m).abs().max().item()
     print("| input | patch | sw batch | device | segcook s | MONAI s | MONAI / segcook | max abs diff |")
     print("|---|---|---|---|---|---|---|---|")

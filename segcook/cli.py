@@ -7,9 +7,10 @@ Docs: https://segcook.github.io/segcook/cli.html.md"""
 # %% ../nbs/14_cli.ipynb #0c6fb913
 from __future__ import annotations
 import sys, importlib
+from .core import SegcookError, load_plugins
 
 # %% auto #0
-__all__ = ['COMMANDS', 'main']
+__all__ = ['COMMANDS', 'PLUGIN_HELP', 'main']
 
 # %% ../nbs/14_cli.ipynb #985c16fd
 COMMANDS = {
@@ -34,14 +35,41 @@ def _usage() -> str:
     return "\n".join(lines)
 
 # %% ../nbs/14_cli.ipynb #d466c19e
+PLUGIN_HELP = ("every command also takes --plugin MODULE (repeatable): import your own module first, so the archs, "
+               "losses, metrics it registers work in this command and in every process it starts")
+
+def _take_plugins(argv:list[str]) -> tuple[list[str], list[str]]:
+    "Split `--plugin M` / `--plugin=M` out of `argv` -> (the rest, the modules)."
+    rest, mods, i = [], [], 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--plugin":
+            if i + 1 >= len(argv): raise SegcookError("--plugin needs a module name, e.g. --plugin mymodels")
+            mods.append(argv[i + 1])
+            i += 2
+            continue
+        if a.startswith("--plugin="): mods.append(a.split("=", 1)[1])
+        else: rest.append(a)
+        i += 1
+    return rest, mods
+
 def main(argv:list[str]|None=None, # command-line arguments (None: `sys.argv[1:]`)
         ) -> int:
     "Entry point of the `segcook` console script."
     argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        argv, mods = _take_plugins(argv)
+        load_plugins(mods)
+    except SegcookError as e:
+        print(f"segcook: {e}", file=sys.stderr)
+        return 2
     if not argv or argv[0] in ("-h", "--help", "help"):
-        print(_usage()); return 0
+        print(_usage() + "\n\n" + PLUGIN_HELP)
+        return 0
     if argv[0] == "--version":
-        from segcook import __version__; print(__version__); return 0
+        from segcook import __version__
+        print(__version__)
+        return 0
     cmd, rest = argv[0], argv[1:]
     if cmd not in COMMANDS:
         import difflib
@@ -51,5 +79,6 @@ def main(argv:list[str]|None=None, # command-line arguments (None: `sys.argv[1:]
     mod = COMMANDS[cmd][0]
     try: fn = getattr(importlib.import_module(mod), f"cli_{cmd}")
     except (ImportError, AttributeError) as e:
-        print(f"segcook: command '{cmd}' is not available in this version ({e})", file=sys.stderr); return 2
+        print(f"segcook: command '{cmd}' is not available in this version ({e})", file=sys.stderr)
+        return 2
     return fn(rest) or 0

@@ -14,13 +14,14 @@ import numpy as np
 import SimpleITK as sitk
 
 # %% auto #0
-__all__ = ['log', 'ARCHS', 'LOSSES', 'POSTPROCESSORS', 'METRICS', 'register_arch', 'register_loss', 'register_postprocessor',
-           'register_metric', 'SCHEMA_VERSION', 'NORMS', 'ACT_FLOATS', 'MAX_TRAIN_GIB', 'CONFIGS', 'IMAGE_SUFFIXES',
-           'SegcookError', 'atomic_path', 'write_text', 'write_json', 'read_json', 'progress', 'Registry',
-           'DatasetInfo', 'Channel', 'Labels', 'Spatial', 'Preprocess', 'Train', 'Infer', 'Evaluate', 'Plan',
-           'plan_from_dict', 'plan_to_dict', 'train_memory_gib', 'sample_keys', 'sample_probs_problems',
-           'validate_plan', 'save_plan', 'load_plan', 'override', 'is_image_file', 'read_image', 'write_image',
-           'array_to_image', 'to_xyz', 'from_xyz', 'Geometry', 'compare_headers', 'cli_parser', 'run_cli']
+__all__ = ['log', 'PROGRESS_STEP', 'ARCHS', 'LOSSES', 'POSTPROCESSORS', 'METRICS', 'register_arch', 'register_loss',
+           'register_postprocessor', 'register_metric', 'PLUGIN_ENV', 'SCHEMA_VERSION', 'NORMS', 'ACT_FLOATS',
+           'MAX_TRAIN_GIB', 'CONFIGS', 'IMAGE_SUFFIXES', 'SegcookError', 'atomic_path', 'write_text', 'write_json',
+           'read_json', 'progress', 'Registry', 'load_plugins', 'DatasetInfo', 'Channel', 'Labels', 'Spatial',
+           'Preprocess', 'Train', 'Infer', 'Evaluate', 'Plan', 'plan_from_dict', 'plan_to_dict', 'train_memory_gib',
+           'sample_keys', 'sample_probs_problems', 'validate_plan', 'save_plan', 'load_plan', 'override',
+           'is_image_file', 'read_image', 'write_image', 'array_to_image', 'to_xyz', 'from_xyz', 'Geometry',
+           'compare_headers', 'cli_parser', 'run_cli']
 
 # %% ../nbs/00_core.ipynb #39f84f01
 class SegcookError(ValueError):
@@ -96,15 +97,41 @@ def read_json(path, # JSON file
     except json.JSONDecodeError as e: raise SegcookError(f"{path}: not valid JSON ({e})") from None
 
 # %% ../nbs/00_core.ipynb #c2711e2b
+PROGRESS_STEP = 0.1   # in a log (not a terminal or notebook): one line per this fraction of the loop
+
+def _interactive(stream) -> bool:
+    "A terminal or a notebook kernel: somewhere a redrawn bar is read, not stored."
+    if getattr(stream, "isatty", lambda: False)(): return True
+    ip = sys.modules.get("IPython")
+    shell = ip.get_ipython() if ip is not None and hasattr(ip, "get_ipython") else None
+    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
+
+def _lines(it:Iterable, desc:str, total:int|None, stream, step:float):
+    "Progress as plain lines: one per `step` of `total` (and the last); without a total, only the last."
+    import time
+    t0, n, every = time.monotonic(), 0, max(1, math.ceil(step * total)) if total else None
+    def say(end=""):
+        dt = time.monotonic() - t0
+        count = f"{n}/{total} ({100 * n / total:.0f}%)" if total else f"{n}"
+        print(f"{desc}: {count} {dt:.1f} s, {n / dt if dt > 0 else 0:.2f} it/s{end}", file=stream, flush=True)
+    for x in it:
+        yield x
+        n += 1
+        if every and (n % every == 0 or n == total) and n != total: say()
+    say(" done")
+
 def progress(it:Iterable, # what to loop over
              desc:str='', # label in front of the bar
              total:int|None=None, # number of items (default: `len(it)` when known)
              quiet:bool|None=None, # no bar (None: `SEGCOOK_QUIET=1` decides)
             ):
-    "A progress bar over `it` (tqdm on stderr), silent when `quiet` or `SEGCOOK_QUIET=1`."
-    from tqdm.auto import tqdm
+    "A progress bar over `it` (tqdm on stderr; plain lines every 10% in a log), silent when `quiet` or `SEGCOOK_QUIET=1`."
     if quiet is None: quiet = os.environ.get("SEGCOOK_QUIET", "0") == "1"
-    return tqdm(it, desc=desc, total=total, disable=quiet, file=sys.stderr, dynamic_ncols=True)
+    if quiet: return it
+    if total is None and hasattr(it, "__len__"): total = len(it)
+    if not _interactive(sys.stderr): return _lines(it, desc, total, sys.stderr, PROGRESS_STEP)
+    from tqdm.auto import tqdm
+    return tqdm(it, desc=desc, total=total, file=sys.stderr, dynamic_ncols=True)
 
 # %% ../nbs/00_core.ipynb #2cef9ac7
 def _origin(obj) -> str:
@@ -130,10 +157,14 @@ class Registry:
 
     def __getitem__(self, name:str):
         if name in self._d: return self._d[name]
+        if os.environ.get("SEGCOOK_PLUGINS"):          # a worker process: import the plugins its parent named
+            load_plugins()
+            if name in self._d: return self._d[name]
         import difflib
         close = difflib.get_close_matches(name, list(self._d), n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise SegcookError(f"unknown {self.kind} '{name}'; available: {sorted(self._d)}.{hint}")
+        raise SegcookError(f"unknown {self.kind} '{name}'; available: {sorted(self._d)}.{hint} Your own {self.kind}? "
+                           "Register it in a module and name it with --plugin MODULE (or the plan's `plugins`)")
 
     def __contains__(self, name): return name in self._d
     def __iter__(self): return iter(sorted(self._d))
@@ -145,6 +176,27 @@ class Registry:
 ARCHS, LOSSES, POSTPROCESSORS, METRICS = Registry("arch"), Registry("loss"), Registry("postprocessing op"), Registry("metric")
 register_arch, register_loss = ARCHS.register, LOSSES.register
 register_postprocessor, register_metric = POSTPROCESSORS.register, METRICS.register
+
+# %% ../nbs/00_core.ipynb #643f8180
+PLUGIN_ENV = "SEGCOOK_PLUGINS"   # comma-separated plugin modules, inherited by worker processes
+
+def load_plugins(modules:Iterable[str]|None=None, # module names to import (plus those already in $SEGCOOK_PLUGINS)
+                ) -> list[str]:
+    "Import plugin modules (which register archs, losses, ...) and record them in `$SEGCOOK_PLUGINS` for worker processes."
+    import importlib
+    names = list(dict.fromkeys([m for m in os.environ.get(PLUGIN_ENV, "").split(",") if m] + [str(m) for m in (modules or []) if m]))
+    for m in names:
+        if m in sys.modules: continue
+        try: importlib.import_module(m)
+        except ImportError as e:
+            raise SegcookError(f"plugin '{m}' could not be imported ({e}); give the name of an importable module "
+                               "(a .py file on PYTHONPATH or an installed package), e.g. --plugin mymodels") from None
+    if names: os.environ[PLUGIN_ENV] = ",".join(names)
+    return names
+
+def _main_defined(obj) -> bool:
+    "Defined in `__main__` (a notebook or a script): a worker process cannot import it."
+    return _origin(obj) == "__main__"
 
 # %% ../nbs/00_core.ipynb #48ba72fb
 SCHEMA_VERSION = 1
@@ -177,6 +229,11 @@ class Labels:
     region_thresholds: dict[str, float] | None = None  # per region; default 0.5
     ignore_label: int | None = None    # voxels with this value carry no loss and no metric
     final_classes: dict[str, list[int]] = field(default_factory=dict)  # evaluation classes (MIST's)
+
+    def eval_classes(self) -> dict[str, list[int]]:
+        "The classes scored: `final_classes`, or else one per label other than background and the ignore label."
+        if self.final_classes: return {k: list(v) for k, v in self.final_classes.items()}
+        return {str(l): [l] for l in self.labels if l != 0 and l != self.ignore_label}
 
 @dataclass
 class Spatial:
@@ -265,6 +322,7 @@ class Plan:
     infer: Infer = field(default_factory=Infer)  # inference settings
     evaluate: Evaluate = field(default_factory=Evaluate)  # evaluation settings
     excluded: list[dict[str, str]] = field(default_factory=list)  # [{'id':..., 'reason':...}] from analysis
+    plugins: list[str] = field(default_factory=list)  # modules imported before any registry lookup (your archs, losses, ...)
 
 # %% ../nbs/00_core.ipynb #44a70383
 import typing
@@ -454,8 +512,10 @@ def load_plan(path, # config.json or the experiment folder holding it
     path = Path(path)
     if path.is_dir(): path = path/"config.json"
     if not path.exists(): raise SegcookError(f"{path}: no plan here; run `segcook analyze` first")
-    try: return plan_from_dict(read_json(path))
+    try: plan = plan_from_dict(read_json(path))
     except SegcookError as e: raise SegcookError(str(e).replace("config.json:", f"{path}:", 1)) from None
+    load_plugins(plan.plugins)
+    return plan
 
 # %% ../nbs/00_core.ipynb #6864da01
 def override(plan:Plan, # the plan to copy (left unchanged)

@@ -190,7 +190,7 @@ def evaluate_experiment(exp, # experiment folder (config.json, cases.csv, predic
                        ) -> pd.DataFrame:
     "Evaluate `<exp>/predictions/<name>` with the plan's classes; writes `<exp>/results.csv` (or `out`)."
     exp = Path(exp); plan = load_plan(exp / "config.json")
-    classes = plan.labels.final_classes or {str(l): [l] for l in plan.labels.labels if l != 0}
+    classes = plan.labels.eval_classes()
     pairs, pdir = experiment_pairs(exp, name)
     return evaluate(pairs, classes, metrics or plan.evaluate.metrics, out or exp / "results.csv", workers, plan.evaluate.nsd_tolerance_mm)
 

@@ -253,16 +253,37 @@ def _load_case(args):
         gt, pd_ = gt[sl], pd_[sl]
     return cid, gt, pd_, sp, diag
 
-def _score(cases, steps, classes, metrics, tol_mm):
+def _score(cases, steps, classes, metrics, tol_mm) -> pd.DataFrame:
+    "Per-case metrics (rows: case ids) after applying `steps` to each prediction."
     rows = []
     for cid, gt, pr, sp, diag in cases:
         x = apply_strategy(pr, steps, sp) if steps else pr
         rows.append({"id": cid, **case_metrics(gt, x, classes, sp, metrics, tol_mm, diagonal_mm=diag)})
-    return pd.DataFrame(rows).set_index("id").mean()
+    return pd.DataFrame(rows).set_index("id")
 
 def _sign(col):
     m = next(m for m in sorted(METRICS.names(), key=len, reverse=True) if col.endswith("_" + m))
     return 1.0 if METRICS[m].higher_is_better else -1.0
+
+def _gain(new:pd.DataFrame, cur:pd.DataFrame) -> pd.DataFrame:
+    "Per case and metric column, how much better `new` is than `cur` (positive: better, whatever the metric's direction)."
+    return pd.DataFrame({k: _sign(k) * (new[k] - cur[k]) for k in cur.columns})
+
+def _no_worse(new:pd.Series, cur:pd.Series, tol:float) -> bool:
+    "No mean metric of `new` is worse than `cur` by more than `tol` (relative, times max(1, |value|))."
+    return bool((pd.Series({k: _sign(k) * (new[k] - cur[k]) for k in cur.index}) >= -tol * np.maximum(1, np.abs(cur))).all())
+
+def _prune(cases, kept, cur, classes, metrics, tol_mm, tol):
+    "Drop, last first, every kept step whose removal leaves every mean metric as good: the minimal chain."
+    rows = []
+    for c in list(reversed(kept)):
+        rest = [k for k in kept if k is not c]
+        new = _score(cases, rest, classes, metrics, tol_mm).mean()
+        if _no_worse(new, cur, tol):
+            rows.append({"step": "drop " + json.dumps(c) + " (redundant)", "accepted": True,
+                         **{f"{k} before": cur[k] for k in cur.index}, **{f"{k} after": new[k] for k in new.index}})
+            kept, cur = rest, new
+    return kept, cur, rows
 
 def select_strategy(pairs:list, # [(id, mask_path, pred_path), ...]
                     classes:dict, # `{name: labels}`
@@ -272,8 +293,9 @@ def select_strategy(pairs:list, # [(id, mask_path, pred_path), ...]
                     tol:float=1e-6, # worsening of any class tolerated, relative (times max(1, |value|))
                     tol_mm:float=1.0, # NSD tolerance in mm
                     workers:int|None=None, # processes (None: all cores)
+                    min_cases:int=2, # a step is kept only if it helps this many cases (capped at the number of cases)
                    ):
-    "Greedy choice of postprocessing steps on (id, mask, prediction) pairs -> (strategy, comparison table)."
+    "Greedy choice of postprocessing steps on (id, mask, prediction) pairs, then pruned to the minimal chain -> (strategy, comparison table)."
     metrics = [metric_name(m) for m in metrics]
     cands = load_strategy(candidates if candidates is not None else default_candidates(classes))
     jobs = [(str(i), m, p) for i, m, p in pairs]
@@ -281,15 +303,25 @@ def select_strategy(pairs:list, # [(id, mask_path, pred_path), ...]
     if w <= 1: cases = [_load_case(j) for j in jobs]
     else:
         with ProcessPoolExecutor(w) as ex: cases = list(ex.map(_load_case, jobs))
-    base = _score(cases, [], classes, metrics, tol_mm); cur, kept, rows = base, [], []
+    need = max(1, min(int(min_cases), len(cases)))
+    cur_cases = _score(cases, [], classes, metrics, tol_mm)
+    base, kept, rows = cur_cases.mean(), [], []
+    cur = base
     for c in progress(cands, desc="select"):
         cls = [n for n, l in classes.items() if list(l) == list(c["labels"])]
-        new = _score(cases, kept + [c], classes, metrics, tol_mm)
-        gain = pd.Series({k: _sign(k) * (new[k] - cur[k]) for k in cur.index})
-        own = [k for k in gain.index if any(k.startswith(n + "_") for n in cls)] or list(gain.index)
-        ok = (gain[own] > min_gain).any() and (gain >= -tol * np.maximum(1, np.abs(cur))).all()
-        rows.append({"step": json.dumps(c), "accepted": bool(ok), **{f"{k} before": cur[k] for k in cur.index}, **{f"{k} after": new[k] for k in new.index}})
-        if ok: kept.append(c); cur = new
+        new_cases = _score(cases, kept + [c], classes, metrics, tol_mm)
+        new = new_cases.mean()
+        gain = _gain(new_cases, cur_cases)
+        own = [k for k in gain.columns if any(k.startswith(n + "_") for n in cls)] or list(gain.columns)
+        helped = int((gain[own] > min_gain).any(axis=1).sum())
+        ok = bool((gain[own].mean() > min_gain).any()) and helped >= need and _no_worse(new, cur, tol)
+        rows.append({"step": json.dumps(c), "accepted": ok, "cases helped": helped,
+                     **{f"{k} before": cur[k] for k in cur.index}, **{f"{k} after": new[k] for k in new.index}})
+        if ok:
+            kept.append(c)
+            cur, cur_cases = new, new_cases
+    kept, cur, pruned = _prune(cases, kept, cur, classes, metrics, tol_mm, tol)
+    rows += pruned
     rows.append({"step": "chosen strategy vs baseline", "accepted": True, **{f"{k} before": base[k] for k in base.index}, **{f"{k} after": cur[k] for k in cur.index}})
     return {"steps": kept}, pd.DataFrame(rows)
 
@@ -525,7 +557,7 @@ def cli_postprocess(argv:list[str]|None=None, # command-line arguments (None: `s
         elif a.exp: pairs = experiment_pairs(a.exp, a.name)[0]
         else: raise SegcookError("--select needs --paths or --exp")
         if a.classes: classes = read_classes(a.classes)[0]
-        elif a.exp: classes = load_plan(Path(a.exp) / "config.json").labels.final_classes
+        elif a.exp: classes = load_plan(Path(a.exp) / "config.json").labels.eval_classes()
         else: raise SegcookError("--select with --paths needs --classes")
         cands = read_json(a.candidates) if a.candidates else None
         strat, cmp = select_strategy(pairs, classes, a.metrics, cands, workers=a.workers)

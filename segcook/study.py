@@ -9,8 +9,9 @@ from __future__ import annotations
 import io, json
 from pathlib import Path
 from typing import Sequence
+import numpy as np
 import pandas as pd
-from .core import SegcookError, read_image, to_xyz, write_json, read_json, load_plan, override, save_plan
+from .core import SegcookError, read_image, write_image, to_xyz, from_xyz, write_json, read_json, load_plan, override, save_plan
 from .data import load_dataset
 from .analysis import analyze
 from .preprocess import preprocess
@@ -19,24 +20,36 @@ from .inference import predict_oof
 from .metrics import brats_lesionwise
 
 # %% auto #0
-__all__ = ['subset_dataset', 'write_paths', 'prepare', 'run_arm', 'held_out_pairs', 'lesionwise_scores', 'show_png']
+__all__ = ['MNI_FILES', 'subset_dataset', 'write_paths', 'prepare', 'mni_template', 'mni_dataset', 'run_arm', 'held_out_pairs',
+           'lesionwise_scores', 'show_png']
 
 # %% ../nbs/17_study.ipynb #596ea52f
+def _all_cases(ds) -> dict:
+    return {c.id: c for c in ds.cases("train") + (ds.cases("test") if ds.raw.get("test-data") or ds.raw.get("test-cases") else [])}
+
 def subset_dataset(src, # dataset.json of the source dataset (train and test cases both usable)
                    train_ids:Sequence[str], # the study's training cases (one of them validates, see `prepare`)
                    test_ids:Sequence[str], # the held-out test cases (none: `prepare` makes k folds of the training cases)
                    out, # folder for dataset.json and folds_file.json (outside the source dataset)
+                   test_src=None, # dataset.json the test cases come from (default `src`), e.g. the dense labels of a sparse study
                   ) -> Path:
     "A dataset.json listing `train_ids` + `test_ids` of `src` by path, and a folds file whose fold 0 holds `test_ids` out."
     ds = load_dataset(src)
-    by_id = {c.id: c for c in ds.cases("train") + (ds.cases("test") if ds.raw.get("test-data") or ds.raw.get("test-cases") else [])}
-    missing = [i for i in [*train_ids, *test_ids] if i not in by_id]
-    if missing: raise SegcookError(f"{ds.path}: no case(s) {missing[:5]}; its cases are {sorted(by_id)[:8]}...")
+    tds = load_dataset(test_src) if test_src is not None else ds
+    train_of, test_of = _all_cases(ds), _all_cases(tds)
+    missing = [i for i in train_ids if i not in train_of]
+    if missing: raise SegcookError(f"{ds.path}: no case(s) {missing[:5]}; its cases are {sorted(train_of)[:8]}...")
+    missing = [i for i in test_ids if i not in test_of]
+    if missing: raise SegcookError(f"{tds.path}: no test case(s) {missing[:5]}; its cases are {sorted(test_of)[:8]}...")
+    if tds is not ds and list(tds.channel_names) != list(ds.channel_names):
+        raise SegcookError(f"{tds.path} has channels {list(tds.channel_names)}, {ds.path} has {list(ds.channel_names)}: test and training cases need the same channels")
+    by_id = {**{i: test_of[i] for i in test_ids}, **{i: train_of[i] for i in train_ids}}
     both = sorted(set(train_ids) & set(test_ids))
     if both: raise SegcookError(f"case(s) {both} are both training and test cases; a test case must be held out")
     if not train_ids: raise SegcookError("a study needs training cases, got none")
     out = Path(out)
-    if out.resolve().is_relative_to(ds.root.resolve()): raise SegcookError(f"{out} is inside the source dataset {ds.root}; choose a folder outside it")
+    for d in {ds.root.resolve(), tds.root.resolve()}:
+        if out.resolve().is_relative_to(d): raise SegcookError(f"{out} is inside the source dataset {d}; choose a folder outside it")
     entry = lambda c: {"id": c.id, "images": {k: str(Path(v).resolve()) for k, v in c.images.items()}, "mask": str(Path(c.label).resolve())}
     d = {k: v for k, v in ds.raw.items() if k not in ("train-data", "test-data", "train-cases", "test-cases", "phantom", "root")}
     d.update({"root": str(ds.root), "train-cases": [entry(by_id[i]) for i in [*train_ids, *test_ids]]})
@@ -72,6 +85,91 @@ def prepare(dataset, # dataset.json (a `subset_dataset`'s holds its test cases o
         if plan: save_plan(override(load_plan(exp), **plan), exp/"config.json")
     preprocess(exp, workers=workers)
     return exp
+
+# %% ../nbs/17_study.ipynb #7ff741be
+MNI_FILES = {k: f"mni_icbm152_{k}_tal_nlin_sym_09a_converted.nii.gz" for k in ("t1", "gm", "wm")}
+
+def mni_template(folder=None, # folder holding the three MNI152 2009a files (default: ../shared/data/mni152, then nilearn's copy)
+                ) -> Path:
+    "The folder of the MNI ICBM152 2009a T1 template and its grey/white matter maps."
+    import os, importlib.util
+    tries = [Path(folder)] if folder is not None else []
+    if folder is None:
+        env = os.environ.get("SEGCOOK_SHARED_DATA")
+        if env: tries.append(Path(env)/"mni152")
+        tries.append(Path(importlib.util.find_spec("segcook").origin).resolve().parents[2]/"shared"/"data"/"mni152")
+        spec = importlib.util.find_spec("nilearn")
+        if spec and spec.origin: tries.append(Path(spec.origin).parent/"datasets"/"data")
+    for t in tries:
+        if all((t/f).is_file() for f in MNI_FILES.values()): return t
+    raise SegcookError("the MNI152 template was not found (looked in: " + ", ".join(str(t) for t in tries)
+                       + "); install nilearn (`pip install nilearn`, it ships the template) or pass the folder holding "
+                       + ", ".join(MNI_FILES.values()))
+
+def _mni_base(folder:Path, spacing:float):
+    "The template and its tissue maps resampled to `spacing` mm and cropped to the head (with a margin)."
+    import SimpleITK as sitk
+    imgs = {k: sitk.Cast(read_image(folder/f), sitk.sitkFloat32) for k, f in MNI_FILES.items()}
+    ref = imgs["t1"]
+    size = [int(round(n * s / spacing)) for n, s in zip(ref.GetSize(), ref.GetSpacing())]
+    out = {k: sitk.Resample(im, size, sitk.Transform(), sitk.sitkLinear, ref.GetOrigin(), [spacing] * 3,
+                            ref.GetDirection(), 0.0, sitk.sitkFloat32) for k, im in imgs.items()}
+    a = to_xyz(out["t1"])
+    nz = np.argwhere(a > 0.05 * a.max())
+    lo, hi = np.maximum(nz.min(0) - 2, 0), np.minimum(nz.max(0) + 3, a.shape)
+    return {k: im[int(lo[0]):int(hi[0]), int(lo[1]):int(hi[1]), int(lo[2]):int(hi[2])] for k, im in out.items()}
+
+def _mni_case(base:dict, rng, warp_mm:float):
+    "One case: the base warped by a random smooth deformation, with a random intensity curve, bias field and noise."
+    import SimpleITK as sitk
+    ref = base["t1"]
+    bs = sitk.BSplineTransformInitializer(ref, [3, 3, 3])
+    n = len(bs.GetParameters())
+    bs.SetParameters(list(rng.normal(0, warp_mm / 2, n).clip(-warp_mm, warp_mm)))
+    aff = sitk.AffineTransform(3)
+    c = ref.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in ref.GetSize()])
+    aff.SetCenter(c)
+    ang, sc = np.deg2rad(rng.uniform(-4, 4, 3)), rng.uniform(0.93, 1.07, 3)
+    (cx, cy, cz), (sx, sy, sz) = np.cos(ang), np.sin(ang)
+    R = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]]) @ np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]]) @ np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    aff.SetMatrix(list((R * sc).ravel()))
+    tf = sitk.CompositeTransform([aff, bs])
+    w = {k: to_xyz(sitk.Resample(im, ref, tf, sitk.sitkLinear, 0.0)) for k, im in base.items()}
+    gm, wm = w["gm"] / 255.0, w["wm"] / 255.0
+    lbl = np.where((gm >= 0.5) & (gm >= wm), 1, np.where(wm >= 0.5, 2, 0)).astype(np.uint8)
+    t1 = w["t1"] / max(float(w["t1"].max()), 1e-6)
+    x, y, z = np.meshgrid(*[np.linspace(-1, 1, s) for s in t1.shape], indexing="ij")
+    g = rng.normal(0, 0.15, 4)
+    bias = np.exp(g[0] * x + g[1] * y + g[2] * z + g[3] * x * y)
+    img = (np.clip(t1, 0, None) ** rng.uniform(0.8, 1.25)) * bias * 1000 + rng.normal(0, 15, t1.shape)
+    return np.clip(img, 0, None).astype(np.float32), lbl
+
+def mni_dataset(out, # folder to create (a new or empty folder)
+                cases:int=12, # cases to write
+                spacing:float=3.0, # mm, isotropic (3 mm: about 55 x 65 x 55 voxels)
+                seed:int=0, # same seed, same dataset
+                warp_mm:float=4.0, # largest B-spline coefficient of the random deformation (mm)
+                template=None, # folder of the MNI152 files (see `mni_template`)
+               ) -> Path:
+    "A small T1 MR dataset of real anatomy (grey/white matter labels) from the MNI152 template; returns its dataset.json."
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not (out/"dataset.json").exists():
+        raise SegcookError(f"{out} is not empty: choose a new or an empty folder")
+    dj = out/"dataset.json"
+    settings = {"cases": cases, "spacing": spacing, "seed": seed, "warp_mm": warp_mm}
+    if dj.exists():
+        if read_json(dj).get("mni") == settings: return dj
+        raise SegcookError(f"{out} holds an MNI dataset made with other settings ({read_json(dj).get('mni')}); choose a new folder")
+    base = _mni_base(mni_template(template), float(spacing))
+    rng = np.random.default_rng(seed)
+    for i in range(cases):
+        img, lbl = _mni_case(base, rng, warp_mm)
+        cid = f"mni_{i:03d}"
+        write_image(from_xyz(img, base["t1"]), out/"train"/cid/f"{cid}_t1.nii.gz")
+        write_image(from_xyz(lbl, base["t1"]), out/"train"/cid/f"{cid}_seg.nii.gz")
+    return write_json(dj, {"task": "mni_tissues", "modality": "mr", "train-data": "train", "mask": ["_seg."],
+                           "images": {"t1": ["_t1."]}, "labels": [0, 1, 2], "label-names": {"GM": 1, "WM": 2},
+                           "final_classes": {"GM": [1], "WM": [2]}, "mni": settings})
 
 # %% ../nbs/17_study.ipynb #3ccb21fe
 def run_arm(base, # a prepared experiment (`prepare`)

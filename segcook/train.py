@@ -17,15 +17,16 @@ import torch.distributed as dist
 from .core import (SegcookError, Plan, Channel, Train, load_plan, save_plan, override, plan_to_dict, plan_from_dict,
                           read_json, write_json, write_text, atomic_path, progress, log, cli_parser, run_cli, read_image, to_xyz)
 from .nets import build_net
+from .analysis import kfold, split_folds
+from .preprocess import _save_npy
 from .losses import build_loss
 from .transfer import load_pretrained, freeze, param_groups, unfreeze, check_finetune
 
 # %% auto #0
-__all__ = ['LOG_FIELDS', 'BRANCH_FILES', 'make_folds', 'toy_experiment', 'GlobalBatchLoader', 'make_loader', 'make_optimizer',
-           'warmup_epochs', 'lr_factor', 'make_scheduler', 'penalty', 'class_masks', 'dice_scores', 'predict_case',
-           'score_cases', 'rng_state', 'set_rng_state', 'save_checkpoint', 'load_checkpoint', 'load_model', 'write_log',
-           'plot_curves', 'show_curves', 'Run', 'fold_ids', 'fold_start', 'FoldLock', 'run_overrides', 'train',
-           'cli_train', 'branch']
+__all__ = ['LOG_FIELDS', 'BRANCH_FILES', 'toy_experiment', 'GlobalBatchLoader', 'make_loader', 'make_optimizer', 'warmup_epochs',
+           'lr_factor', 'make_scheduler', 'penalty', 'class_masks', 'dice_scores', 'predict_case', 'score_cases',
+           'rng_state', 'set_rng_state', 'save_checkpoint', 'load_checkpoint', 'load_model', 'write_log', 'plot_curves',
+           'show_curves', 'Run', 'fold_ids', 'fold_start', 'FoldLock', 'run_overrides', 'train', 'cli_train', 'branch']
 
 # %% ../nbs/07_train.ipynb #9030754a
 def _zscore(a:np.ndarray) -> np.ndarray:
@@ -33,24 +34,6 @@ def _zscore(a:np.ndarray) -> np.ndarray:
     m = a != 0
     if not m.any(): return a.astype(np.float32)
     return np.where(m, (a - a[m].mean()) / (a[m].std() + 1e-8), 0).astype(np.float32)
-
-def _save_npy(path, arr):
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f: np.save(f, arr)
-
-def make_folds(ids:Sequence[str], # case ids
-               nfolds:int=5, # number of folds
-               val_fraction:float=0.1, # fraction of each fold's training ids kept for validation
-               seed:int=0, # seed of the shuffle
-              ) -> dict:
-    "`{fold: {'train', 'val', 'test'}}`: fold k tests on every k-th shuffled id; 'val' comes from the rest."
-    ids = list(ids); rng = np.random.default_rng(seed); rng.shuffle(ids)
-    out = {}
-    for k in range(nfolds):
-        test = sorted(ids[k::nfolds]); rest = [i for i in ids if i not in test]
-        nv = max(1, round(val_fraction * len(rest))) if val_fraction > 0 and len(rest) > 1 else 0
-        out[str(k)] = {"train": sorted(rest[nv:]), "val": sorted(rest[:nv]), "test": test}
-    return out
 
 def toy_experiment(out, # experiment folder to create
                    cases:int=6, # phantom cases
@@ -78,7 +61,7 @@ def toy_experiment(out, # experiment folder to create
         _save_npy(d/"image.npy", img)
         _save_npy(d/"label.npy", to_xyz(read_image(c.label))[None].astype(np.uint8))
         write_json(d/"meta.json", {"id": c.id, "shape": list(img.shape[1:])})
-    write_json(out/"folds.json", make_folds([c.id for c in ds.cases()], nfolds, val_fraction, seed))
+    write_json(out/"folds.json", split_folds(kfold([c.id for c in ds.cases()], nfolds, seed), val_fraction, seed))
     save_plan(plan, out/"config.json")
     return out
 
@@ -237,7 +220,7 @@ def class_masks(logits:torch.Tensor, # (1, out, X, Y, Z)
         pred = {n: torch.sigmoid(logits[0, i].float()) > thr.get(n, 0.5) for i, n in enumerate(L.regions)}
         return pred, {n: torch.isin(t, torch.tensor(ls)) for n, ls in L.regions.items()}
     lab = torch.tensor(L.labels)[logits[0].argmax(0)]
-    groups = L.final_classes or {str(l): [l] for l in L.labels[1:]}
+    groups = L.eval_classes()
     return ({n: torch.isin(lab, torch.tensor(g)) for n, g in groups.items()},
             {n: torch.isin(t, torch.tensor(g)) for n, g in groups.items()})
 
@@ -704,6 +687,16 @@ def _folds(plan:Plan, exp:Path, folds) -> list[int]:
     return [int(k) for k in want]
 
 # %% ../nbs/07_train.ipynb #78a21193
+def _check_importable(plan:Plan):
+    "Worker processes import what they run: an arch or loss defined in `__main__` (a notebook, a script) is refused up front."
+    from segcook.core import ARCHS, LOSSES, _main_defined
+    for kind, reg, name in (("arch", ARCHS, plan.train.arch), ("loss", LOSSES, plan.train.loss)):
+        if name in reg and _main_defined(reg[name]):
+            raise SegcookError(f"{kind} '{name}' is defined in __main__ (a notebook or a script), which the worker processes of a "
+                               f"multi-process run cannot import; move it into a module (e.g. my_{kind}s.py on PYTHONPATH) and "
+                               f"pass --plugin my_{kind}s (or list it in the plan's `plugins`)")
+
+# %% ../nbs/07_train.ipynb #e45a617d
 def train(exp, # experiment folder (config.json, folds.json, preprocessed/)
           folds:Sequence[int]|None=None, # folds to train (None: plan.train.folds, else all)
           gpus:int=0, # GPUs on this node (0: CPU)
@@ -732,6 +725,7 @@ def train(exp, # experiment folder (config.json, folds.json, preprocessed/)
     _check_gpus(gpus, procs)
     _precheck(kw)
     world = gpus or procs
+    if world > 1: _check_importable(plan)
     if world == 1: return _worker(0, 1, None, kw)
     import torch.multiprocessing as mp
     try: mp.spawn(_worker, args=(world, _free_port(), kw), nprocs=world, join=True)

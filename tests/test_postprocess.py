@@ -77,3 +77,40 @@ def test_selection_keeps_helpful_steps_and_rejects_harmful(tmp_path):
                             "--out", str(tmp_path / "sel"), "--workers", "1"]) == 0
     assert json.loads((tmp_path / "sel" / "strategy.json").read_text())["steps"]
     assert (tmp_path / "sel" / "comparison.csv").exists()
+
+def test_selection_keeps_the_minimal_chain_and_needs_two_cases(tmp_path):
+    "Greedy keeps 'remove < 10' then 'remove < 200'; the first is redundant and is pruned. A fix for one case only is not kept."
+    rows = []
+    for i in range(4):
+        g = np.zeros((40, 40, 20), np.uint8); g[8:32, 8:32, 4:16] = 1
+        p = g.copy(); p[2:4, 2:4, 2:3] = 1; p[34:39, 2:6, 2:5] = 1      # a 4-voxel speck and a 60-voxel blob
+        if i == 0: p[18:20, 18:20, 9:11] = 0                             # a hole in one case only
+        for a, n in ((g, "gt"), (p, "pr")): write_image(from_xyz(a), tmp_path / f"{n}{i}.nii.gz")
+        rows.append((f"c{i}", str(tmp_path / f"gt{i}.nii.gz"), str(tmp_path / f"pr{i}.nii.gz")))
+    cands = [{"op": "remove_small", "labels": [1], "min_size": 10}, {"op": "remove_small", "labels": [1], "min_size": 200},
+             {"op": "fill_holes", "labels": [1]}]
+    strat, cmp = select_strategy(rows, {"fg": [1]}, ["dice", "haus95"], cands, workers=1)
+    assert strat["steps"] == [cands[1]]
+    assert cmp["step"].str.startswith("drop ").sum() == 1 and json.dumps(cands[0]) in cmp[cmp["step"].str.startswith("drop ")]["step"].iloc[0]
+    assert cmp.loc[cmp["step"] == json.dumps(cands[2]), "cases helped"].iloc[0] == 1
+    assert not cmp.loc[cmp["step"] == json.dumps(cands[2]), "accepted"].iloc[0]
+    # with min_cases=1 the one-case fix is kept: the rule, not the metric, rejected it
+    strat1, _ = select_strategy(rows, {"fg": [1]}, ["dice", "haus95"], cands, workers=1, min_cases=1)
+    assert cands[2] in strat1["steps"]
+
+def test_select_from_an_experiment_without_final_classes(tmp_path):
+    "`--select --exp` on a plan without final_classes scores one class per label (the one fallback, `Labels.eval_classes`)."
+    from segcook.core import Plan, Labels, save_plan
+    exp = tmp_path / "exp"; (exp / "predictions" / "oof").mkdir(parents=True)
+    save_plan(Plan(labels=Labels(labels=[0, 1, 2])), exp / "config.json")
+    rows = []
+    for i in range(3):
+        g = np.zeros((30, 30, 12), np.uint8); g[5:20, 5:20, 3:9] = 1; g[8:14, 8:14, 4:8] = 2
+        p = g.copy(); p[25:27, 25:27, 1:3] = 1
+        write_image(from_xyz(g), tmp_path / f"gt{i}.nii.gz"); write_image(from_xyz(p), exp / "predictions" / "oof" / f"c{i}.nii.gz")
+        rows.append({"id": f"c{i}", "label": str(tmp_path / f"gt{i}.nii.gz")})
+    pd.DataFrame(rows).to_csv(exp / "cases.csv", index=False)
+    assert cli_postprocess(["--select", "--exp", str(exp), "--name", "oof", "--out", str(tmp_path / "sel"), "--workers", "1"]) == 0
+    cmp = pd.read_csv(tmp_path / "sel" / "comparison.csv")
+    assert {"1_dice before", "2_dice before"} <= set(cmp.columns)
+    assert json.loads((tmp_path / "sel" / "strategy.json").read_text())["steps"]
