@@ -17,9 +17,10 @@ from .core import (SegcookError, Plan, DatasetInfo, Channel, Labels, Spatial, Tr
 from .data import Dataset, Case, load_dataset, spacing_problem, blank_problem
 
 # %% auto #0
-__all__ = ['OPTS', 'otsu_threshold', 'foreground_mask', 'bbox_of', 'rai_axes', 'to_rai', 'Fingerprint', 'crop_decision',
-           'target_spacing', 'resampled_size', 'case_bytes', 'patch_size_for', 'check_spatial', 'use_nonzero',
-           'ct_stats', 'kfold', 'read_folds', 'split_folds', 'analyze', 'show_crop', 'cli_analyze']
+__all__ = ['OPTS', 'TWOD_MAX_BATCH', 'otsu_threshold', 'foreground_mask', 'bbox_of', 'rai_axes', 'to_rai', 'Fingerprint',
+           'crop_decision', 'target_spacing', 'resampled_size', 'case_bytes', 'patch_size_for', 'check_spatial',
+           'use_nonzero', 'ct_stats', 'kfold', 'read_folds', 'split_folds', 'slice_axis_for', 'batch_size_2d',
+           'analyze', 'show_crop', 'cli_analyze']
 
 # %% ../nbs/02_analysis.ipynb #dbd3acc4
 def otsu_threshold(a:np.ndarray, # any array of intensities
@@ -379,7 +380,7 @@ def split_folds(fold_of:dict[str, int], # case id -> test fold
 # %% ../nbs/02_analysis.ipynb #672b7423
 OPTS = dict(crop_threshold=0.2, nonzero_threshold=0.2, max_ratio=3.0, low_res_pct=10, min_patch=8,
             val_fraction=0.1, max_case_gb=2.0, ct_max_samples=100_000, fg_samples=2**20,
-            target_spacing=None, patch_size=None, overwrite=False,
+            target_spacing=None, patch_size=None, overwrite=False, config="3d", slice_axis=None,
             spacing_rtol=1e-3, origin_atol_mm=1e-2, direction_atol=1e-3)
 
 def _check_opts(opts:dict) -> dict:
@@ -423,6 +424,7 @@ def _exclude(fps:list[Fingerprint]) -> tuple[list[Fingerprint], list[dict]]:
 # %% ../nbs/02_analysis.ipynb #3652601d
 def _spatial(fps:list[Fingerprint], ds:Dataset, o:dict, max_patch_size) -> Spatial:
     "Crop decision, target spacing, median resampled size and patch size from the fingerprints."
+    if o["config"] == "2d": return _spatial_2d(fps, ds, o, max_patch_size)
     crop, red = crop_decision([f.size for f in fps], [f.crop_size for f in fps], o["crop_threshold"])
     if o["target_spacing"] is not None: ts, ax = [float(s) for s in o["target_spacing"]], None
     else: ts, ax = target_spacing([f.spacing for f in fps], o["max_ratio"], o["low_res_pct"])
@@ -437,6 +439,52 @@ def _spatial(fps:list[Fingerprint], ds:Dataset, o:dict, max_patch_size) -> Spati
     log.info(f"crop to foreground: {crop} (mean volume reduction {red:.1%}); target spacing {ts} mm; patch {ps}")
     return Spatial(target_spacing=ts, patch_size=ps, max_patch_size=[int(m) for m in max_patch_size],
                    crop_to_foreground=bool(crop), orientation="RAI", anisotropic_axis=ax, median_size=med)
+
+def slice_axis_for(spacings:list, # per case, mm (x, y, z) in RAI order
+                   axis=None, # 0, 1, 2 or 'x', 'y', 'z' to choose it; None: the rule
+                  ) -> int:
+    "The 2d slice axis: `axis` when given, else the axis whose median spacing is the coarsest (by more than 1%), else z."
+    if axis is not None:
+        if isinstance(axis, str) and axis.lower() in ("x", "y", "z"): return "xyz".index(axis.lower())
+        if isinstance(axis, (int, np.integer)) and not isinstance(axis, bool) and int(axis) in (0, 1, 2): return int(axis)
+        raise SegcookError(f"slice axis should be 0, 1, 2 or x, y, z, got {axis!r}")
+    med = np.median(np.asarray(spacings, float), axis=0)
+    order = np.argsort(med)[::-1]
+    return int(order[0]) if med[order[0]] > 1.01 * med[order[1]] else 2
+
+TWOD_MAX_BATCH = 32  # largest 2d batch analysis chooses
+
+def batch_size_2d(patch_3d, # the patch a 3d plan would use, voxels (x, y, z)
+                  patch_2d, # the 2d patch, voxels (x, y, z), 1 on the slice axis
+                  batch_3d:int=2, # the 3d batch size
+                  max_batch:int=TWOD_MAX_BATCH, # cap
+                 ) -> int:
+    "The 2d batch size: as many slices as give the 3d batch's voxels per step, within [`batch_3d`, `max_batch`]."
+    n = int(batch_3d * np.prod(patch_3d, dtype=float) // np.prod(patch_2d, dtype=float))
+    return int(min(max_batch, max(batch_3d, n)))
+
+def _spatial_2d(fps:list[Fingerprint], ds:Dataset, o:dict, max_patch_size) -> Spatial:
+    "The 2d plan: in-plane spacing by the 3d rules, native spacing across slices, in-plane patch from the median size, 1 across."
+    crop, red = crop_decision([f.size for f in fps], [f.crop_size for f in fps], o["crop_threshold"])
+    ax = slice_axis_for([f.spacing for f in fps], o["slice_axis"])
+    inplane = [i for i in range(3) if i != ax]
+    if o["target_spacing"] is not None: ts = [float(s) for s in o["target_spacing"]]
+    else:
+        ts2, _ = target_spacing([[f.spacing[i] for i in inplane] for f in fps], o["max_ratio"], o["low_res_pct"])
+        ts = [0.0] * 3
+        for i, v in zip(inplane, ts2): ts[i] = v
+        ts[ax] = float(np.median([f.spacing[ax] for f in fps]))      # a record only: each case keeps its own spacing there
+    native = [[*(n * s / t if i != ax else n for i, (n, s, t) in enumerate(zip(f.crop_size if crop else f.size, f.spacing, ts)))] for f in fps]
+    med = [float(m) for m in np.median(np.asarray(native, float), axis=0)]
+    if o["patch_size"] is not None: ps = [int(p) for p in o["patch_size"]]
+    else:
+        ps = patch_size_for(med, max_patch_size, o["min_patch"]); ps[ax] = 1
+    if ps[ax] != 1: raise SegcookError(f"2d patch size {ps} should be 1 on the slice axis {'xyz'[ax]}")
+    check_spatial(ts, ps, max_patch_size, o["min_patch"])
+    log.info(f"2d across {'xyz'[ax]}: crop to foreground {crop} (mean volume reduction {red:.1%}); in-plane spacing "
+             f"{[ts[i] for i in inplane]} mm, native across slices; patch {ps}")
+    return Spatial(target_spacing=ts, patch_size=ps, max_patch_size=[int(m) for m in max_patch_size], crop_to_foreground=bool(crop),
+                   orientation="RAI", anisotropic_axis=None, median_size=med, config="2d", slice_axis=ax)
 
 def _channels(fps:list[Fingerprint], ds:Dataset, o:dict) -> list[Channel]:
     "Normalisation of each channel, by modality."
@@ -467,6 +515,15 @@ def _test_cases(ds:Dataset) -> list[Case]:
     return ds.cases("test")
 
 # %% ../nbs/02_analysis.ipynb #30d10252
+def _size_2d(plan:Plan, fps:list[Fingerprint], o:dict, max_patch_size):
+    "2d: the batch (`batch_size_2d` against the 3d plan's patch), as many windows per network call, and no test-time flip across slices."
+    s = plan.spatial
+    sizes = [resampled_size(f.crop_size if s.crop_to_foreground else f.size, f.spacing, s.target_spacing) for f in fps]
+    p3 = patch_size_for(np.median(np.asarray(sizes, float), axis=0), max_patch_size, o["min_patch"])
+    plan.train.batch_size = batch_size_2d(p3, s.patch_size, plan.train.batch_size)
+    plan.infer.sw_batch_size = plan.train.batch_size
+    plan.infer.tta_axes = [a for a in plan.infer.tta_axes if a != s.slice_axis]   # a 2d network sees each slice alone: that flip changes nothing
+
 def analyze(data, # dataset.json path or Dataset
             exp, # experiment folder to create/fill
             nfolds:int=5, # k of k-fold (ignored with folds_file)
@@ -481,6 +538,9 @@ def analyze(data, # dataset.json path or Dataset
     ds = data if isinstance(data, Dataset) else load_dataset(data)
     exp = Path(exp)
     _check_exp(exp, ds, o["overwrite"])
+    if o["config"] not in ("3d", "2d"): raise SegcookError(f"config should be '3d' or '2d', got {o['config']!r}")
+    if o["config"] == "3d" and o["slice_axis"] is not None: raise SegcookError("a slice axis is for the 2d configuration; add --config 2d")
+    if o["config"] == "2d" and o["slice_axis"] is not None: slice_axis_for([], o["slice_axis"])   # fail early on a bad axis
     check_spatial(o["target_spacing"], o["patch_size"], tuple(max_patch_size), o["min_patch"])
     train, test = ds.cases("train"), _test_cases(ds)
     unlabelled = [c.id for c in train if c.label is None]
@@ -491,6 +551,7 @@ def analyze(data, # dataset.json path or Dataset
     plan = Plan(dataset=DatasetInfo(ds.task, str(ds.path), ds.modality, len(good)), channels=_channels(good, ds, o),
                 labels=_labels(ds), spatial=_spatial(good, ds, o, max_patch_size), excluded=bad,
                 train=Train(nfolds=len(set(fold_of.values())), val_fraction=float(o["val_fraction"]), seed=int(seed)))
+    if plan.spatial.config == "2d": _size_2d(plan, good, o, max_patch_size)
     problems = validate_plan(plan)
     if problems: raise SegcookError("analysis produced an invalid plan: " + "; ".join(problems))
     write_text(exp/"cases.csv", _cases_csv([c for c in train if c.id in fold_of], test, fold_of, ds))
@@ -532,11 +593,16 @@ def cli_analyze(argv:list[str]|None=None, # command-line arguments (None: `sys.a
     p.add_argument("--val-fraction", type=float, default=0.1, help="of each fold's training cases, for checkpoint choice")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--overwrite", action="store_true", help="replace an existing config.json")
+    p.add_argument("--config", default="3d", choices=["3d", "2d"], help="3d: networks on volumes; 2d: on single slices")
+    p.add_argument("--slice-axis", default=None, choices=["x", "y", "z", "0", "1", "2"],
+                   help="2d: the axis slices are cut across (default: the coarsest spacing, else z)")
     a = p.parse_args(argv)
     def go():
+        ax = None if a.slice_axis is None else int(a.slice_axis) if a.slice_axis.isdigit() else a.slice_axis
         pl = analyze(a.data, a.exp, a.nfolds, a.seed, a.folds_file, a.max_patch_size, a.workers,
-                     val_fraction=a.val_fraction, overwrite=a.overwrite)
+                     val_fraction=a.val_fraction, overwrite=a.overwrite, config=a.config, slice_axis=ax)
         s = pl.spatial
-        print(f"{a.exp}: {pl.dataset.n_cases} case(s), {len(pl.excluded)} excluded; spacing {s.target_spacing} mm, "
-              f"patch {s.patch_size}, crop {s.crop_to_foreground}, {pl.train.nfolds} folds")
+        print(f"{a.exp}: {pl.dataset.n_cases} case(s), {len(pl.excluded)} excluded; {s.config}"
+              f"{' across ' + 'xyz'[s.slice_axis] if s.config == '2d' else ''}; spacing {s.target_spacing} mm, "
+              f"patch {s.patch_size}, batch {pl.train.batch_size}, crop {s.crop_to_foreground}, {pl.train.nfolds} folds")
     return run_cli(go)

@@ -16,11 +16,12 @@ import SimpleITK as sitk
 # %% auto #0
 __all__ = ['log', 'PROGRESS_STEP', 'ARCHS', 'LOSSES', 'POSTPROCESSORS', 'METRICS', 'register_arch', 'register_loss',
            'register_postprocessor', 'register_metric', 'PLUGIN_ENV', 'SCHEMA_VERSION', 'NORMS', 'ACT_FLOATS',
-           'MAX_TRAIN_GIB', 'IMAGE_SUFFIXES', 'SegcookError', 'atomic_path', 'write_text', 'write_json', 'read_json',
-           'progress', 'Registry', 'load_plugins', 'DatasetInfo', 'Channel', 'Labels', 'Spatial', 'Preprocess', 'Train',
-           'Infer', 'Evaluate', 'Plan', 'plan_from_dict', 'plan_to_dict', 'train_memory_gib', 'validate_plan',
-           'save_plan', 'load_plan', 'override', 'is_image_file', 'read_image', 'write_image', 'array_to_image',
-           'to_xyz', 'from_xyz', 'Geometry', 'compare_headers', 'cli_parser', 'run_cli']
+           'MAX_TRAIN_GIB', 'CONFIGS', 'IMAGE_SUFFIXES', 'SegcookError', 'atomic_path', 'write_text', 'write_json',
+           'read_json', 'progress', 'Registry', 'load_plugins', 'DatasetInfo', 'Channel', 'Labels', 'Spatial',
+           'Preprocess', 'Train', 'Infer', 'Evaluate', 'Plan', 'plan_from_dict', 'plan_to_dict', 'train_memory_gib',
+           'sample_keys', 'sample_probs_problems', 'validate_plan', 'save_plan', 'load_plan', 'override',
+           'is_image_file', 'read_image', 'write_image', 'array_to_image', 'to_xyz', 'from_xyz', 'Geometry',
+           'compare_headers', 'cli_parser', 'run_cli']
 
 # %% ../nbs/00_core.ipynb #39f84f01
 class SegcookError(ValueError):
@@ -244,6 +245,8 @@ class Spatial:
     orientation: str = "RAI"  # MIST/ITK orientation code every case is reoriented to
     anisotropic_axis: int | None = None         # axis resampled nearest-first when anisotropic
     median_size: list[float] | None = None      # voxels after resampling (from analysis)
+    config: str = "3d"  # '3d' (volumes) or '2d' (single slices along `slice_axis`: patch size 1 and kernels 1 there)
+    slice_axis: int | None = None  # 2d: the axis (0 = x, 1 = y, 2 = z, RAI) the slices are cut across; None in 3d
 
 @dataclass
 class Preprocess:
@@ -276,6 +279,7 @@ class Train:
     clip_grad: float | None = None  # gradient-norm clip (None: off)
     amp: bool = True                   # bf16 on GPU; ignored on CPU
     oversampling: float = 0.6          # probability a patch is centred on foreground
+    sample_probs: dict[str, float] | None = None  # patch centres by class instead: {label name or value, 'background', 'unannotated': probability}
     nfolds: int = 5  # cross-validation folds
     folds: list[int] | None = None     # folds to train (None: all)
     val_fraction: float = 0.1          # validation split taken from each fold's *training* part
@@ -419,6 +423,42 @@ def _ranges(p:Plan) -> list[str]:
     if not out and (m := _memory_problem(p, MAX_TRAIN_GIB, "the most any machine has")): out.append(m)
     return out
 
+def sample_keys(labels:Labels, # the plan's labels
+               ) -> dict[str, int|str]:
+    "Keys `train.sample_probs` accepts -> what they select: a label value, 'background' (0) or 'unannotated' (the ignore label)."
+    keys = {str(v): int(v) for v in labels.labels[1:]}
+    keys.update({str(n): int(v) for n, v in labels.names.items() if int(v) in labels.labels[1:]})
+    keys.update({"background": "background", "0": "background"})
+    if labels.ignore_label is not None: keys["unannotated"] = "unannotated"
+    return keys
+
+def sample_probs_problems(probs:dict|None, # {key: probability}, as `train.sample_probs`
+                          labels:Labels, # the plan's labels (names, values, ignore label)
+                         ) -> list[str]:
+    "Problems with class-probability sampling: unknown keys, negative or non-finite values, a zero sum (empty: fine)."
+    if probs is None: return []
+    if not isinstance(probs, dict) or not probs: return [f"train.sample_probs should be a non-empty object {{class: probability}}, got {probs!r}"]
+    valid, out = sample_keys(labels), []
+    bad = [k for k in probs if str(k) not in valid]
+    if bad: out.append(f"train.sample_probs: unknown key(s) {bad}; valid keys: {sorted(valid)}")
+    vals = [v for v in probs.values()]
+    if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 for v in vals):
+        out.append(f"train.sample_probs: every probability should be a finite number >= 0, got {probs}")
+    elif not sum(vals) > 0: out.append(f"train.sample_probs: the probabilities sum to 0, got {probs}; give at least one of {sorted(valid)} a positive value")
+    return out
+
+CONFIGS = ("3d", "2d")            # spatial.config: networks on volumes, or on single slices along spatial.slice_axis
+
+def _config_problems(s:Spatial) -> list[str]:
+    "Problems with `spatial.config` and `spatial.slice_axis`."
+    if s.config not in CONFIGS: return [f"spatial.config should be one of {list(CONFIGS)}, got '{s.config}'"]
+    if s.config == "3d":
+        return [] if s.slice_axis is None else [f"spatial.slice_axis is for the 2d configuration; set it to null in 3d (got {s.slice_axis})"]
+    if s.slice_axis not in (0, 1, 2): return [f"spatial.slice_axis should be 0, 1 or 2 (x, y, z) in 2d, got {s.slice_axis!r}"]
+    if s.patch_size and len(s.patch_size) == 3 and s.patch_size[s.slice_axis] != 1:
+        return [f"spatial.patch_size {s.patch_size} should be 1 on the slice axis {s.slice_axis} ({'xyz'[s.slice_axis]}) in 2d"]
+    return []
+
 def _positive3(x, name):
     if x is None: return []
     if len(x) != 3 or any(v <= 0 for v in x): return [f"{name} should be three positive numbers (x, y, z), got {x}"]
@@ -447,6 +487,8 @@ def validate_plan(plan:Plan, # the plan to check
     if t.optimizer not in ("adam", "adamw", "sgd"): out.append(f"train.optimizer should be adam, adamw or sgd, got '{t.optimizer}'")
     if t.scheduler not in ("constant", "cosine", "poly"): out.append(f"train.scheduler should be constant, cosine or poly, got '{t.scheduler}'")
     if not 0 <= t.oversampling <= 1: out.append(f"train.oversampling is a probability in [0, 1], got {t.oversampling}")
+    out += sample_probs_problems(t.sample_probs, p.labels)
+    out += _config_problems(p.spatial)
     if not 0 <= t.val_fraction < 1: out.append(f"train.val_fraction should be in [0, 1), got {t.val_fraction}")
     if t.nfolds < 1: out.append(f"train.nfolds should be >= 1, got {t.nfolds}")
     if not 0 <= p.infer.overlap < 1: out.append(f"infer.overlap should be in [0, 1), got {p.infer.overlap}")

@@ -8,16 +8,17 @@ Docs: https://segcook.github.io/segcook/loader.html.md"""
 from __future__ import annotations
 import os, math, time, contextlib
 from fastcore.basics import patch
-from dataclasses import dataclass, field, asdict
+from dataclasses import dataclass, field, asdict, replace
 from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from .core import SegcookError, Plan, log
+from .core import SegcookError, Plan, log, sample_keys, sample_probs_problems
 
 # %% auto #0
 __all__ = ['Augment', 'check_case_dir', 'shard_order', 'warp_patches', 'flip_batch', 'blur3d', 'augment_sample', 'augment_batch',
-           'TrainLoader', 'make_train_loader', 'ValLoader', 'make_val_loader']
+           'resolve_sample_probs', 'needs_sampler', 'CentreSampler', 'sampler_of', 'patch_start', 'TrainLoader',
+           'make_train_loader', 'ValLoader', 'make_val_loader']
 
 # %% ../nbs/06_loader.ipynb #1e079c78
 @dataclass
@@ -27,6 +28,7 @@ class Augment:
     p_flip: float = 0.5                # per axis
     flip_axes: list[int] = field(default_factory=lambda: [0, 1, 2])  # array axes (x, y, z) that may flip
     p_rotate: float = 0.2              # per patch: rotate about all three axes
+    rotate_axes: list[int] = field(default_factory=lambda: [0, 1, 2])  # array axes (x, y, z) rotated about (2d: the slice axis only)
     rotate_deg: float = 30.0           # max |angle| per axis, degrees
     p_scale: float = 0.2               # per patch: isotropic zoom
     scale: tuple[float, float] = (0.7, 1.4)   # zoom factor range (> 1 enlarges structures)
@@ -182,16 +184,18 @@ def _spatial_draws(aug:Augment):
     fn, types, _, _ = _dali()
     do_rot = fn.random.coin_flip(probability=aug.p_rotate, dtype=types.BOOL)
     do_zoom = fn.random.coin_flip(probability=aug.p_scale, dtype=types.BOOL)
-    rot = [_uniform(-aug.rotate_deg, aug.rotate_deg) * fn.cast(do_rot, dtype=types.FLOAT) for _ in range(3)]
+    rot = [_uniform(-aug.rotate_deg, aug.rotate_deg) * fn.cast(do_rot, dtype=types.FLOAT) if (2 - i) in aug.rotate_axes
+           else types.Constant(0.0, dtype=types.FLOAT) for i in range(3)]             # rot[i] turns about array axis 2 - i
     z, dz = _uniform(*aug.scale), fn.cast(do_zoom, dtype=types.FLOAT)
     return rot, 1.0 / (z * dz + 1.0 - dz), do_rot | do_zoom
 
-def _train_graph(img_files, lbl_files, ps, classes, p_fg, aug:Augment, nc:int, gpu:bool, warp:str="dali"):
-    "The DALI graph: read, place the patch, cut or warp, flip; returns (image, label) or the torch-warp outputs."
+def _train_graph(img_files, lbl_files, ps, classes, p_fg, aug:Augment, nc:int, gpu:bool, warp:str="dali", anchors=None):
+    "The DALI graph: read, place the patch (DALI, or `anchors(sample_info)`), cut or warp, flip; returns (image, label) or the torch-warp outputs."
     fn, types, _, _ = _dali()
     img = fn.readers.numpy(files=img_files, name="img", random_shuffle=False, dont_use_mmap=False)
     lbl = fn.readers.numpy(files=lbl_files, name="lbl", random_shuffle=False, dont_use_mmap=False)
-    anc = _patch_anchor(lbl, ps, classes, p_fg)
+    if anchors is None: anc = _patch_anchor(lbl, ps, classes, p_fg)
+    else: anc = fn.external_source(source=anchors, batch=False, dtype=types.INT32, ndim=1)
     if gpu: img, lbl = img.gpu(), lbl.gpu()
     if aug.spatial and warp == "torch": return _region(img, lbl, anc, ps, *_spatial_draws(aug))
     if aug.spatial:
@@ -337,14 +341,110 @@ def augment_batch(batch:dict, # {"image": (B,C,X,Y,Z), "label": ...}
     batch["image"] = torch.stack([augment_sample(img[i].clone(), aug, generator) for i in range(img.shape[0])])
     return batch
 
-# %% ../nbs/06_loader.ipynb #2a8ff911
-def _seed32(*xs) -> int:
-    "A 31-bit seed from integers (DALI wants a non-negative int32)."
-    return int(np.random.default_rng(list(xs)).integers(0, 2**31 - 1))
+# %% ../nbs/06_loader.ipynb #65e3205d
+def resolve_sample_probs(plan:Plan, # the plan (train.sample_probs, labels)
+                        ) -> dict|None:
+    "`train.sample_probs` validated and keyed by what each key selects: a label value, 'background' or 'unannotated'; None when unset."
+    probs = plan.train.sample_probs
+    if probs is None: return None
+    bad = sample_probs_problems(probs, plan.labels)
+    if bad: raise SegcookError("; ".join(bad))
+    keys, out = sample_keys(plan.labels), {}
+    for k, v in probs.items(): out[keys[str(k)]] = out.get(keys[str(k)], 0.0) + float(v)
+    return {k: v for k, v in out.items() if v > 0}
+
+def needs_sampler(plan:Plan, # the plan
+                 ) -> bool:
+    "Whether patch centres need `CentreSampler`: class probabilities set, or a 2d plan with an ignore label."
+    return plan.train.sample_probs is not None or (plan.spatial.config == "2d" and plan.labels.ignore_label is not None)
+
+class CentreSampler:
+    "Patch centres in one label volume: by class probabilities or foreground oversampling; annotated slices only in 2d with an ignore label."
+    def __init__(self,
+                 lbl:np.ndarray, # (X, Y, Z) label volume (a memory map is fine)
+                 classes=(), # foreground label values for oversampling
+                 p_fg:float=0.33, # oversampling: probability of a foreground centre
+                 probs:dict|None=None, # from `resolve_sample_probs` (None: oversampling)
+                 ignore:int|None=None, # the ignore label
+                 slice_axis:int|None=None, # 2d: the slice axis (with `ignore`: annotated slices only)
+                 rare:float=1/16, # classes below this fraction of the allowed voxels keep their voxel list
+                ):
+        self.lbl, self.shape, self.probs, self.p_fg, self.ax = lbl, tuple(lbl.shape), probs, float(p_fg), slice_axis
+        a = np.asarray(lbl)
+        self.slices = None
+        if slice_axis is not None and ignore is not None:
+            others = tuple(i for i in range(3) if i != slice_axis)
+            self.slices = np.flatnonzero((a != ignore).any(axis=others))
+            if not len(self.slices): self.slices = None          # nothing annotated: the whole volume (it trains nothing)
+        if self.slices is None: region, n_region = None, a.size
+        else:
+            on = np.zeros(self.shape[slice_axis], bool); on[self.slices] = True
+            region = np.broadcast_to(on.reshape([-1 if i == slice_axis else 1 for i in range(3)]), self.shape)
+            n_region = a.size // self.shape[slice_axis] * len(self.slices)
+        keys = list(probs) if probs is not None else [int(c) for c in classes]
+        self.vox, self.count = {}, {}
+        for k in keys:
+            m = (a == 0) if k == "background" else (a == ignore) if k == "unannotated" else (a == int(k))
+            if region is not None: m &= region
+            n = int(m.sum()); self.count[k] = n
+            if n and n < rare * n_region: self.vox[k] = np.flatnonzero(m)
+        self.ignore = ignore
+        self.present = [k for k in keys if self.count[k] > 0]
+
+    def _match(self, k, flat:int) -> bool:
+        v = int(self.lbl.flat[flat])
+        return v == 0 if k == "background" else v == self.ignore if k == "unannotated" else v == int(k)
+
+    def _anywhere(self, rng) -> int:
+        "A uniform voxel of the allowed region (the annotated slices, or the whole volume), as a flat index."
+        c = [int(rng.integers(n)) for n in self.shape]
+        if self.slices is not None: c[self.ax] = int(self.slices[rng.integers(len(self.slices))])
+        return int(np.ravel_multi_index(c, self.shape))
+
+    def _voxel(self, k, rng) -> int:
+        if k in self.vox: return int(self.vox[k][rng.integers(len(self.vox[k]))])
+        while True:                                              # common class: rejection (>= 1/16 of the draws hit)
+            f = self._anywhere(rng)
+            if self._match(k, f): return f
+
+    def draw(self,
+             rng:np.random.Generator, # random generator
+             n:int=1, # number of centres
+            ) -> np.ndarray:
+        "`n` patch centres (n, 3), voxel indices (x, y, z)."
+        out = []
+        if self.probs is not None and self.present:
+            p = np.array([self.probs[k] for k in self.present], float); p /= p.sum()
+        for _ in range(n):
+            if self.probs is not None:
+                f = self._voxel(self.present[rng.choice(len(self.present), p=p)], rng) if self.present else self._anywhere(rng)
+            elif self.present and rng.random() < self.p_fg: f = self._voxel(self.present[rng.integers(len(self.present))], rng)
+            else: f = self._anywhere(rng)
+            out.append(np.unravel_index(f, self.shape))
+        return np.array(out, np.int64).reshape(n, 3)
+
+def sampler_of(lbl:np.ndarray, # (X, Y, Z) label volume
+               plan:Plan, # the plan (train.sample_probs or train.oversampling, labels, spatial.config)
+              ) -> CentreSampler:
+    "The `CentreSampler` of one case under `plan`."
+    return CentreSampler(lbl, _fg_classes(plan), plan.train.oversampling, resolve_sample_probs(plan), plan.labels.ignore_label,
+                         plan.spatial.slice_axis if plan.spatial.config == "2d" else None)
+
+def patch_start(centre, # voxel (x, y, z) the patch must contain
+                shape, # volume size (x, y, z)
+                ps, # patch size (x, y, z)
+               ) -> list[int]:
+    "Start of a patch of size `ps` centred on `centre` as far as the volume allows; where the volume is smaller, centred on the volume (negative: padded)."
+    return [-((p - n) // 2) if p >= n else min(max(0, int(c) - p // 2), n - p) for c, n, p in zip(centre, shape, ps)]
 
 def _fg_classes(plan:Plan) -> list[int]:
     "Foreground label values patches are balanced over (labels other than 0 and the ignore label)."
     return [int(l) for l in plan.labels.labels[1:] if l != plan.labels.ignore_label]
+
+# %% ../nbs/06_loader.ipynb #2a8ff911
+def _seed32(*xs) -> int:
+    "A 31-bit seed from integers (DALI wants a non-negative int32)."
+    return int(np.random.default_rng(list(xs)).integers(0, 2**31 - 1))
 
 class TrainLoader:
     "Random augmented patches from preprocessed cases, via a DALI pipeline; see `make_train_loader`."
@@ -368,6 +468,10 @@ class TrainLoader:
         self.plan, self.bs, self.seed, self.steps = plan, int(batch_size), int(seed), steps
         self.shard_id, self.num_shards, self.device_id = shard_id, num_shards, device_id
         self.aug = aug if aug is not None else Augment()
+        if plan.spatial.config == "2d":                                   # slices turn in their plane only
+            self.aug = replace(self.aug, rotate_axes=[a for a in self.aug.rotate_axes if a == plan.spatial.slice_axis])
+        self.sampled, self._samplers = needs_sampler(plan), {}
+        if self.sampled: resolve_sample_probs(plan)                       # fail early on bad keys
         self.threads = num_threads or max(1, min(4, os.cpu_count() or 1))
         self.classes, self.p_fg = _fg_classes(plan), float(plan.train.oversampling)
         if warp not in ("auto", "dali", "torch"): raise SegcookError(f"warp should be 'auto', 'dali' or 'torch', got '{warp}'")
@@ -400,12 +504,29 @@ def _pipeline(self:TrainLoader, epoch:int):
     fn, types, _, pipeline_def = _dali()
     idx = shard_order(len(self.dirs), self.seed, epoch, self.shard_id, self.num_shards, min_len=(self.steps or 1) * self.bs)
     imgs, lbls = [str(self.dirs[i]/"image.npy") for i in idx], [str(self.dirs[i]/"label.npy") for i in idx]
+    anchors = self._anchors(idx, epoch) if self.sampled else None
     @pipeline_def(enable_conditionals=True)
-    def pipe(): return _train_graph(imgs, lbls, self.ps, self.classes, self.p_fg, self.aug, self.nc, self.device_id is not None, self.warp)
+    def pipe(): return _train_graph(imgs, lbls, self.ps, self.classes, self.p_fg, self.aug, self.nc, self.device_id is not None, self.warp, anchors)
     p = pipe(batch_size=self.bs, num_threads=self.threads, device_id=self.device_id,
              seed=_seed32(self.seed, epoch, self.shard_id), prefetch_queue_depth=2)
     p.build()
     return p
+
+@patch
+def _sampler(self:TrainLoader, i:int) -> CentreSampler:
+    "The (cached) centre sampler of case `i`."
+    if i not in self._samplers: self._samplers[i] = sampler_of(np.load(self.dirs[i]/"label.npy", mmap_mode="r")[0], self.plan)
+    return self._samplers[i]
+
+@patch
+def _anchors(self:TrainLoader, idx:list[int], epoch:int):
+    "DALI external-source callback: the (c, x, y, z) start of sample `info.idx_in_epoch`, which reads case `idx[k % len(idx)]`."
+    def anchor(info):
+        k = int(info.idx_in_epoch); i = idx[k % len(idx)]
+        smp = self._sampler(i)
+        c = smp.draw(np.random.default_rng([self.seed, epoch, self.shard_id, k]), 1)[0]
+        return np.array([0, *patch_start(c, smp.shape, self.ps)], np.int32)
+    return anchor
 
 @contextlib.contextmanager
 def _torch_threads(n:int|None):

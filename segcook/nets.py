@@ -14,10 +14,10 @@ import torch.nn.functional as F
 from .core import SegcookError, ARCHS, register_arch, Plan, cli_parser, run_cli, load_plan
 
 # %% auto #0
-__all__ = ['AXES', 'RESENC_BLOCKS', 'STUNET_VARIANTS', 'MIND_CHANNELS', 'get_topology', 'ConvNormAct', 'PlainStage', 'ResBlock',
-           'ResStage', 'SegNet', 'net_parts', 'VAEBranch', 'DynamicUNet', 'nnunet', 'unet', 'ConvNorm', 'ResBlockD',
-           'ResEncUNet', 'nnunet_resenc', 'MonaiNet', 'swin_unetr', 'MGNet', 'w_heights', 'fmgnet', 'wnet', 'STUNet',
-           'base_w', 'on_meta', 'count_params', 'init_region_bias', 'n_input_channels', 'n_output_channels',
+__all__ = ['AXES', 'RESENC_BLOCKS', 'TWOD_ARCHS', 'STUNET_VARIANTS', 'MIND_CHANNELS', 'get_topology', 'ConvNormAct', 'PlainStage',
+           'ResBlock', 'ResStage', 'SegNet', 'net_parts', 'VAEBranch', 'DynamicUNet', 'nnunet', 'unet', 'ConvNorm',
+           'ResBlockD', 'ResEncUNet', 'nnunet_resenc', 'MonaiNet', 'swin_unetr', 'MGNet', 'w_heights', 'fmgnet', 'wnet',
+           'STUNet', 'base_w', 'on_meta', 'count_params', 'init_region_bias', 'n_input_channels', 'n_output_channels',
            'build_net', 'memory_estimate', 'arch_table', 'cli_archs']
 
 # %% ../nbs/04_nets.ipynb #c1c3a2d7
@@ -34,11 +34,13 @@ def get_topology(patch_size:Sequence[int], # voxels (x, y, z)
     if len(ps) != 3 or len(sp) != 3: raise SegcookError(f"patch_size {list(patch_size)} and spacing {list(spacing)} should both have 3 values (x, y, z)")
     if any(p < 1 for p in ps) or any(s <= 0 for s in sp): raise SegcookError(f"patch_size {ps} and spacing {sp} must be positive")
     kernels, strides, size = [], [[1, 1, 1]], list(ps)
+    live = [p > 1 for p in ps]                     # an axis of one voxel (2d: the slice axis) gets kernel 1 and no pooling
+    if not any(live): raise SegcookError(f"patch_size {ps} has one voxel on every axis; a network needs at least one axis longer than 1")
     for _ in range(max_pools + 1):
-        ratio = [s / min(sp) for s in sp]
-        kernels.append([3 if r <= max_ratio else 1 for r in ratio])
+        ratio = [s / min(x for x, l in zip(sp, live) if l) for s in sp]
+        kernels.append([3 if (r <= max_ratio and l) else 1 for r, l in zip(ratio, live)])
         if len(strides) > max_pools: break
-        st = [2 if (r <= max_ratio and n >= min_size) else 1 for r, n in zip(ratio, size)]
+        st = [2 if (r <= max_ratio and n >= min_size and l) else 1 for r, n, l in zip(ratio, size, live)]
         if all(s == 1 for s in st): break
         for i, (s, n) in enumerate(zip(st, size)):
             if s == 2 and n % 2:
@@ -385,8 +387,13 @@ class MonaiNet(SegNet):
             return list(y[:self.deep_supervision + 1]) if self.training and self.deep_supervision else y[0]
         return [y] if self.training and self.deep_supervision else y
 
+TWOD_ARCHS = ("nnunet", "unet", "nnunet_resenc", "fmgnet", "wnet", "stunet_s", "stunet_b", "stunet_l", "stunet_h")  # per-axis kernels and strides
+
 def _check_divisible(patch_size, m:int, name:str):
     "Each axis a multiple of `m` and at least `2m` (instance/group norm needs more than one voxel at the bottom)."
+    flat = [AXES[i] for i, p in enumerate(patch_size) if int(p) == 1]
+    if flat: raise SegcookError(f"{name} cannot run the 2d configuration (patch_size {list(patch_size)} is 1 on axis {', '.join(flat)}): "
+                                f"its kernels and downsampling are fixed 3D; use one of {list(TWOD_ARCHS)}, or the 3d configuration")
     for i, p in enumerate(patch_size):
         if int(p) < 2 * m: raise SegcookError(f"{name}: patch_size {list(patch_size)}: axis {i} ({AXES[i]}) has {p} voxels; "
                                               f"the network needs at least {2 * m} (it halves every axis {int(math.log2(m))} times "
@@ -400,8 +407,8 @@ _MEDNEXT_PARTS = {"encoder": ("stem", "enc_stages", "down_blocks", "bottleneck")
 
 def _mednext(variant):
     def build(in_channels, out_channels, patch_size, spacing=None, deep_supervision:int=0, kernel_size:int=3, **kw):
-        from monai.networks.nets.mednext import create_mednext
         _check_divisible(patch_size, 16, f"mednext_{variant.lower()}")
+        from monai.networks.nets.mednext import create_mednext
         ds = _check_ds(deep_supervision, 5, f"mednext_{variant.lower()}")
         net = create_mednext(variant, 3, in_channels, out_channels, kernel_size, deep_supervision=ds > 0, **kw)
         return MonaiNet(net, _MEDNEXT_PARTS, ds)

@@ -23,8 +23,8 @@ from .analysis import _read_xyz, _n_nonfinite
 __all__ = ['N4_THREADS', 'MIND_CHANNELS', 'META_FORMAT', 'label_values', 'read_case', 'crop_box', 'crop', 'n4_correct',
            'sitk_code', 'orientation_of', 'reorient', 'coarse_axis', 'bspline_axis', 'nearest_axis', 'resample_image',
            'resample_label', 'normalize', 'rescale_2_98', 'hist_match', 'mind_ssc', 'distance_map', 'distance_maps',
-           'preprocess_case', 'to_native', 'read_cases_csv', 'case_dir', 'is_done', 'run_case', 'histmatch_reference',
-           'preprocess', 'cli_preprocess']
+           'case_spacing', 'preprocess_case', 'to_native', 'read_cases_csv', 'case_dir', 'is_done', 'run_case',
+           'histmatch_reference', 'preprocess', 'cli_preprocess']
 
 # %% ../nbs/03_preprocess.ipynb #1876b547
 def _case_err(cid, path, msg) -> SegcookError:
@@ -447,6 +447,15 @@ def _mind_channels(arrs:list[np.ndarray], names:list[str], how:str|None):
     return (arrs + marrs, names + mn) if how == "extra" else (marrs, mn)
 
 # %% ../nbs/03_preprocess.ipynb #4765d39c
+def case_spacing(plan:Plan, # the experiment plan (spatial.target_spacing, spatial.config, spatial.slice_axis)
+                 spacing, # the case's spacing, mm (x, y, z), in the training orientation
+                ) -> list[float]|None:
+    "The spacing a case is resampled to: the plan's target, except across slices in 2d, where the case keeps its own."
+    sp = plan.spatial.target_spacing
+    if sp is None or plan.spatial.config != "2d": return sp
+    sp = [float(v) for v in sp]; sp[plan.spatial.slice_axis] = float(spacing[plan.spatial.slice_axis])
+    return sp
+
 def _spatial(imgs:list, lbl, plan:Plan, n4:bool, cid, box=None):
     "Crop (to `box` when given), N4, reorient and resample the images and label of one case; returns them and the geometry record."
     meta = {"original": _geom(imgs[0])}
@@ -464,7 +473,7 @@ def _spatial(imgs:list, lbl, plan:Plan, n4:bool, cid, box=None):
     if any(c.use_nonzero and c.norm == "zscore" for c in plan.channels):
         nz = sitk.GetImageFromArray(np.any([sitk.GetArrayViewFromImage(i) != 0 for i in imgs], 0).astype(np.uint8))
         nz.CopyInformation(imgs[0])
-    sp = plan.spatial.target_spacing
+    sp = case_spacing(plan, imgs[0].GetSpacing())
     if sp is None: raise SegcookError("the plan has no spatial.target_spacing; run `segcook analyze` or set it in config.json")
     meta["anisotropic_axis"] = coarse_axis(imgs[0].GetSpacing())
     imgs = [resample_image(i, sp) for i in imgs]
@@ -539,7 +548,7 @@ def preprocess_case(images:dict, # channel name -> image path, in the plan's cha
     box = None
     if not plan.preprocess.skip:
         box = _fg_box(arrs, lab) if plan.spatial.crop_to_foreground else ([0, 0, 0], list(geoms[0].size))
-        sp = plan.spatial.target_spacing
+        sp = case_spacing(plan, geoms[0].spacing)
         if sp is not None and _numpy_ok(geoms, plan, n4) and _on_target([b - a for a, b in zip(*box)], geoms[0], sp):
             image, lab, meta = _numpy_case(arrs, lab, geoms[0], box, plan, cid)   # no SimpleITK step needed
             if plan.preprocess.mind:

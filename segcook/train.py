@@ -90,6 +90,9 @@ class GlobalBatchLoader:
         self.ps, self.p_fg = list(plan.spatial.patch_size), plan.train.oversampling
         self.bs, self.seed, self.rank, self.world = batch_size, seed, shard_id, num_shards
         self.steps, self.epoch, self._fg = steps or plan.train.steps_per_epoch, 0, {}
+        from segcook.loader import needs_sampler, resolve_sample_probs
+        self.plan, self.sampled, self._samplers = plan, needs_sampler(plan), {}
+        if self.sampled: resolve_sample_probs(plan)                   # fail early on bad keys
     def set_epoch(self, e:int): self.epoch = e
     def __len__(self): return self.steps
 
@@ -99,11 +102,22 @@ class GlobalBatchLoader:
 
     def _patch(self, i, fg, u):
         img = np.load(self.dirs[i]/"image.npy", mmap_mode="r"); lbl = np.load(self.dirs[i]/"label.npy", mmap_mode="r")
-        shape, vox = img.shape[1:], self._fg_voxels(i)
+        shape = img.shape[1:]
         hi = [max(0, n - p) for n, p in zip(shape, self.ps)]
+        if self.sampled:                                              # class probabilities, or 2d annotated slices
+            c = self._sampler(i).draw(np.random.default_rng([self.seed, self.epoch, int(u[0] * 2**31)]), 1)[0]
+            start = [min(max(0, x - p // 2), h) for x, p, h in zip(c, self.ps, hi)]
+            return _crop(img, start, self.ps), _crop(lbl, start, self.ps)
+        vox = self._fg_voxels(i)
         if fg and len(vox): c = vox[min(int(u[0] * len(vox)), len(vox) - 1)]; start = [min(max(0, x - p // 2), h) for x, p, h in zip(c, self.ps, hi)]
         else: start = [int(v * (h + 1)) for v, h in zip(u[1:], hi)]
         return _crop(img, start, self.ps), _crop(lbl, start, self.ps)
+
+    def _sampler(self, i):
+        if i not in self._samplers:
+            from segcook.loader import sampler_of
+            self._samplers[i] = sampler_of(np.load(self.dirs[i]/"label.npy", mmap_mode="r")[0], self.plan)
+        return self._samplers[i]
 
     def __iter__(self):
         rng = np.random.default_rng([self.seed, self.epoch])
@@ -726,8 +740,19 @@ def _tune_overrides(a) -> dict:
     "The fine-tuning flags given on the command line, as train overrides."
     d = dict(pretrained=str(Path(a.pretrained).resolve()) if a.pretrained else None, freeze=a.freeze,
              head_lr_mult=a.head_lr, reinit_head=False if a.keep_head else None, unfreeze_after=a.unfreeze_after,
-             warmup_epochs=a.warmup)
+             warmup_epochs=a.warmup, sample_probs=_sample_probs_arg(a.sample_probs))
     return {k: v for k, v in d.items() if v is not None}
+
+def _sample_probs_arg(items:list[str]|None) -> dict|None:
+    "`--sample-probs liver=0.5 tumour=0.3 background=0.2` as a dict (keys are checked against the plan later)."
+    if not items: return None
+    out = {}
+    for it in items:
+        k, eq, v = it.partition("=")
+        try: out[k] = float(v)
+        except ValueError: raise SegcookError(f"--sample-probs: '{it}' should be KEY=PROBABILITY, e.g. liver=0.5") from None
+        if not eq or not k: raise SegcookError(f"--sample-probs: '{it}' should be KEY=PROBABILITY, e.g. liver=0.5")
+    return out
 
 def cli_train(argv:list[str]|None=None, # command-line arguments (None: `sys.argv[1:]`)
              ) -> int:
@@ -749,6 +774,8 @@ def cli_train(argv:list[str]|None=None, # command-line arguments (None: `sys.arg
     p.add_argument("--head-lr", type=float, default=None, help="the head's learning rate is lr x this (SegBook: 10)")
     p.add_argument("--unfreeze-after", type=int, default=None, metavar="N", help="gradual unfreezing: the frozen part trains too from epoch N on")
     p.add_argument("--warmup", type=int, default=None, metavar="N", help="linear learning-rate warmup over the first N epochs (fine-tuning)")
+    p.add_argument("--sample-probs", nargs="+", default=None, metavar="KEY=P",
+                   help="patch centres by class instead of foreground oversampling: label names or values, background, unannotated")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--resume", action="store_true", help="continue an interrupted run")
     g.add_argument("--overwrite", action="store_true", help="start over")
