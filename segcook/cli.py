@@ -26,6 +26,9 @@ COMMANDS = {
     "postprocess": ("segcook.postprocess", "apply or select postprocessing strategies"),
     "sweep":       ("segcook.sweep",       "grids of recipes on this machine or on Slurm, into one results table"),
     "demo":        ("segcook.demo",        "every stage on a fresh phantom dataset, small budget"),
+    "register":    ("segcook.register",    "move labels between sequences of one patient (affine/rigid, Mattes MI)"),
+    "pseudolabel": ("segcook.selftrain",   "predict unlabelled cases and keep the plausible predictions as a dataset"),
+    "efficiency":  ("segcook.selftrain",   "time and memory-time area per case, default vs fast inference"),
 }
 
 def _usage() -> str:
