@@ -447,7 +447,7 @@ class MemoryCurve:
     def peak_mib(self) -> float: return max(self.m, default=0.0)
 
 # %% ../nbs/09_inference.ipynb #fa00dbe9
-TIMING_FIELDS = ["id", "seconds", "peak_rss_mib", "peak_gpu_mib", "mem_area_mib_s", "mem_source", "models", "tta_passes", "fast"]
+TIMING_FIELDS = ["id", "seconds", "peak_rss_mib", "peak_gpu_mib", "models", "tta_passes", "fast", "mem_area_mib_s", "mem_source"]
 
 def _peak_rss_mib() -> float: return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
