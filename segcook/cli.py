@@ -28,6 +28,9 @@ COMMANDS = {
     "sparse":      ("segcook.sparse",      "which slices to annotate under a budget; simulated sparse labels; mask interpolation"),
     "sweep":       ("segcook.sweep",       "grids of recipes on this machine or on Slurm, into one results table"),
     "demo":        ("segcook.demo",        "every stage on a fresh phantom dataset, small budget"),
+    "register":    ("segcook.register",    "move labels between sequences of one patient (affine/rigid, Mattes MI)"),
+    "pseudolabel": ("segcook.selftrain",   "predict unlabelled cases and keep the plausible predictions as a dataset"),
+    "efficiency":  ("segcook.selftrain",   "time and memory-time area per case, default vs fast inference"),
 }
 
 def _usage() -> str:

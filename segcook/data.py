@@ -16,9 +16,9 @@ from .core import (SegcookError, log, read_json, write_json, read_image, write_i
                           Geometry, is_image_file, cli_parser, run_cli, progress)
 
 # %% auto #0
-__all__ = ['MODALITIES', 'QUALITY', 'SPACING_RANGE_MM', 'Case', 'Dataset', 'load_dataset', 'find_cases', 'make_phantom',
-           'show_case', 'Problem', 'file_problem', 'spacing_problem', 'blank_problem', 'check_dataset', 'convert_msd',
-           'convert_csv', 'convert_nnunet', 'cli_phantom', 'cli_convert', 'cli_check']
+__all__ = ['MODALITIES', 'ABDOMEN_ORGANS', 'QUALITY', 'SPACING_RANGE_MM', 'Case', 'Dataset', 'load_dataset', 'find_cases',
+           'make_phantom', 'show_case', 'Problem', 'file_problem', 'spacing_problem', 'blank_problem', 'check_dataset',
+           'convert_msd', 'convert_csv', 'convert_nnunet', 'cli_phantom', 'cli_convert', 'cli_check']
 
 # %% ../nbs/01_data.ipynb #9bea6b24
 @dataclass
@@ -274,6 +274,82 @@ def _mr_abdomen_case(rng, size, spacing):
     a = np.asarray(_ABDOMEN["t1"], np.float32)[cls]*bias + rng.normal(0, 20, size)
     return {"t1": np.where(body, np.clip(a, 1, None), 0).astype(np.float32)}, lbl
 
+# %% ../nbs/01_data.ipynb #4cf3e327
+# ten organs of the abdomen model (label values of `abdomen_ct` / `abdomen_mr`)
+ABDOMEN_ORGANS = {"liver": 1, "spleen": 2, "kidney_right": 3, "kidney_left": 4, "pancreas": 5, "stomach": 6,
+                  "aorta": 7, "ivc": 8, "gallbladder": 9, "duodenum": 10}
+# mean intensity of each tissue: air, fat, muscle, bone, then the ten organs in label order
+_ABDOMEN10 = {"ct":  [-1000, -100, 45, 700, 100, 110, 150, 150, 90, 15, 160, 120, 10, 35],   # portal-venous CT, HU
+              "t1":  [0, 900, 350, 300, 560, 400, 440, 440, 620, 200, 90, 150, 140, 320],   # arbitrary units
+              "t2":  [0, 650, 280, 150, 230, 700, 820, 820, 450, 950, 70, 110, 1300, 720],
+              "dwi": [0, 60, 140, 50, 300, 720, 600, 600, 450, 180, 30, 40, 70, 260]}
+_GAMMA = {"t1": (0.8, 1.2), "t2": (1.2, 1.8), "dwi": (0.5, 0.8)}   # range of each sequence's non-linear exponent
+
+def _abdomen10(rng, size, spacing):
+    "Tissue classes (uint8, `_ABDOMEN10` columns) and the ten organ labels of one random patient, and the body mask."
+    X, Y, Z = _grid_mm(size, spacing)
+    e = [n*s for n, s in zip(size, spacing)]
+    u = lambda a=0.9, b=1.1: rng.uniform(a, b)
+    sh = [rng.uniform(-0.03, 0.03)*x for x in e]                       # the patient's organs shift together a little
+    def org(c, r, w=0.15): return _blob(X, Y, Z, [ci*ei + si for ci, ei, si in zip(c, e, sh)], [ri*ei*u() for ri, ei in zip(r, e)], rng, w)
+    body = _blob(X, Y, Z, [0, 0, 0], [e[0]*0.45, e[1]*0.37, e[2]*2], rng, 0.05)
+    inner = _blob(X, Y, Z, [0, 0, 0], [e[0]*0.39, e[1]*0.31, e[2]*2], rng, 0.05) & body
+    spine = _blob(X, Y, Z, [0, e[1]*0.22, 0], [e[0]*0.05, e[1]*0.05, e[2]*2], rng, 0.05)
+    organs = [("aorta", org([0.03, 0.12, 0], [0.024, 0.024, 2], 0.05)), ("ivc", org([-0.05, 0.1, 0], [0.028, 0.022, 2], 0.05)),
+              ("gallbladder", org([-0.09, -0.15, -0.06], [0.035, 0.03, 0.07], 0.1)),
+              ("kidney_right", org([-0.15, 0.16, -0.12], [0.05, 0.065, 0.14])), ("kidney_left", org([0.15, 0.16, -0.1], [0.05, 0.065, 0.14])),
+              ("pancreas", org([0.04, 0.02, -0.02], [0.15, 0.04, 0.06], 0.25)), ("duodenum", org([-0.05, -0.03, -0.17], [0.08, 0.04, 0.05], 0.25)),
+              ("spleen", org([0.25, 0.1, 0.15], [0.07, 0.09, 0.17], 0.2)), ("stomach", org([0.14, -0.13, 0.12], [0.1, 0.08, 0.15], 0.2)),
+              ("liver", org([-0.17, -0.04, 0.12], [0.18, 0.17, 0.3], 0.2))]
+    lbl = np.zeros(size, np.uint8)
+    for name, m in organs: lbl[m & inner & (lbl == 0)] = ABDOMEN_ORGANS[name]   # small organs first: they win overlaps
+    cls = np.where(lbl > 0, lbl + 3, np.where(inner, 2, np.where(body, 1, 0))).astype(np.uint8)
+    cls[spine & body & (lbl == 0)] = 3
+    return cls, lbl, body
+
+def _abdomen_ct_case(rng, size, spacing):
+    "A contrast-enhanced abdominal CT: HU image (x,y,z) and the ten organ labels."
+    cls, lbl, body = _abdomen10(rng, size, spacing)
+    hu = np.asarray(_ABDOMEN10["ct"], np.float32)[cls]*(1 + 0.03*_smooth_field(rng, size, n=7))
+    hu += np.where(body, rng.normal(0, 12, size), 0)
+    return {"ct": np.clip(np.rint(hu), -1024, 3071).astype(np.int16)}, lbl
+
+def _small_affine(rng, deg:float=3.0, mm:float=3.0) -> sitk.AffineTransform:
+    "A random affine about the volume's centre: rotations up to `deg` degrees, shifts up to `mm`, scale within 2%."
+    a = np.deg2rad(rng.uniform(-deg, deg, 3))
+    cx, cy, cz, sx, sy, sz = *np.cos(a), *np.sin(a)
+    R = (np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]]) @ np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+         @ np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])) @ np.diag(rng.uniform(0.98, 1.02, 3))
+    t = sitk.AffineTransform(3)
+    t.SetMatrix(R.ravel().tolist()); t.SetTranslation(rng.uniform(-mm, mm, 3).tolist())
+    return t
+
+def _moved(a:np.ndarray, tf, spacing, origin):
+    "Array `a` (x,y,z) seen through `tf` (fixed -> moving physical points): nearest neighbour on the same grid."
+    img = from_xyz(a, spacing=spacing, origin=origin)
+    return to_xyz(sitk.Resample(img, img, tf, sitk.sitkNearestNeighbor, 0, img.GetPixelID()))
+
+def _mr_sequence(rng, seq:str, cls, body, size):
+    "One MR contrast of the tissue classes: non-linear (power-law) mapping, bias field, Rician noise, zeros in the air."
+    top = max(_ABDOMEN10[seq])
+    m = np.asarray(_ABDOMEN10[seq], np.float32)/top
+    g = rng.uniform(*_GAMMA[seq])
+    a = top*m[cls]**g*(1 + 0.04*_smooth_field(rng, size, n=9))
+    a *= np.exp(0.3*_smooth_field(rng, size, n=3))
+    sd = 0.02*top
+    a = np.sqrt((a + rng.normal(0, sd, size))**2 + rng.normal(0, sd, size)**2)
+    return np.where(body, np.clip(a, 1, None), 0).astype(np.float32)
+
+def _abdomen_mr_case(rng, size, spacing, origin):
+    "Images {t1, t2, dwi}, the labels on each sequence's grid and each sequence's true misalignment (t1 -> sequence)."
+    cls, lbl, body = _abdomen10(rng, size, spacing)
+    imgs, lbls, tfs = {}, {}, {}
+    for seq in ("t1", "t2", "dwi"):
+        tf = None if seq == "t1" else _small_affine(rng)
+        c, l, b = (cls, lbl, body) if tf is None else (_moved(x.astype(np.uint8), tf, spacing, origin) for x in (cls, lbl, body))
+        imgs[seq], lbls[seq], tfs[seq] = _mr_sequence(rng, seq, c, b.astype(bool), size), l, tf
+    return imgs, lbls, tfs
+
 # %% ../nbs/01_data.ipynb #b3dc3c45
 QUALITY = {"high": None, "low": dict(sigma=(0.8, 0.8, 1.5), contrast=0.5, noise=0.10)}
 
@@ -304,7 +380,9 @@ def _write_phantom_case(out:Path, cid:str, imgs:dict, lbl, spacing, direction, o
     write_image(from_xyz(lbl, spacing=spacing, origin=origin, direction=direction), folder/f"{cid}_seg.nii.gz")
 
 _KINDS = {"brats": "4 MR channels, BraTS labels", "ct": "CT abdomen (HU), 3 organs",
-          "mr_abdomen": "the CT abdomen's anatomy as a T1-weighted MR"}
+          "mr_abdomen": "the CT abdomen's anatomy as a T1-weighted MR",
+          "abdomen_ct": "contrast CT (HU), 10 abdominal organs",
+          "abdomen_mr": "other patients of the abdomen_ct anatomy: T1, T2, DWI sequences, misaligned; labels only in truth/"}
 
 def _phantom_dataset(kind:str, post_treatment:bool) -> dict:
     "The dataset.json fields of a phantom of `kind`."
@@ -315,10 +393,27 @@ def _phantom_dataset(kind:str, post_treatment:bool) -> dict:
                 "images": {ch: [f"_{ch}."] for ch in _CONTRAST}, "labels": labels, "label-names": names,
                 "final_classes": {"WT": [1, 2, 3], "TC": [1, 3], "ET": [3], **({"RC": [4]} if post_treatment else {})},
                 "regions": {"WT": [1, 2, 3], "TC": [1, 3], "ET": [3]}}
+    if kind in ("abdomen_ct", "abdomen_mr"):
+        names = dict(ABDOMEN_ORGANS)
+        d = {"task": f"phantom_{kind}", "modality": "ct" if kind == "abdomen_ct" else "mr", "train-data": "train",
+             "labels": [0, *names.values()], "label-names": names, "final_classes": {k: [v] for k, v in names.items()}}
+        if kind == "abdomen_ct": return {**d, "mask": ["_seg."], "images": {"ct": ["_ct."]}}
+        return {**d, "images": {s: [f"_{s}."] for s in ("t1", "t2", "dwi")},
+                "evaluation-labels": {"folder": "truth", "pattern": "<id>/<id>_<channel>_seg.nii.gz",
+                                      "note": "for evaluation only: the labels of each sequence on its own grid; never a training input"}}
     ch = "ct" if kind == "ct" else "t1"
     return {"task": f"phantom_{kind}", "modality": "ct" if kind == "ct" else "mr", "train-data": "train", "mask": ["_seg."],
             "images": {ch: [f"_{ch}."]}, "labels": [0, 1, 2, 3], "label-names": {"liver": 1, "kidney": 2, "spleen": 3},
             "final_classes": {"liver": [1], "kidney": [2], "spleen": [3]}}
+
+def _write_mr_sequences(out:Path, split, cid, rng, rng_q, size, spacing, direction, origin, quality):
+    "One `abdomen_mr` patient: its sequences under `<split>/<id>/`, their labels under `truth/<id>/`."
+    imgs, lbls, _ = _abdomen_mr_case(rng, size, spacing, tuple(-(n - 1)/2*s for n, s in zip(size, spacing)))
+    if QUALITY[quality]: imgs = _degrade(imgs, rng_q, **QUALITY[quality])
+    geo = dict(spacing=spacing, origin=origin, direction=direction)
+    for s, a in imgs.items():
+        write_image(from_xyz(a, **geo), out/split/cid/f"{cid}_{s}.nii.gz")
+        write_image(from_xyz(lbls[s], **geo), out/"truth"/cid/f"{cid}_{s}_seg.nii.gz")
 
 def _check_out(out:Path, settings:dict):
     "Refuse a folder that holds anything but an earlier phantom made with the same settings."
@@ -336,7 +431,7 @@ def _check_out(out:Path, settings:dict):
 
 def make_phantom(out, # folder to create (empty, new, or an earlier phantom with the same settings)
                  cases:int=8, # training cases
-                 kind:str="brats", # 'brats' (4 MR channels, BraTS labels), 'ct' (HU, 3 organs) or 'mr_abdomen' (the CT's anatomy as MR)
+                 kind:str="brats", # 'brats' (4 MR channels, BraTS labels), 'ct' (HU, 3 organs), 'mr_abdomen' (the CT's anatomy as MR), 'abdomen_ct' (10 organs), 'abdomen_mr' (3 sequences, labels in truth/)
                  size=(64, 64, 48), # voxels (x, y, z)
                  spacing=(1.0, 1.0, 1.0), # mm (x, y, z); anisotropic is fine
                  direction=None, # row-major 3x3 direction cosines (default identity)
@@ -359,9 +454,11 @@ def make_phantom(out, # folder to create (empty, new, or an earlier phantom with
     origin = tuple(-(n - 1)/2*s for n, s in zip(size, spacing))
     jobs = [("train", f"{kind}_{i:03d}", i) for i in range(cases)] + [("test", f"{kind}_test_{i:03d}", 10_000 + i) for i in range(test_cases)]
     make = {"brats": lambda r: _brats_case(r, size, spacing, post_treatment), "ct": lambda r: _ct_case(r, size, spacing),
-            "mr_abdomen": lambda r: _mr_abdomen_case(r, size, spacing)}[kind]
+            "mr_abdomen": lambda r: _mr_abdomen_case(r, size, spacing), "abdomen_ct": lambda r: _abdomen_ct_case(r, size, spacing)}.get(kind)
     def one(job):
         split, cid, i = job
+        if kind == "abdomen_mr": return _write_mr_sequences(out, split, cid, np.random.default_rng([seed, 500_000 + i]),
+                                                            np.random.default_rng([seed, 500_000 + i, 1]), size, spacing, direction, origin, quality)
         imgs, lbl = make(np.random.default_rng([seed, i]))
         if QUALITY[quality]: imgs = _degrade(imgs, np.random.default_rng([seed, i, 1]), **QUALITY[quality])
         _write_phantom_case(out/split, cid, imgs, lbl, spacing, direction, origin)
@@ -650,7 +747,7 @@ def convert_nnunet(src, # the nnU-Net raw dataset folder (dataset.json, imagesTr
 def cli_phantom(argv:list[str]|None=None, # command-line arguments (None: `sys.argv[1:]`)
                ) -> int:
     "segcook phantom: write a synthetic BraTS-like (or CT-like) dataset"
-    p = cli_parser("segcook phantom", "Write a synthetic BraTS-like (4 MR channels) or CT-like dataset with labels and its dataset.json.",
+    p = cli_parser("segcook phantom", "Write a synthetic BraTS-like (4 MR channels), CT-like or paired abdominal CT / multi-sequence MR dataset with labels and its dataset.json.",
                    "segcook phantom --out data/phantom --cases 10 --kind brats --size 96 96 64")
     p.add_argument("--out", required=True, help="folder to write (new, empty, or an earlier phantom with the same settings)")
     p.add_argument("--cases", type=int, default=8, help="training cases (default 8)")

@@ -21,8 +21,8 @@ from .preprocess import preprocess_case, to_native, read_cases_csv, _reference
 # %% auto #0
 __all__ = ['BRATS_THRESHOLDS', 'TIMING_FIELDS', 'gaussian_weights', 'window_starts', 'sliding_window', 'flip_sets',
            'predict_volume', 'region_thresholds', 'regions_to_labels', 'labels_of', 'with_thresholds', 'resample_torch',
-           'native_probs', 'native_fast', 'available_folds', 'load_models', 'find_inputs', 'predict_case', 'run_cases',
-           'predict', 'predict_oof', 'cli_predict']
+           'native_probs', 'native_fast', 'available_folds', 'load_models', 'find_inputs', 'predict_case',
+           'MemoryCurve', 'run_cases', 'predict', 'predict_oof', 'cli_predict']
 
 # %% ../nbs/09_inference.ipynb #0e08455b
 def gaussian_weights(ps:Sequence[int], # window size (x, y, z)
@@ -414,7 +414,40 @@ def _unreorient_probs(p:np.ndarray, meta:dict):
     return to_native(p, {**meta, "resampled": meta["reoriented"]}, is_label=False)
 
 # %% ../nbs/09_inference.ipynb #92b87492
-TIMING_FIELDS = ["id", "seconds", "peak_rss_mib", "peak_gpu_mib", "models", "tta_passes", "fast"]
+class MemoryCurve:
+    "Context manager sampling memory (MiB) every `interval` s in a thread: `.seconds`, `.area_mib_s`, `.mean_mib`, `.peak_mib`."
+    def __init__(self,
+                 device=None, # a CUDA device: sample `torch.cuda.memory_allocated`; else the process RSS
+                 interval:float=0.05, # seconds between samples
+                ):
+        import threading
+        self.device = torch.device(device) if device is not None else None
+        self.cuda = self.device is not None and self.device.type == "cuda"
+        self.source, self.interval, self.t, self.m = ("cuda" if self.cuda else "rss"), interval, [], []
+        self._stop, self._thread = threading.Event(), threading.Thread(target=self._run, daemon=True)
+    def _now(self) -> float:
+        if self.cuda: return torch.cuda.memory_allocated(self.device) / 2**20
+        with open("/proc/self/statm") as f: return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    def _sample(self): self.t.append(time.perf_counter()); self.m.append(self._now())
+    def _run(self):
+        while not self._stop.wait(self.interval): self._sample()
+    def __enter__(self):
+        self._sample(); self._thread.start(); return self
+    def __exit__(self, *exc):
+        self._stop.set(); self._thread.join(); self._sample()
+    @property
+    def seconds(self) -> float: return self.t[-1] - self.t[0] if self.t else 0.0
+    @property
+    def area_mib_s(self) -> float:
+        t, m = np.asarray(self.t), np.asarray(self.m)
+        return float(np.sum((m[1:] + m[:-1]) / 2 * np.diff(t))) if len(t) > 1 else 0.0
+    @property
+    def mean_mib(self) -> float: return self.area_mib_s / self.seconds if self.seconds else (self.m[-1] if self.m else 0.0)
+    @property
+    def peak_mib(self) -> float: return max(self.m, default=0.0)
+
+# %% ../nbs/09_inference.ipynb #fa00dbe9
+TIMING_FIELDS = ["id", "seconds", "peak_rss_mib", "peak_gpu_mib", "models", "tta_passes", "fast", "mem_area_mib_s", "mem_source"]
 
 def _peak_rss_mib() -> float: return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -491,6 +524,7 @@ def run_cases(nets, # the ensemble (eval mode)
         if dst.exists() and not overwrite and _probs_done(out, cid, probs, names): done.append(dst); continue
         t0 = time.perf_counter()
         if device.type == "cuda": torch.cuda.reset_peak_memory_stats(device)
+        curve = MemoryCurve(device if device.type == "cuda" else None).__enter__()
         ref = Geometry.read(next(iter(images.values())))
         image, meta = _prepare(cid, images, plan, exp, reference)
         img, p = predict_case(nets, image, meta, plan, fast, tta_axes, device, bool(probs), stitch_device)
@@ -500,6 +534,7 @@ def run_cases(nets, # the ensemble (eval mode)
         row = {"id": cid, "seconds": round(time.perf_counter() - t0, 3), "peak_rss_mib": round(_peak_rss_mib(), 1),
                "peak_gpu_mib": round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if device.type == "cuda" else "",
                "models": len(nets), "tta_passes": npass // len(nets), "fast": int(fast)}
+        curve.__exit__(); row.update(mem_area_mib_s=round(curve.area_mib_s, 1), mem_source=curve.source)
         _record_timing(out, row)
         log.info(f"predict {cid}: {row['seconds']:.1f} s, peak RSS {row['peak_rss_mib']:.0f} MiB"
                  + (f", peak GPU {row['peak_gpu_mib']:.0f} MiB" if row["peak_gpu_mib"] != "" else ""))
