@@ -268,16 +268,34 @@ def test_intensity_probability(name):
         assert (y.flatten(1).amin(1) >= x.flatten(1).amin(1) - 1e-6).all() and (y.flatten(1).amax(1) <= x.flatten(1).amax(1) + 1e-6).all()
 
 
+def _chance_of_foreground(lbl:np.ndarray, ps) -> float:
+    "Fraction of the in-bounds patch positions whose patch holds a foreground voxel (a summed-volume table, by hand)."
+    c = np.pad(np.cumsum(np.cumsum(np.cumsum(lbl > 0, 0), 1), 2, dtype=np.int64), ((1, 0),) * 3)
+    (a, b), (d, e), (f, g) = [(slice(0, n - p + 1), slice(p, n + 1)) for n, p in zip(lbl.shape, ps)]
+    s = c[b, e, g] - c[a, e, g] - c[b, d, g] - c[b, e, f] + c[a, d, g] + c[a, e, f] + c[b, d, f] - c[a, d, f]
+    return float((s > 0).mean())
+
+
+def test_chance_of_foreground_by_hand():
+    a = np.zeros((10, 6, 4), np.uint8); a[9, 0, 0] = 1          # one voxel in a corner: 1 of 7 x 3 x 2 starts, along x
+    assert _chance_of_foreground(a, (4, 4, 3)) == pytest.approx(1 / 42)
+    a[5, 3, 2] = 1                                               # starts x 2..5, y 0..2, z 0..1 see it: 24 of 42, and the corner one
+    assert _chance_of_foreground(a, (4, 4, 3)) == pytest.approx(25 / 42)
+
+
 @pytest.mark.real
 def test_real_ct_small_tumour_oversampled(shared, tmp_path):
-    "Real CT (pyradiomics lung1, 512x512x48, an 837-voxel tumour): oversampling 1.0 finds it in every patch."
+    "Real CT (pyradiomics lung1, an 837-voxel tumour; whole or tests/data's crop): oversampling 1.0 finds it in every patch."
     img = to_xyz(read_image(shared/"pyradiomics"/"lung1_image.nrrd")).astype(np.float32)
     lbl = (to_xyz(read_image(shared/"pyradiomics"/"lung1_label.nrrd")) > 0).astype(np.uint8)
+    ps, bs, steps = (64, 64, 16), 4, 4
+    p = _chance_of_foreground(lbl, ps)               # whole scan (512x512x48): 0.02; the crop (96x96x48, every slice): 0.5
+    assert p ** (bs * steps) < 1e-3, f"a random patch holds tumour with p = {p:.2f}: the test would prove nothing"
     d = write_case(tmp_path, "lung1", ((img - img.mean()) / img.std())[None], lbl[None])
-    dl = make_train_loader([d], plan_for((64, 64, 16), oversampling=1.0), 4, seed=0, steps=2)
+    dl = make_train_loader([d], plan_for(ps, oversampling=1.0), bs, seed=0, steps=steps)
     for b in dl:
         assert (b["label"].flatten(1).amax(1) > 0).all()
-        assert b["image"].shape == (4, 1, 64, 64, 16) and torch.isfinite(b["image"]).all()
+        assert b["image"].shape == (bs, 1, *ps) and torch.isfinite(b["image"]).all()
 
 
 def test_case_without_foreground(tmp_path):

@@ -1,5 +1,4 @@
 "Agreement of segcook.metrics with DeepMind's surface-distance and with the official BraTS tables."
-import os
 from pathlib import Path
 import numpy as np, pandas as pd, pytest
 from scipy import ndimage as ndi
@@ -11,9 +10,8 @@ from segcook.metrics import (surface_distances, hausdorff_pct, hausdorff, assd, 
                              case_metrics, brats_lesionwise, brats_config)
 from segcook.core import read_image, to_xyz, SegcookError
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("SEGCOOK_SHARED_DATA", REPO / ".." / "shared" / "data"))
-GOLDEN = SHARED / "brats_metrics"
+from conftest import shared_data, DATA
+GOLDEN = (shared_data() or DATA) / "brats_metrics"   # ../shared/data, else tests/data's copy (uint8 label maps, same voxels)
 
 def _blobs(rng, shape, frac):
     f = ndi.gaussian_filter(rng.random(shape), rng.uniform(1.0, 3.0))
@@ -66,7 +64,7 @@ def _golden_cases():
 @pytest.mark.parametrize("case", _golden_cases() or ["missing"])
 def test_brats_lesionwise_matches_official(case):
     if case == "missing":
-        pytest.skip(f"golden BraTS cases not found at {GOLDEN} (set SEGCOOK_SHARED_DATA): the official-table comparison did NOT run")
+        pytest.fail(f"golden BraTS cases not found at {GOLDEN} (neither ../shared/data nor tests/data): the official-table comparison did NOT run")
     version = int(case[5:9])
     g, p = read_image(GOLDEN / f"{case}-gt.nii.gz"), read_image(GOLDEN / f"{case}-pred.nii.gz")
     ours = brats_lesionwise(to_xyz(g), to_xyz(p), g.GetSpacing(), version=version, challenge="GLI")

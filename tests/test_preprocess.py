@@ -38,7 +38,8 @@ def _plan(chans, sp, crop=False, **pre):
     return Plan(channels=chans, labels=Labels(labels=[0, 1]), spatial=Spatial(target_spacing=list(sp), crop_to_foreground=crop),
                 preprocess=Preprocess(**pre))
 
-# lung scans are 512 x 512 x ~50: tests read a real-file crop around the tumour; brain scans are read whole.
+# lung scans are 512 x 512 x ~50: tests read a real-file crop around the tumour; brain scans are read whole (on a
+# fresh clone, `shared` holds tests/data's crops: the brain crops sit on the whole scans' 0.7 mm grid, see its README).
 # Small lesions are sensitive to where the new grid falls: brain2's 453-voxel lesion changes volume by -3.5% to
 # +4.4% on 0.8-1 mm in-plane grids depending on the crop (grid phase); at 0.7 mm it stays within 1%.
 REAL = {"lung1": ("ct", (0.8, 0.8, 2.5)), "lung2": ("ct", (0.8, 0.8, 2.5)),

@@ -10,6 +10,7 @@ warnings.filterwarnings("ignore")
 torch.set_num_threads(1)
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
 from test_nets import CASES
+from conftest import shared_part
 
 TINY = dict(kernels=[[3, 3, 3]] * 6, strides=[[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 2], [2, 2, 1], [1, 1, 1]],
             widths=[2, 4, 8, 16, 32, 32])
@@ -17,9 +18,7 @@ TINY = dict(kernels=[[3, 3, 3]] * 6, strides=[[1, 1, 1], [2, 2, 2], [2, 2, 2], [
 
 @pytest.fixture(scope="module")
 def stunet_dir(shared):
-    d = shared/"stunet"
-    if not d.is_dir(): pytest.skip(f"SKIPPED: STU-Net reference not found at {d}")
-    return d
+    return shared_part(shared, "stunet")
 
 
 @pytest.mark.parametrize("depth", [1, 2])
