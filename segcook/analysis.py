@@ -20,7 +20,7 @@ from .data import Dataset, Case, load_dataset, spacing_problem, blank_problem
 __all__ = ['OPTS', 'TWOD_MAX_BATCH', 'otsu_threshold', 'foreground_mask', 'bbox_of', 'rai_axes', 'to_rai', 'Fingerprint',
            'crop_decision', 'target_spacing', 'resampled_size', 'case_bytes', 'patch_size_for', 'check_spatial',
            'use_nonzero', 'ct_stats', 'kfold', 'read_folds', 'split_folds', 'slice_axis_for', 'batch_size_2d',
-           'analyze', 'show_crop', 'cli_analyze']
+           'case_modality', 'analyze', 'show_crop', 'cli_analyze']
 
 # %% ../nbs/02_analysis.ipynb #dbd3acc4
 def otsu_threshold(a:np.ndarray, # any array of intensities
@@ -399,11 +399,11 @@ def _check_exp(exp:Path, ds:Dataset, overwrite:bool):
 # %% ../nbs/02_analysis.ipynb #8b160e07
 def _fingerprints(cases:list[Case], ds:Dataset, o:dict, workers:int) -> list[Fingerprint]:
     "Fingerprint every case, in a process pool when `workers` > 1."
-    kw = dict(ct_channels={ch for ch, m in ds.channels if m == "ct"}, ignore=ds.ignore_label,
+    kw = dict(ignore=ds.ignore_label,
               allowed=set(ds.labels) | ({ds.ignore_label} if ds.ignore_label is not None else set()),
               ct_max_samples=o["ct_max_samples"], fg_samples=o["fg_samples"],
               spacing_rtol=o["spacing_rtol"], origin_atol_mm=o["origin_atol_mm"], direction_atol=o["direction_atol"])
-    jobs = [(c, kw) for c in cases]
+    jobs = [(c, {**kw, "ct_channels": {ch for ch, m in ds.channels if case_modality(c, m) == "ct"}}) for c in cases]
     if workers <= 1 or len(cases) < 2: return [_fingerprint_job(j) for j in progress(jobs, "analyze")]
     with ProcessPoolExecutor(min(workers, len(cases))) as ex:
         it = ex.map(_fingerprint_job, jobs)
@@ -486,14 +486,29 @@ def _spatial_2d(fps:list[Fingerprint], ds:Dataset, o:dict, max_patch_size) -> Sp
     return Spatial(target_spacing=ts, patch_size=ps, max_patch_size=[int(m) for m in max_patch_size], crop_to_foreground=bool(crop),
                    orientation="RAI", anisotropic_axis=None, median_size=med, config="2d", slice_axis=ax)
 
-def _channels(fps:list[Fingerprint], ds:Dataset, o:dict) -> list[Channel]:
-    "Normalisation of each channel, by modality."
+def case_modality(case:Case, # a case (its own `modality`, or None)
+                  channel_modality:str, # the channel's modality in the dataset ('ct', 'mr', 'other', 'mixed')
+                 ) -> str:
+    "The modality one channel of one case has: the case's own when it declares one, else the channel's."
+    return case.modality or channel_modality
+
+def _one_rule(fps:list[Fingerprint], ch:str, mod:str, o:dict) -> Channel:
+    "The normalisation of channel `ch` from the fingerprints `fps` of its `mod` cases."
+    if mod == "ct":
+        win, mu, sd = ct_stats([f.ct_samples.get(ch, np.zeros(0, np.float32)) for f in fps])
+        return Channel(ch, "ct", "ct", False, win, mu, sd)
+    return Channel(ch, mod, "zscore", use_nonzero([f.zero_frac[ch] for f in fps], o["nonzero_threshold"]))
+
+def _channels(fps:list[Fingerprint], ds:Dataset, o:dict, mods:dict|None=None) -> list[Channel]:
+    "Normalisation of each channel, by modality; a channel whose cases differ in modality gets one rule per modality."
     out = []
     for ch, mod in ds.channels:
-        if mod == "ct":
-            win, mu, sd = ct_stats([f.ct_samples.get(ch, np.zeros(0, np.float32)) for f in fps])
-            out.append(Channel(ch, "ct", "ct", False, win, mu, sd))
-        else: out.append(Channel(ch, mod, "zscore", use_nonzero([f.zero_frac[ch] for f in fps], o["nonzero_threshold"])))
+        by = {}
+        for f in fps: by.setdefault((mods or {}).get(f.id) or mod, []).append(f)
+        if len(by) == 1: out.append(_one_rule(fps, ch, next(iter(by)), o)); continue
+        rules = {m: _one_rule(g, ch, m, o) for m, g in sorted(by.items())}
+        out.append(Channel(ch, "mixed", "by_modality", by_modality={m: {"norm": r.norm, "use_nonzero": r.use_nonzero, "window": r.window,
+                                                                         "mean": r.mean, "std": r.std} for m, r in rules.items()}))
     return out
 
 # %% ../nbs/02_analysis.ipynb #b26b72bc
@@ -504,10 +519,11 @@ def _labels(ds:Dataset) -> Labels:
 def _cases_csv(train:list[Case], test:list[Case], fold_of:dict, ds:Dataset) -> str:
     "cases.csv: id, fold, split, one absolute path column per channel, label."
     buf = io.StringIO(); w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["id", "fold", "split", *ds.channel_names, "label"])
+    per = any(c.modality for c in (*train, *test))                 # a modality column only where cases declare one
+    w.writerow(["id", "fold", "split", *ds.channel_names, "label", *(["modality"] if per else [])])
     ap = lambda p: str(Path(p).resolve()) if p else ""
-    for c in train: w.writerow([c.id, fold_of[c.id], "train", *[ap(c.images[ch]) for ch in ds.channel_names], ap(c.label)])
-    for c in test: w.writerow([c.id, -1, "test", *[ap(c.images[ch]) for ch in ds.channel_names], ap(c.label)])
+    for c in train: w.writerow([c.id, fold_of[c.id], "train", *[ap(c.images[ch]) for ch in ds.channel_names], ap(c.label), *([c.modality or ds.modality] if per else [])])
+    for c in test: w.writerow([c.id, -1, "test", *[ap(c.images[ch]) for ch in ds.channel_names], ap(c.label), *([c.modality or ds.modality] if per else [])])
     return buf.getvalue()
 
 def _test_cases(ds:Dataset) -> list[Case]:
@@ -548,7 +564,7 @@ def analyze(data, # dataset.json path or Dataset
     good, bad = _exclude(_fingerprints(train, ds, o, workers))
     ids = [f.id for f in good]
     fold_of = read_folds(folds_file, ids) if folds_file else kfold(ids, nfolds, seed)
-    plan = Plan(dataset=DatasetInfo(ds.task, str(ds.path), ds.modality, len(good)), channels=_channels(good, ds, o),
+    plan = Plan(dataset=DatasetInfo(ds.task, str(ds.path), ds.modality, len(good)), channels=_channels(good, ds, o, {c.id: c.modality for c in train}),
                 labels=_labels(ds), spatial=_spatial(good, ds, o, max_patch_size), excluded=bad,
                 train=Train(nfolds=len(set(fold_of.values())), val_fraction=float(o["val_fraction"]), seed=int(seed)))
     if plan.spatial.config == "2d": _size_2d(plan, good, o, max_patch_size)

@@ -19,8 +19,8 @@ __all__ = ['log', 'PROGRESS_STEP', 'ARCHS', 'LOSSES', 'POSTPROCESSORS', 'METRICS
            'MAX_TRAIN_GIB', 'CONFIGS', 'IMAGE_SUFFIXES', 'SegcookError', 'atomic_path', 'write_text', 'write_json',
            'read_json', 'progress', 'Registry', 'load_plugins', 'DatasetInfo', 'Channel', 'Labels', 'Spatial',
            'Preprocess', 'Train', 'Infer', 'Evaluate', 'Plan', 'plan_from_dict', 'plan_to_dict', 'train_memory_gib',
-           'sample_keys', 'sample_probs_problems', 'validate_plan', 'save_plan', 'load_plan', 'override',
-           'is_image_file', 'read_image', 'write_image', 'array_to_image', 'to_xyz', 'from_xyz', 'Geometry',
+           'sample_keys', 'sample_probs_problems', 'validate_plan', 'save_plan', 'load_plan', 'override', 'channel_for',
+           'plan_for', 'is_image_file', 'read_image', 'write_image', 'array_to_image', 'to_xyz', 'from_xyz', 'Geometry',
            'compare_headers', 'cli_parser', 'run_cli']
 
 # %% ../nbs/00_core.ipynb #39f84f01
@@ -219,6 +219,7 @@ class Channel:
     window: list[float] | None = None  # CT: [low, high] HU window (dataset 0.5/99.5 percentiles)
     mean: float | None = None          # CT: dataset mean inside the foreground, after windowing
     std: float | None = None           # CT: dataset std inside the foreground, after windowing
+    by_modality: dict[str, dict] | None = None  # mixed CT/MR datasets: modality -> that modality's norm fields (norm, use_nonzero, window, mean, std)
 
 @dataclass
 class Labels:
@@ -412,7 +413,10 @@ def _ranges(p:Plan) -> list[str]:
     out = [f"{k} should be {allowed}, got {get(k)!r}" for k, allowed, ok in _RANGES if not ok(get(k))]
     if not p.channels: out.append("channels: a plan needs at least one channel, got none")
     for c in p.channels:
-        if c.norm not in NORMS: out.append(f"channel '{c.name}': norm should be one of {list(NORMS)}, got '{c.norm}'")
+        if c.norm not in NORMS and not (c.norm == "by_modality" and c.by_modality):
+            out.append(f"channel '{c.name}': norm should be one of {list(NORMS)} ('by_modality' with by_modality for a mixed channel), got '{c.norm}'")
+        for m, f in (c.by_modality or {}).items():
+            if f.get("norm") not in NORMS: out.append(f"channel '{c.name}': by_modality['{m}'].norm should be one of {list(NORMS)}, got {f.get('norm')!r}")
         if c.window is not None and (len(c.window) != 2 or not c.window[0] < c.window[1]):
             out.append(f"channel '{c.name}': window should be [low, high] with low < high, got {c.window}")
     bad = [a for a in p.infer.tta_axes if a not in (0, 1, 2)]
@@ -481,7 +485,12 @@ def validate_plan(plan:Plan, # the plan to check
     if p.labels.ignore_label is not None and p.labels.ignore_label in (p.labels.labels or []):
         out.append(f"labels.ignore_label {p.labels.ignore_label} is also a class in labels.labels; use a value outside it")
     for c in p.channels:
-        if c.modality not in ("mr", "ct", "other"): out.append(f"channel '{c.name}': modality should be 'mr', 'ct' or 'other', got '{c.modality}'")
+        if c.modality not in ("mr", "ct", "other", "mixed"): out.append(f"channel '{c.name}': modality should be 'mr', 'ct', 'other' or 'mixed', got '{c.modality}'")
+        if (c.modality == "mixed") != bool(c.by_modality): out.append(f"channel '{c.name}': a 'mixed' channel needs by_modality (modality -> norm fields), and only it has one")
+        for m, f in (c.by_modality or {}).items():
+            if m not in ("mr", "ct", "other"): out.append(f"channel '{c.name}': by_modality key should be 'mr', 'ct' or 'other', got '{m}'")
+            bad = sorted(set(f) - {"norm", "use_nonzero", "window", "mean", "std"})
+            if bad: out.append(f"channel '{c.name}': by_modality['{m}'] has unknown field(s) {bad}")
     if len({c.name for c in p.channels}) != len(p.channels): out.append("channels: names must be unique")
     t = p.train
     if t.optimizer not in ("adam", "adamw", "sgd"): out.append(f"train.optimizer should be adam, adamw or sgd, got '{t.optimizer}'")
@@ -535,6 +544,29 @@ def override(plan:Plan, # the plan to copy (left unchanged)
     except SegcookError as e:   # the options are wrong, not config.json: say which options
         given = ", ".join(f"{k.replace('__', '.')}={v!r}" for k, v in kw.items())
         raise SegcookError(str(e).replace("config.json: ", f"options {given}: ", 1)) from None
+
+# %% ../nbs/00_core.ipynb #5eb7a331
+def channel_for(ch:Channel, # a channel of the plan
+                modality:str|None, # the case's modality ('ct', 'mr', 'other'; None: unknown)
+                cid:str="case", # case id, for the message
+               ) -> Channel:
+    "The plain channel one case is normalised with: `ch` itself, or its `by_modality` rule for `modality`."
+    if not ch.by_modality: return ch
+    if modality is None:
+        raise SegcookError(f"case {cid}: channel '{ch.name}' mixes modalities {sorted(ch.by_modality)} and the case's modality is not known; "
+                           "give it (a 'modality' column in the CSV, a 'modality' in its dataset.json entry, or --modality)")
+    if modality not in ch.by_modality:
+        raise SegcookError(f"case {cid}: modality '{modality}' but channel '{ch.name}' was analysed for {sorted(ch.by_modality)} only; "
+                           "re-analyse with cases of that modality or give the right modality")
+    return dataclasses.replace(ch, modality=modality, by_modality=None, **ch.by_modality[modality])
+
+def plan_for(plan:Plan, # the experiment plan
+             modality:str|None, # the case's modality (None: the plan has to be single-modality)
+             cid:str="case", # case id, for messages
+            ) -> Plan:
+    "`plan` with every mixed channel replaced by its rule for `modality` (the same object when nothing is mixed)."
+    if not any(c.by_modality for c in plan.channels): return plan
+    return dataclasses.replace(plan, channels=[channel_for(c, modality, cid) for c in plan.channels])
 
 # %% ../nbs/00_core.ipynb #6313b3df
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")

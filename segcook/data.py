@@ -18,7 +18,7 @@ from .core import (SegcookError, log, read_json, write_json, read_image, write_i
 # %% auto #0
 __all__ = ['MODALITIES', 'ABDOMEN_ORGANS', 'QUALITY', 'SPACING_RANGE_MM', 'Case', 'Dataset', 'load_dataset', 'find_cases',
            'make_phantom', 'show_case', 'Problem', 'file_problem', 'spacing_problem', 'blank_problem', 'check_dataset',
-           'convert_msd', 'convert_csv', 'convert_nnunet', 'cli_phantom', 'cli_convert', 'cli_check']
+           'convert_msd', 'convert_csv', 'convert_nnunet', 'merge_datasets', 'cli_phantom', 'cli_convert', 'cli_check']
 
 # %% ../nbs/01_data.ipynb #9bea6b24
 @dataclass
@@ -27,6 +27,7 @@ class Case:
     id: str  # case id
     images: dict[str, Path]  # channel -> image file, in channel order
     label: Path | None = None  # label file (None: unlabelled)
+    modality: str | None = None  # the case's own modality ('ct', 'mr', ...; None: the dataset's)
 
     def files(self) -> list[Path]: return list(self.images.values()) + ([self.label] if self.label else [])
 
@@ -68,7 +69,16 @@ def _dataset_errors(d:dict) -> list[str]:
         if k not in d: errs.append(f"missing field '{k}'")
     if not any(k in d for k in ("train-data", "train-cases")): errs.append("missing field 'train-data' (a folder of patient folders) or 'train-cases' (an explicit list)")
     mod = d.get("modality", "mr")
-    if mod not in MODALITIES: errs.append(f"modality should be one of {list(MODALITIES)}, got '{mod}'")
+    if mod not in (*MODALITIES, "mixed"): errs.append(f"modality should be one of {[*MODALITIES, 'mixed']}, got '{mod}'")
+    for split in ("train", "test"):
+        ents = d.get(f"{split}-cases") if isinstance(d.get(f"{split}-cases"), list) else []
+        bad = [str(e.get("id", f"#{i}")) for i, e in enumerate(ents) if isinstance(e, dict) and e.get("modality") is not None and e.get("modality") not in MODALITIES]
+        if bad: errs.append(f"{split}-cases {bad}: a case's modality should be one of {list(MODALITIES)}")
+        if mod == "mixed":
+            undeclared = [str(e.get("id", f"#{i}")) for i, e in enumerate(ents) if isinstance(e, dict) and not e.get("modality")]
+            if undeclared: errs.append(f"modality is 'mixed' but {split} case(s) {undeclared} do not declare their own; add \"modality\": \"ct\" or \"mr\" to each entry of {split}-cases")
+    if mod == "mixed" and any(d.get(f"{s}-data") is not None for s in ("train", "test")):
+        errs.append("modality is 'mixed' but cases come from a folder (train-data/test-data), which cannot say each case's modality; list them in train-cases with a 'modality' each (see `merge_datasets`)")
     labels = d.get("labels", [])
     if not isinstance(labels, list) or not all(isinstance(l, int) and not isinstance(l, bool) for l in labels): errs.append(f"labels should be a list of integers, got {labels!r}")
     elif 0 not in labels: errs.append(f"labels {labels} must include 0 (background)")
@@ -141,7 +151,7 @@ def _listed_case(i:int, entry:dict, ds:Dataset, errs:list[str]) -> Case | None:
     for p, raw in [*zip(images.values(), [ims[c] for c in ds.channel_names]), *([(label, entry["mask"])] if label else [])]:
         if not Path(raw).is_absolute() and not _inside(p, ds.root):
             errs.append(f"patient '{cid}': path '{raw}' points outside the dataset root {ds.root}; move the file under the root or give an absolute path")
-    return Case(cid, images, label)
+    return Case(cid, images, label, entry.get("modality"))
 
 # %% ../nbs/01_data.ipynb #fcd21a3f
 def find_cases(ds:Dataset, # from `load_dataset`
@@ -743,6 +753,55 @@ def convert_nnunet(src, # the nnU-Net raw dataset folder (dataset.json, imagesTr
     if (test := listing("imagesTs", "labelsTs")): desc["test-cases"] = test
     return write_json(out/"dataset.json", desc)
 
+# %% ../nbs/01_data.ipynb #84b55923
+def merge_datasets(sources:list, # dataset.json paths (or Datasets), each single-modality or already mixed
+                   out, # folder for the merged dataset.json (the sources are never modified)
+                   channels:list[dict]|None=None, # per source {its channel: merged name}; None: the names must agree
+                   task:str|None=None, # task name (default: the sources' names joined by '+')
+                  ) -> Path:
+    "One dataset.json listing every case of `sources` with its own modality ('mixed' when they differ); returns its path."
+    dss = [s if isinstance(s, Dataset) else load_dataset(s) for s in sources]
+    if len(dss) < 2: raise SegcookError(f"merge_datasets needs at least two datasets, got {len(dss)}")
+    if channels is not None and len(channels) != len(dss):
+        raise SegcookError(f"channels gives {len(channels)} mapping(s) for {len(dss)} dataset(s); give one {{own: merged}} per dataset")
+    maps = [dict(m) for m in channels] if channels is not None else [{c: c for c in d.channel_names} for d in dss]
+    for d, m in zip(dss, maps):
+        bad = [c for c in m if c not in d.channel_names]
+        if bad: raise SegcookError(f"{d.path}: channels {bad} of the mapping are not channels of this dataset {d.channel_names}")
+    names = list(maps[0].values())
+    for d, m in zip(dss[1:], maps[1:]):
+        if sorted(m.values()) != sorted(names):
+            raise SegcookError(f"{d.path}: channels {d.channel_names} (as {sorted(m.values())}) do not match {dss[0].path}'s {names}; "
+                               "rename them with channels=[{own: merged}, ...] (e.g. [{'ct': 'image'}, {'t1': 'image'}])")
+    for d in dss[1:]:
+        if d.labels != dss[0].labels: raise SegcookError(f"{d.path}: labels {d.labels} differ from {dss[0].path}'s {dss[0].labels}; the merged task needs one label set")
+    out = Path(out).resolve()
+    for d in dss:
+        if out == d.root or _inside(out, d.root): raise SegcookError(f"output folder {out} is inside the source {d.root}; choose a folder outside the datasets")
+    recs, seen, mods = {"train": [], "test": []}, {}, set()
+    for d, m in zip(dss, maps):
+        inv = {v: k for k, v in m.items()}
+        for split in ("train", "test"):
+            if d.raw.get(f"{split}-cases") is None and d.raw.get(f"{split}-data") is None: continue
+            for c in d.cases(split):
+                if (c.id, split) in seen:
+                    raise SegcookError(f"case id '{c.id}' is in both {seen[(c.id, split)]} and {d.path} ({split}); ids must be unique: rename the cases of one dataset")
+                seen[(c.id, split)] = d.path
+                mod = c.modality or d.modality
+                mods.add(mod)
+                r = {"id": c.id, "modality": mod, "images": {n: str(Path(c.images[inv[n]]).resolve()) for n in names}}
+                if c.label: r["mask"] = str(Path(c.label).resolve())
+                recs[split].append(r)
+    f = dss[0]
+    desc = {"task": task or "+".join(d.task for d in dss), "modality": mods.pop() if len(mods) == 1 else "mixed",
+            "images": {n: [n] for n in names}, "mask": ["mask"], "labels": list(f.labels), "label-names": dict(f.label_names),
+            "final_classes": dict(f.final_classes), "train-cases": recs["train"],
+            "merged-from": [str(d.path) for d in dss]}
+    for k, v in (("regions", f.regions), ("region-thresholds", f.region_thresholds), ("ignore-label", f.ignore_label)):
+        if v is not None: desc[k] = v
+    if recs["test"]: desc["test-cases"] = recs["test"]
+    return write_json(out/"dataset.json", desc)
+
 # %% ../nbs/01_data.ipynb #bfcb6a5e
 def cli_phantom(argv:list[str]|None=None, # command-line arguments (None: `sys.argv[1:]`)
                ) -> int:
@@ -803,6 +862,11 @@ def cli_check(argv:list[str]|None=None, # command-line arguments (None: `sys.arg
         res["probs"] = check_dataset(a.data, workers=a.workers, spacing_rtol=a.spacing_rtol, origin_atol_mm=a.origin_atol_mm)
         for pr in res["probs"]: print(pr)
         n = len(res["probs"])
+        ds = load_dataset(a.data)
+        if ds.modality == "mixed" or any(e.get("modality") for e in ds.raw.get("train-cases") or [] if isinstance(e, dict)):
+            per = {}
+            for e in ds.raw.get("train-cases") or []: per[e.get("modality") or ds.modality] = per.get(e.get("modality") or ds.modality, 0) + 1
+            print(f"{a.data}: modality {ds.modality}; training cases per modality: " + ", ".join(f"{k} {v}" for k, v in sorted(per.items())), file=__import__("sys").stderr)
         print(f"{a.data}: " + ("no problems found" if not n else f"{n} problem(s)"), file=__import__("sys").stderr)
     rc = run_cli(go)
     return rc or (1 if res.get("probs") else 0)

@@ -22,7 +22,7 @@ from .preprocess import preprocess_case, to_native, read_cases_csv, _reference
 __all__ = ['BRATS_THRESHOLDS', 'TIMING_FIELDS', 'gaussian_weights', 'window_starts', 'sliding_window', 'flip_sets',
            'predict_volume', 'region_thresholds', 'regions_to_labels', 'labels_of', 'with_thresholds', 'resample_torch',
            'native_probs', 'native_fast', 'available_folds', 'load_models', 'find_inputs', 'predict_case',
-           'MemoryCurve', 'run_cases', 'predict', 'predict_oof', 'cli_predict']
+           'MemoryCurve', 'run_cases', 'input_modalities', 'predict', 'predict_oof', 'cli_predict']
 
 # %% ../nbs/09_inference.ipynb #0e08455b
 def gaussian_weights(ps:Sequence[int], # window size (x, y, z)
@@ -484,14 +484,14 @@ def _check_header(img, ref, cid:str, path):
     if diff: raise SegcookError(f"case {cid}: prediction grid differs from the input {path}: {'; '.join(diff)}")
     return ref.apply(img)
 
-def _prepare(cid:str, images:dict, plan, exp=None, reference=None):
+def _prepare(cid:str, images:dict, plan, exp=None, reference=None, modality=None):
     "(image, meta) of a case: from `<exp>/preprocessed` when finished there with the same inputs, else preprocessed now."
     d = Path(exp)/"preprocessed"/cid if exp is not None else None
     if d is not None and (d/"meta.json").exists():
         meta = json.loads((d/"meta.json").read_text())
         same = meta.get("images") and [Path(p).resolve() for p in meta["images"].values()] == [Path(p).resolve() for p in images.values()]
         if same and "resampled" in meta: return np.load(d/"image.npy", mmap_mode="r"), meta
-    image, _, meta = preprocess_case({k: str(v) for k, v in images.items()}, plan, cid=cid, reference=reference)
+    image, _, meta = preprocess_case({k: str(v) for k, v in images.items()}, plan, cid=cid, reference=reference, modality=modality)
     return image, meta
 
 def _refuse_inside(out:Path, cases, extra=()):
@@ -513,6 +513,7 @@ def run_cases(nets, # the ensemble (eval mode)
               exp=None, # experiment folder (for histogram-matching references)
               reference=None, # histogram-matching reference (channel -> path)
               stitch_device=None, # where windows are stitched (None: the image's device)
+              modalities:dict|None=None, # case id -> modality, for a plan that mixes CT and MR (None: single-modality)
              ) -> list[Path]:
     "Predict `cases` with the ensemble `nets` into `out`; skips finished cases; returns the label files."
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
@@ -526,7 +527,7 @@ def run_cases(nets, # the ensemble (eval mode)
         if device.type == "cuda": torch.cuda.reset_peak_memory_stats(device)
         curve = MemoryCurve(device if device.type == "cuda" else None).__enter__()
         ref = Geometry.read(next(iter(images.values())))
-        image, meta = _prepare(cid, images, plan, exp, reference)
+        image, meta = _prepare(cid, images, plan, exp, reference, (modalities or {}).get(cid))
         img, p = predict_case(nets, image, meta, plan, fast, tta_axes, device, bool(probs), stitch_device)
         img = _check_header(img, ref, cid, next(iter(images.values())))
         if probs: _write_probs(out, cid, p, probs, ref, names)
@@ -557,6 +558,28 @@ def _reference_of(exp, plan):
     if plan.preprocess.intensity != "histmatch": return None
     return _reference(read_cases_csv(exp, plan), plan)
 
+def input_modalities(input, # what `predict` was given: a paths.csv, a dataset.json, a folder
+                     cases:list, # [(id, images)] from `find_inputs`
+                     plan, # the plan
+                     modality:str|None=None, # the modality of every case without its own (the `--modality` flag)
+                    ) -> dict:
+    "Case id -> modality for a plan that mixes CT and MR ({} otherwise): the CSV's `modality` column or the dataset.json entries, else `modality`, else the plan's; none is an error."
+    if not any(c.by_modality for c in plan.channels): return {}      # one rule per channel: nothing to choose
+    own, src = {}, Path(input)
+    if src.is_file() and src.suffix == ".csv":
+        with open(src, newline="") as f: own = {r["id"]: (r.get("modality") or "").strip() for r in csv.DictReader(f)}
+    elif src.suffix == ".json" or (src.is_dir() and (src/"dataset.json").exists()):
+        ds = load_dataset(src if src.suffix == ".json" else src/"dataset.json")
+        own = {c.id: c.modality or (ds.modality if ds.modality != "mixed" else None) for c in find_cases(ds, "test")[0]}
+    default = modality or (plan.dataset.modality if plan.dataset.modality != "mixed" else None)
+    out = {cid: own.get(cid) or default for cid, _ in cases}
+    bad = sorted({m for m in out.values() if m and m not in ("mr", "ct", "other")})
+    if bad: raise SegcookError(f"{input}: unknown modality {bad}; use 'ct', 'mr' or 'other'")
+    miss = [cid for cid, m in out.items() if not m]
+    if miss: raise SegcookError(f"{input}: the plan mixes CT and MR but case(s) {miss[:5]}{' ...' if len(miss) > 5 else ''} have no modality; "
+                                "add a 'modality' column (ct or mr) to the CSV, or give --modality")
+    return out
+
 def predict(exp, # experiment folder (config.json, models/fold_<k>/best.pt)
             input, # a folder, a paths.csv or a dataset.json (its test cases)
             out, # output folder: <id>.nii.gz, timing.csv
@@ -568,18 +591,20 @@ def predict(exp, # experiment folder (config.json, models/fold_<k>/best.pt)
             overwrite:bool=False, # redo finished cases
             stitch_device=None, # where windows are stitched (default: `device`)
             thresholds=None, # region thresholds for this run (see `with_thresholds`; None: the plan's)
+            modality:str|None=None, # modality of cases that do not give one (mixed CT/MR plans; None: the input's or the plan's)
            ) -> list[Path]:
     "Predict every input case with the ensemble of `exp`'s folds; returns the label files."
     exp, out = Path(exp), Path(out)
     plan = with_thresholds(load_plan(exp), thresholds)
     cases = find_inputs(input, plan)
+    mods = input_modalities(input, cases, plan, modality)
     extra = [load_dataset(input).root] if Path(input).suffix == ".json" else [input] if Path(input).is_dir() else []
     _refuse_inside(out.resolve(), cases, [Path(e).resolve() for e in extra])
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     nets, _, _ = load_models(exp, folds, device)
     fast, axes = _settings(plan, fast, tta)
     if thresholds is not None: _record_thresholds(out, plan, overwrite)
-    return run_cases(nets, cases, plan, out, fast, axes, _probs_fmt(probs), device, overwrite, exp, _reference_of(exp, plan), stitch_device)
+    return run_cases(nets, cases, plan, out, fast, axes, _probs_fmt(probs), device, overwrite, exp, _reference_of(exp, plan), stitch_device, mods)
 
 # %% ../nbs/09_inference.ipynb #c80f0dec
 def predict_oof(exp, # experiment folder (config.json, cases.csv, folds.json, models/)
@@ -608,7 +633,8 @@ def predict_oof(exp, # experiment folder (config.json, cases.csv, folds.json, mo
         if missing: raise SegcookError(f"{exp/'cases.csv'}: held-out case(s) {missing[:5]} of fold {k} are not listed")
         nets, _, _ = load_models(exp, [k], device)
         done += run_cases(nets, [(i, rows[i]["images"]) for i in ids], plan, exp/"predictions"/name, fast, axes,
-                          _probs_fmt(probs), device, overwrite, exp, _reference_of(exp, plan), stitch_device)
+                          _probs_fmt(probs), device, overwrite, exp, _reference_of(exp, plan), stitch_device,
+                          {i: rows[i].get("modality") for i in ids})
     return done
 
 # %% ../nbs/09_inference.ipynb #3575f63e
@@ -631,6 +657,7 @@ def cli_predict(argv:list[str]|None=None, # command-line arguments (None: `sys.a
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
     p.add_argument("--stitch-device", default=None, help="where windows are stitched, e.g. cpu to spare GPU memory (default: --device)")
     p.add_argument("--overwrite", action="store_true", help="redo cases that are already written")
+    p.add_argument("--modality", default=None, choices=["ct", "mr", "other"], help="modality of input cases that do not give one (a plan that mixes CT and MR needs it)")
     p.add_argument("--thresholds", default=None, help="region thresholds: a strategy JSON (segcook postprocess --select-thresholds) "
                    "or WT=0.5,TC=0.4,ET=0.3 (default: the plan's)")
     a = p.parse_args(argv)
@@ -641,6 +668,6 @@ def cli_predict(argv:list[str]|None=None, # command-line arguments (None: `sys.a
             done = predict_oof(a.exp, **kw); where = Path(a.exp)/"predictions"/"oof"
         else:
             if not a.input or not a.out: raise SegcookError("--input and --out are required (or --oof)")
-            done = predict(a.exp, a.input, a.out, **kw); where = a.out
+            done = predict(a.exp, a.input, a.out, **kw, modality=a.modality); where = a.out
         print(f"{len(done)} prediction(s) in {where}")
     return run_cli(go)

@@ -15,7 +15,7 @@ import multiprocessing as mp
 import numpy as np
 import SimpleITK as sitk
 from .core import (Plan, Channel, SegcookError, log, load_plan, read_image, to_xyz, from_xyz, Geometry,
-                          compare_headers, atomic_path, write_json, read_json, progress, cli_parser, run_cli)
+                          compare_headers, atomic_path, write_json, read_json, progress, cli_parser, run_cli, plan_for)
 from .analysis import foreground_mask, bbox_of
 from .analysis import _read_xyz, _n_nonfinite
 
@@ -538,9 +538,11 @@ def preprocess_case(images:dict, # channel name -> image path, in the plan's cha
                     n4:bool|None=None, # N4 for MR channels (default: plan.preprocess.n4)
                     reference:dict|None=None, # channel -> image path of the 'histmatch' reference case
                     cid:str|None=None, # case id for messages and meta
+                    modality:str|None=None, # the case's modality ('ct', 'mr'): which rule a mixed channel uses (None: single-modality plan)
                    ) -> tuple[np.ndarray, np.ndarray|None, dict]:
     "Image (C, x, y, z) float32, label (1, x, y, z) uint8 or None, and the meta needed to go back."
     cid = cid or Path(str(next(iter(images.values())))).name.split(".")[0]
+    plan = plan_for(plan, modality, cid)                          # mixed CT/MR plan: this case's own rules
     chans = _channel_plan(plan, images, cid)
     arrs, lab, geoms = _read_arrays(images, label, plan, cid)
     arrs = list(arrs.values()); n4 = plan.preprocess.n4 if n4 is None else n4
@@ -553,7 +555,7 @@ def preprocess_case(images:dict, # channel name -> image path, in the plan's cha
             image, lab, meta = _numpy_case(arrs, lab, geoms[0], box, plan, cid)   # no SimpleITK step needed
             if plan.preprocess.mind:
                 arrs, names = _mind_channels(list(image), names, plan.preprocess.mind); image = np.stack(arrs)
-            return image, lab, _case_meta(meta, image, names, images, label, n4, plan, cid)
+            return image, lab, _case_meta(meta, image, names, images, label, n4, plan, cid, modality)
     imgs = [_image(a, g) for a, g in zip(arrs, geoms)]; del arrs
     lbl = _image(lab, geoms[-1]) if lab is not None else None
     if plan.preprocess.skip:
@@ -567,14 +569,14 @@ def preprocess_case(images:dict, # channel name -> image path, in the plan's cha
         arrs, names = _mind_channels(arrs, names, plan.preprocess.mind)
     image = np.stack(arrs).astype(np.float32, copy=False)
     lab = to_xyz(lbl)[None].astype(np.uint8, copy=False) if lbl is not None else None
-    return image, lab, _case_meta(meta, image, names, images, label, n4, plan, cid)
+    return image, lab, _case_meta(meta, image, names, images, label, n4, plan, cid, modality)
 
-def _case_meta(meta:dict, image, names, images, label, n4, plan:Plan, cid) -> dict:
+def _case_meta(meta:dict, image, names, images, label, n4, plan:Plan, cid, modality=None) -> dict:
     "The whole meta of a case: what was done to it, then the geometry record `meta`."
     meta = {"format": META_FORMAT, "id": cid, "channels": names, "images": {k: str(v) for k, v in images.items()},
             "label": str(label) if label is not None else None, "n4": bool(n4) and not plan.preprocess.skip,
             "skip": plan.preprocess.skip, "intensity": plan.preprocess.intensity, "mind": plan.preprocess.mind,
-            "shape": list(image.shape[1:]), "n_channels": int(image.shape[0]), **meta}
+            "shape": list(image.shape[1:]), "n_channels": int(image.shape[0]), **({"modality": modality} if modality else {}), **meta}
     return meta
 
 # %% ../nbs/03_preprocess.ipynb #76ef2e54
@@ -622,7 +624,7 @@ def to_native(arr:np.ndarray, # (x, y, z) label map, or (C, x, y, z) probabiliti
 def read_cases_csv(exp, # experiment folder
                    plan:Plan, # the plan (its channel names)
                   ) -> list[dict]:
-    "Rows of `<exp>/cases.csv` as {'id', 'split', 'images': {channel: Path}, 'label': Path|None}."
+    "Rows of `<exp>/cases.csv` as {'id', 'split', 'images': {channel: Path}, 'label': Path|None, 'modality': str|None}."
     p = Path(exp)/"cases.csv"
     if not p.exists(): raise SegcookError(f"{p}: not found; run `segcook analyze` first")
     with open(p, newline="") as f: rows = list(csv.DictReader(f))
@@ -632,7 +634,7 @@ def read_cases_csv(exp, # experiment folder
     if rows and miss: raise SegcookError(f"{p}: missing column(s) {miss}; columns are {list(cols)} (one per channel of the plan)")
     res = lambda s: (Path(s) if Path(s).is_absolute() else (Path(exp)/s).resolve()) if s else None
     return [{"id": r["id"], "split": r.get("split", "train"), "images": {n: res(r[n]) for n in names},
-             "label": res(r.get("label") or "")} for r in rows]
+             "label": res(r.get("label") or ""), "modality": (r.get("modality") or "").strip() or None} for r in rows]
 
 def case_dir(exp, # experiment folder
              cid:str, # case id
@@ -663,7 +665,7 @@ def run_case(exp, # experiment folder
     "Preprocess one row of cases.csv and write its folder (meta.json last); returns the case id."
     d = case_dir(exp, row["id"])
     d.mkdir(parents=True, exist_ok=True); _clean(d)
-    img, lbl, meta = preprocess_case(row["images"], plan, row["label"], n4, reference, row["id"])
+    img, lbl, meta = preprocess_case(row["images"], plan, row["label"], n4, reference, row["id"], row.get("modality"))
     _save_npy(d/"image.npy", img)
     if lbl is not None: _save_npy(d/"label.npy", lbl)
     if lbl is not None and plan.preprocess.distance_maps and not plan.preprocess.skip:
