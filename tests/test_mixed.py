@@ -81,7 +81,9 @@ def test_mixed_experiment_trains_one_epoch(mixed, tmp_path):
     from segcook.train import train
     exp = tmp_path/"exp"; shutil.copytree(mixed["exp"], exp)
     train(exp, folds=[0], epochs=1, steps_per_epoch=1, batch_size=2, loader="global", arch_kwargs={"base": 4}, val_fraction=0.5)
-    assert (exp/"models"/"fold_0"/"best.pt").exists() or any((exp/"models"/"fold_0").glob("*.pt"))
+    assert (exp/"models"/"fold_0"/"last.pt").exists()
+    log = list(csv.DictReader(open(exp/"models"/"fold_0"/"log.csv")))
+    assert len(log) == 1 and np.isfinite(float(log[0]["train_loss"]))
 
 
 def test_modality_must_be_declared(mixed, tmp_path):
