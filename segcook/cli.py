@@ -17,6 +17,7 @@ COMMANDS = {
     "phantom":     ("segcook.data",        "write a synthetic BraTS-like (or CT-like) dataset"),
     "convert":     ("segcook.data",        "make a dataset.json from an MSD, CSV or nnU-Net v2 dataset"),
     "check":       ("segcook.data",        "report every problem in a dataset at once"),
+    "merge":       ("segcook.data",        "one dataset.json from several (e.g. CT + MR), each case with its modality"),
     "analyze":     ("segcook.analysis",    "dataset -> plan (config.json) and cases.csv"),
     "preprocess":  ("segcook.preprocess",  "plan -> training-ready arrays, in parallel and resumable"),
     "archs":       ("segcook.nets",        "list registered architectures (with parameter counts)"),

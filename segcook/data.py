@@ -18,7 +18,8 @@ from .core import (SegcookError, log, read_json, write_json, read_image, write_i
 # %% auto #0
 __all__ = ['MODALITIES', 'ABDOMEN_ORGANS', 'QUALITY', 'SPACING_RANGE_MM', 'Case', 'Dataset', 'load_dataset', 'find_cases',
            'make_phantom', 'show_case', 'Problem', 'file_problem', 'spacing_problem', 'blank_problem', 'check_dataset',
-           'convert_msd', 'convert_csv', 'convert_nnunet', 'merge_datasets', 'cli_phantom', 'cli_convert', 'cli_check']
+           'convert_msd', 'convert_csv', 'convert_nnunet', 'merge_datasets', 'cli_phantom', 'cli_convert', 'cli_merge',
+           'cli_check']
 
 # %% ../nbs/01_data.ipynb #9bea6b24
 @dataclass
@@ -844,6 +845,31 @@ def cli_convert(argv:list[str]|None=None, # command-line arguments (None: `sys.a
         elif a.fmt == "csv": dj = convert_csv(a.train, a.out, a.test, a.modality, a.labels, a.task)
         else: dj = convert_nnunet(a.src, a.out)
         print(dj)
+    return run_cli(go)
+
+# %% ../nbs/01_data.ipynb #1b1934a2
+def cli_merge(argv:list[str]|None=None, # command-line arguments (None: `sys.argv[1:]`)
+             ) -> int:
+    "segcook merge: one dataset.json listing the cases of several datasets, each with its modality"
+    p = cli_parser("segcook merge", "Write one dataset.json listing every case of several datasets by absolute path, each with its dataset's modality "
+                   "('mixed' when they differ: CT and MR in one training set). Ids must be unique; channels must match by name or be renamed. "
+                   "The sources are never modified.",
+                   "segcook merge --data ct/dataset.json mr/dataset.json --channels ct=image t1=image --out data/ct_mr")
+    p.add_argument("--data", required=True, nargs="+", help="dataset.json files (two or more)")
+    p.add_argument("--out", required=True, help="folder for the merged dataset.json")
+    p.add_argument("--channels", nargs="+", default=None, metavar="OWN=MERGED",
+                   help="one comma-separated renaming per dataset, in --data order, e.g. ct=image t1=image (default: the names must agree)")
+    p.add_argument("--task", default=None)
+    a = p.parse_args(argv)
+    def go():
+        maps = None
+        if a.channels is not None:
+            maps = []
+            for spec in a.channels:
+                pairs = [x.split("=", 1) for x in spec.split(",") if x]
+                if any(len(q) != 2 or not all(q) for q in pairs): raise SegcookError(f"--channels '{spec}': write OWN=MERGED[,OWN=MERGED...]")
+                maps.append(dict(pairs))
+        print(merge_datasets(a.data, a.out, maps, a.task))
     return run_cli(go)
 
 # %% ../nbs/01_data.ipynb #81b088a4

@@ -141,3 +141,13 @@ def test_mind_replace_makes_ct_and_mr_inputs_closer(mixed):
     assert res[None][2] == 1 and res["replace"][2] == 12
     assert res[None][1] < 0 < 0.5 < res["replace"][1]                   # measured: -0.43 vs 0.59
     assert res["replace"][0] < 0.25 * res[None][0]                      # relative MAD, measured: 0.62 vs 3.46
+
+
+def test_cli_merge(mixed, tmp_path, capsys):
+    from segcook.cli import main
+    assert main(["merge", "--data", str(mixed["ct"]), str(mixed["mr"]), "--channels", "ct=image", "t1=image", "--out", str(tmp_path/"m")]) == 0
+    assert read_json(tmp_path/"m"/"dataset.json")["train-cases"] == read_json(mixed["dj"])["train-cases"]
+    assert main(["merge", "--data", str(mixed["ct"]), str(mixed["mr"]), "--out", str(tmp_path/"m2")]) != 0
+    assert "do not match" in capsys.readouterr().err
+    assert main(["check", "--data", str(mixed["dj"])]) == 0
+    assert "training cases per modality: ct 3, mr 3" in capsys.readouterr().err
