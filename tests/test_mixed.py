@@ -84,6 +84,16 @@ def test_mixed_experiment_trains_one_epoch(mixed, tmp_path):
     assert (exp/"models"/"fold_0"/"last.pt").exists()
     log = list(csv.DictReader(open(exp/"models"/"fold_0"/"log.csv")))
     assert len(log) == 1 and np.isfinite(float(log[0]["train_loss"]))
+    from segcook.inference import predict, predict_oof
+    ct, mr = f"{mixed['t']}/ct/train/ct_002/ct_002_ct.nii.gz", f"{mixed['t']}/mr/train/mr_abdomen_002/mr_abdomen_002_t1.nii.gz"
+    (tmp_path/"in").mkdir(); p = tmp_path/"in"/"paths.csv"; p.write_text(f"id,image,modality\nc,{ct},ct\nm,{mr},mr\n")
+    done = predict(exp, p, tmp_path/"out", device="cpu", fast=True)
+    assert [d.name for d in done] == ["c.nii.gz", "m.nii.gz"]
+    assert sitk.ReadImage(str(done[1])).GetSize() == sitk.ReadImage(mr).GetSize()
+    q = tmp_path/"in"/"nomod.csv"; q.write_text(f"id,image\nm,{mr}\n")
+    with pytest.raises(SegcookError, match="have no modality"): predict(exp, q, tmp_path/"out2", device="cpu", fast=True)
+    assert len(predict(exp, q, tmp_path/"out3", device="cpu", fast=True, modality="mr")) == 1
+    assert len(predict_oof(exp, folds=[0], device="cpu", fast=True)) == 3              # held-out cases: each by its cases.csv modality
 
 
 def test_modality_must_be_declared(mixed, tmp_path):
