@@ -17,11 +17,11 @@ import SimpleITK as sitk
 __all__ = ['log', 'PROGRESS_STEP', 'ARCHS', 'LOSSES', 'POSTPROCESSORS', 'METRICS', 'register_arch', 'register_loss',
            'register_postprocessor', 'register_metric', 'PLUGIN_ENV', 'SCHEMA_VERSION', 'NORMS', 'ACT_FLOATS',
            'MAX_TRAIN_GIB', 'CONFIGS', 'IMAGE_SUFFIXES', 'SegcookError', 'atomic_path', 'write_text', 'write_json',
-           'read_json', 'progress', 'Registry', 'load_plugins', 'DatasetInfo', 'Channel', 'Labels', 'Spatial',
-           'Preprocess', 'Train', 'Infer', 'Evaluate', 'Plan', 'plan_from_dict', 'plan_to_dict', 'train_memory_gib',
-           'sample_keys', 'sample_probs_problems', 'validate_plan', 'save_plan', 'load_plan', 'override', 'channel_for',
-           'plan_for', 'is_image_file', 'read_image', 'write_image', 'array_to_image', 'to_xyz', 'from_xyz', 'Geometry',
-           'compare_headers', 'cli_parser', 'run_cli']
+           'read_json', 'progress', 'Registry', 'load_plugins', 'Augment', 'DatasetInfo', 'Channel', 'Labels',
+           'Spatial', 'Preprocess', 'Train', 'Infer', 'Evaluate', 'Plan', 'plan_from_dict', 'plan_to_dict',
+           'train_memory_gib', 'sample_keys', 'sample_probs_problems', 'validate_plan', 'save_plan', 'load_plan',
+           'override', 'channel_for', 'plan_for', 'is_image_file', 'read_image', 'write_image', 'array_to_image',
+           'to_xyz', 'from_xyz', 'Geometry', 'compare_headers', 'cli_parser', 'run_cli']
 
 # %% ../nbs/00_core.ipynb #39f84f01
 class SegcookError(ValueError):
@@ -199,6 +199,40 @@ def _main_defined(obj) -> bool:
     return _origin(obj) == "__main__"
 
 # %% ../nbs/00_core.ipynb #48ba72fb
+@dataclass
+class Augment:
+    "The training augmentation: per-transform probabilities and ranges (nnU-Net v2 defaults); the plan's `augment` section."
+    enabled: bool = True               # False: patches only, no augmentation at all
+    p_flip: float = 0.5                # per axis
+    flip_axes: list[int] = field(default_factory=lambda: [0, 1, 2])  # array axes (x, y, z) that may flip
+    p_rotate: float = 0.2              # per patch: rotate about all three axes
+    rotate_axes: list[int] = field(default_factory=lambda: [0, 1, 2])  # array axes (x, y, z) rotated about (2d: the slice axis only)
+    rotate_deg: float = 30.0           # max |angle| per axis, degrees
+    p_scale: float = 0.2               # per patch: isotropic zoom
+    scale: list[float] = field(default_factory=lambda: [0.7, 1.4])   # zoom factor range (> 1 enlarges structures)
+    p_noise: float = 0.1               # additive Gaussian noise
+    noise_var: list[float] = field(default_factory=lambda: [0.0, 0.1])   # range of the noise variance (normalised intensities)
+    p_blur: float = 0.2                # Gaussian blur
+    blur_sigma: list[float] = field(default_factory=lambda: [0.5, 1.0])  # voxels
+    p_brightness: float = 0.15         # multiplicative brightness
+    brightness: list[float] = field(default_factory=lambda: [0.75, 1.25])   # range of the intensity multiplier
+    p_contrast: float = 0.15           # contrast about the mean, range preserved
+    contrast: list[float] = field(default_factory=lambda: [0.75, 1.25])   # range of the contrast factor
+    p_lowres: float = 0.25             # simulate low resolution: nearest down, trilinear up
+    lowres_zoom: list[float] = field(default_factory=lambda: [0.5, 1.0])   # range of the downsampling factor (0.5: half the voxels per axis)
+    p_gamma: float = 0.3               # gamma on the [min, max]-normalised patch, mean/std kept
+    gamma: list[float] = field(default_factory=lambda: [0.7, 1.5])   # range of the gamma exponent
+    p_gamma_invert: float = 0.1        # gamma of the inverted image
+
+    @classmethod
+    def off(cls) -> 'Augment':
+        "No augmentation (validation-like patches)."
+        return cls(enabled=False)
+
+    @property
+    def spatial(self) -> bool: return self.enabled and (self.p_rotate > 0 or self.p_scale > 0)
+
+# %% ../nbs/00_core.ipynb #ca070f44
 SCHEMA_VERSION = 1
 
 @dataclass
@@ -323,6 +357,7 @@ class Plan:
     infer: Infer = field(default_factory=Infer)  # inference settings
     evaluate: Evaluate = field(default_factory=Evaluate)  # evaluation settings
     excluded: list[dict[str, str]] = field(default_factory=list)  # [{'id':..., 'reason':...}] from analysis
+    augment: Augment = field(default_factory=Augment)  # training augmentation (nnU-Net v2 defaults)
     plugins: list[str] = field(default_factory=list)  # modules imported before any registry lookup (your archs, losses, ...)
 
 # %% ../nbs/00_core.ipynb #44a70383
@@ -504,7 +539,19 @@ def validate_plan(plan:Plan, # the plan to check
     if p.preprocess.intensity not in ("zscore", "zscore_rescale", "histmatch"):
         out.append(f"preprocess.intensity should be zscore, zscore_rescale or histmatch, got '{p.preprocess.intensity}'")
     if p.preprocess.mind not in (None, "extra", "replace"): out.append(f"preprocess.mind should be null, 'extra' or 'replace', got '{p.preprocess.mind}'")
-    return out + _ranges(p)
+    return out + _ranges(p) + _augment_problems(p.augment)
+
+def _augment_problems(a:Augment) -> list[str]:
+    "Probabilities in [0, 1], ranges [low, high] with low <= high, axes among 0, 1, 2."
+    out = [f"augment.{f.name} is a probability in [0, 1], got {getattr(a, f.name)}"
+           for f in fields(a) if f.name.startswith("p_") and not 0 <= getattr(a, f.name) <= 1]
+    for f in fields(a):
+        v = getattr(a, f.name)
+        if f.name.endswith("_axes"):
+            if not all(isinstance(x, int) and 0 <= x <= 2 for x in v): out.append(f"augment.{f.name} should list axes among 0, 1, 2, got {v}")
+        elif isinstance(v, list) and (len(v) != 2 or v[0] > v[1]): out.append(f"augment.{f.name} should be a range [low, high] with low <= high, got {v}")
+    if a.rotate_deg < 0: out.append(f"augment.rotate_deg should be >= 0, got {a.rotate_deg}")
+    return out
 
 # %% ../nbs/00_core.ipynb #c9338c94
 def save_plan(plan:Plan, # the plan to write (validated first)
@@ -545,7 +592,7 @@ def override(plan:Plan, # the plan to copy (left unchanged)
         given = ", ".join(f"{k.replace('__', '.')}={v!r}" for k, v in kw.items())
         raise SegcookError(str(e).replace("config.json: ", f"options {given}: ", 1)) from None
 
-# %% ../nbs/00_core.ipynb #5eb7a331
+# %% ../nbs/00_core.ipynb #e2719c40
 def channel_for(ch:Channel, # a channel of the plan
                 modality:str|None, # the case's modality ('ct', 'mr', 'other'; None: unknown)
                 cid:str="case", # case id, for the message

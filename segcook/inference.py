@@ -520,26 +520,49 @@ def run_cases(nets, # the ensemble (eval mode)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     names, done = _out_names(plan), []
     npass = len(nets) * (1 if fast else len(flip_sets(tta_axes)))
+    failed = {}
     for cid, images in progress(cases, "predict"):
         dst = out/f"{cid}.nii.gz"
         if dst.exists() and not overwrite and _probs_done(out, cid, probs, names): done.append(dst); continue
         t0 = time.perf_counter()
         if device.type == "cuda": torch.cuda.reset_peak_memory_stats(device)
         curve = MemoryCurve(device if device.type == "cuda" else None).__enter__()
-        ref = Geometry.read(next(iter(images.values())))
-        image, meta = _prepare(cid, images, plan, exp, reference, (modalities or {}).get(cid))
-        img, p = predict_case(nets, image, meta, plan, fast, tta_axes, device, bool(probs), stitch_device)
-        img = _check_header(img, ref, cid, next(iter(images.values())))
-        if probs: _write_probs(out, cid, p, probs, ref, names)
-        write_image(img, dst); done.append(dst)
+        try:
+            ref = Geometry.read(next(iter(images.values())))
+            image, meta = _prepare(cid, images, plan, exp, reference, (modalities or {}).get(cid))
+            img, p = predict_case(nets, image, meta, plan, fast, tta_axes, device, bool(probs), stitch_device)
+            img = _check_header(img, ref, cid, next(iter(images.values())))
+            if probs: _write_probs(out, cid, p, probs, ref, names)
+            write_image(img, dst)
+        except (SegcookError, RuntimeError, ValueError, OSError, MemoryError) as e:   # one bad case never stops the others
+            failed[cid] = _case_error(cid, e)
+            log.warning(f"predict: skipped {failed[cid]}")
+            continue
+        finally: curve.__exit__()
+        done.append(dst)
         row = {"id": cid, "seconds": round(time.perf_counter() - t0, 3), "peak_rss_mib": round(_peak_rss_mib(), 1),
                "peak_gpu_mib": round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if device.type == "cuda" else "",
                "models": len(nets), "tta_passes": npass // len(nets), "fast": int(fast)}
-        curve.__exit__(); row.update(mem_area_mib_s=round(curve.area_mib_s, 1), mem_source=curve.source)
+        row.update(mem_area_mib_s=round(curve.area_mib_s, 1), mem_source=curve.source)
         _record_timing(out, row)
         log.info(f"predict {cid}: {row['seconds']:.1f} s, peak RSS {row['peak_rss_mib']:.0f} MiB"
                  + (f", peak GPU {row['peak_gpu_mib']:.0f} MiB" if row["peak_gpu_mib"] != "" else ""))
+    _record_failed(out, failed, [c for c, _ in cases])
     return done
+
+def _case_error(cid, e) -> str:
+    "One line: the case and what went wrong."
+    if isinstance(e, SegcookError): return str(e) if cid in str(e) else f"case {cid}: {e}"
+    msg = str(e).strip().splitlines()[-1][:300] if str(e).strip() else ""
+    return f"case {cid}: {type(e).__name__}: {msg}"
+
+def _record_failed(out:Path, failed:dict, ids:list):
+    "Keep `<out>/failed.json` ({id: reason}) true: this call's failures added, its successes removed; no file when none failed."
+    f = out/"failed.json"
+    old = read_json(f) if f.exists() else {}
+    now = {**{k: v for k, v in old.items() if k not in ids}, **failed}
+    if now: write_json(f, now)
+    elif f.exists(): f.unlink()
 
 # %% ../nbs/09_inference.ipynb #3565c89d
 def _settings(plan, fast, tta):
@@ -669,5 +692,9 @@ def cli_predict(argv:list[str]|None=None, # command-line arguments (None: `sys.a
         else:
             if not a.input or not a.out: raise SegcookError("--input and --out are required (or --oof)")
             done = predict(a.exp, a.input, a.out, **kw, modality=a.modality); where = a.out
-        print(f"{len(done)} prediction(s) in {where}")
-    return run_cli(go)
+        f = Path(where)/"failed.json"
+        failed = read_json(f) if f.exists() else {}
+        print(f"{len(done)} prediction(s) in {where}" + (f"; {len(failed)} case(s) failed (see {f})" if failed else ""))
+        res["all_failed"] = bool(failed) and not done
+    res = {}
+    return run_cli(go) or (1 if res.get("all_failed") else 0)

@@ -13,46 +13,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from .core import SegcookError, Plan, log, sample_keys, sample_probs_problems
+from .core import SegcookError, Plan, Augment, log, sample_keys, sample_probs_problems
 
 # %% auto #0
-__all__ = ['Augment', 'check_case_dir', 'shard_order', 'warp_patches', 'flip_batch', 'blur3d', 'augment_sample', 'augment_batch',
+__all__ = ['check_case_dir', 'shard_order', 'warp_patches', 'flip_batch', 'blur3d', 'augment_sample', 'augment_batch',
            'resolve_sample_probs', 'needs_sampler', 'CentreSampler', 'sampler_of', 'patch_start', 'TrainLoader',
            'make_train_loader', 'ValLoader', 'make_val_loader']
-
-# %% ../nbs/06_loader.ipynb #1e079c78
-@dataclass
-class Augment:
-    "Per-transform probabilities and ranges of the training augmentation (nnU-Net v2 defaults)."
-    enabled: bool = True               # False: patches only, no augmentation at all
-    p_flip: float = 0.5                # per axis
-    flip_axes: list[int] = field(default_factory=lambda: [0, 1, 2])  # array axes (x, y, z) that may flip
-    p_rotate: float = 0.2              # per patch: rotate about all three axes
-    rotate_axes: list[int] = field(default_factory=lambda: [0, 1, 2])  # array axes (x, y, z) rotated about (2d: the slice axis only)
-    rotate_deg: float = 30.0           # max |angle| per axis, degrees
-    p_scale: float = 0.2               # per patch: isotropic zoom
-    scale: tuple[float, float] = (0.7, 1.4)   # zoom factor range (> 1 enlarges structures)
-    p_noise: float = 0.1               # additive Gaussian noise
-    noise_var: tuple[float, float] = (0.0, 0.1)   # range of the noise variance (normalised intensities)
-    p_blur: float = 0.2                # Gaussian blur
-    blur_sigma: tuple[float, float] = (0.5, 1.0)  # voxels
-    p_brightness: float = 0.15         # multiplicative brightness
-    brightness: tuple[float, float] = (0.75, 1.25)   # range of the intensity multiplier
-    p_contrast: float = 0.15           # contrast about the mean, range preserved
-    contrast: tuple[float, float] = (0.75, 1.25)   # range of the contrast factor
-    p_lowres: float = 0.25             # simulate low resolution: nearest down, trilinear up
-    lowres_zoom: tuple[float, float] = (0.5, 1.0)   # range of the downsampling factor (0.5: half the voxels per axis)
-    p_gamma: float = 0.3               # gamma on the [min, max]-normalised patch, mean/std kept
-    gamma: tuple[float, float] = (0.7, 1.5)   # range of the gamma exponent
-    p_gamma_invert: float = 0.1        # gamma of the inverted image
-
-    @classmethod
-    def off(cls) -> 'Augment':
-        "No augmentation (validation-like patches)."
-        return cls(enabled=False)
-
-    @property
-    def spatial(self) -> bool: return self.enabled and (self.p_rotate > 0 or self.p_scale > 0)
 
 # %% ../nbs/06_loader.ipynb #3f2e869c
 def _npy_shape(p:Path):
@@ -331,11 +297,11 @@ def augment_sample(x:torch.Tensor, # one image patch (C, X, Y, Z), changed in pl
     return x
 
 def augment_batch(batch:dict, # {"image": (B,C,X,Y,Z), "label": ...}
-                  aug:Augment|Plan|None, # settings (a Plan or None: the defaults)
+                  aug:Augment|Plan|None, # settings (a Plan: its `augment`; None: the defaults)
                   generator:torch.Generator, # random generator
                  ) -> dict:
     "Intensity augmentation of every patch of a batch, in torch on the batch's device."
-    aug = aug if isinstance(aug, Augment) else Augment()
+    aug = aug if isinstance(aug, Augment) else aug.augment if isinstance(aug, Plan) else Augment()
     if not aug.enabled: return batch
     img = batch["image"]
     batch["image"] = torch.stack([augment_sample(img[i].clone(), aug, generator) for i in range(img.shape[0])])
@@ -457,7 +423,7 @@ class TrainLoader:
                  num_shards:int=1, # number of ranks (DDP world size)
                  device_id:int|None=None, # CUDA device of this rank; None: CPU pipeline
                  steps:int|None=None, # batches per epoch; None: infinite
-                 aug:Augment|None=None, # augmentation; None: `Augment()`, `Augment.off()`: none
+                 aug:Augment|None=None, # augmentation; None: the plan's (`plan.augment`), `Augment.off()`: none
                  num_threads:int|None=None, # DALI CPU threads (default min(4, cores))
                  warp:str="auto", # rotation/zoom resampling: 'dali' (warp_affine), 'torch' (grid_sample); auto: dali on GPU
                 ):
@@ -467,7 +433,7 @@ class TrainLoader:
         self.ps = [int(p) for p in plan.spatial.patch_size]
         self.plan, self.bs, self.seed, self.steps = plan, int(batch_size), int(seed), steps
         self.shard_id, self.num_shards, self.device_id = shard_id, num_shards, device_id
-        self.aug = aug if aug is not None else Augment()
+        self.aug = aug if aug is not None else plan.augment
         if plan.spatial.config == "2d":                                   # slices turn in their plane only
             self.aug = replace(self.aug, rotate_axes=[a for a in self.aug.rotate_axes if a == plan.spatial.slice_axis])
         self.sampled, self._samplers = needs_sampler(plan), {}
@@ -570,7 +536,7 @@ def make_train_loader(case_dirs:list, # folders `<exp>/preprocessed/<id>` (finis
                       num_shards:int=1, # DDP rank and world size
                       device_id:int|None=None, # CUDA device of this rank; None: CPU pipeline
                       steps:int|None=None, # batches per epoch; None: infinite
-                      aug:Augment|None=None, # augmentation; None: `Augment()`, `Augment.off()`: none
+                      aug:Augment|None=None, # augmentation; None: the plan's (`plan.augment`), `Augment.off()`: none
                       num_threads:int|None=None, # DALI CPU threads (default min(4, cores))
                       warp:str="auto", # rotation/zoom resampling: 'dali' (warp_affine), 'torch' (grid_sample); auto: dali on GPU
                      ) -> TrainLoader:

@@ -264,16 +264,20 @@ def resample_image(img:sitk.Image, # an intensity image
                    sp, # target spacing (x, y, z) mm
                   ) -> sitk.Image:
     "`img` (float32) at spacing `sp`: cubic B-spline, in-plane then nearest along the coarse axis if anisotropic."
-    img = sitk.Cast(img, sitk.sitkFloat32)
+    def smooth(img, g, axes):
+        a, s0 = to_xyz(img), img.GetSpacing()
+        for ax in axes:
+            if a.shape[ax] != g[0][ax] or s0[ax] != g[1][ax]: a = bspline_axis(a, ax, g[0][ax], s0[ax], g[1][ax])
+        return from_xyz(a.astype(np.float32), spacing=g[1], origin=g[2], direction=img.GetDirection())
+    return _by_steps(sitk.Cast(img, sitk.sitkFloat32), sp, smooth)
+
+def _by_steps(img:sitk.Image, sp, smooth) -> sitk.Image:
+    "Resample `img` to `sp` in the steps of `_steps`: `smooth(img, grid, axes)` in-plane, whole slices along a coarse axis."
     steps, _ = _steps(img, sp)
     for i, axes in enumerate(steps):
         g = _grid(img, sp, axes)
         if _same_grid(img, g): continue
-        if i == 1: img = nearest_axis(img, g, axes[0]); continue
-        a, s0 = to_xyz(img), img.GetSpacing()
-        for ax in axes:
-            if a.shape[ax] != g[0][ax] or s0[ax] != g[1][ax]: a = bspline_axis(a, ax, g[0][ax], s0[ax], g[1][ax])
-        img = from_xyz(a.astype(np.float32), spacing=g[1], origin=g[2], direction=img.GetDirection())
+        img = nearest_axis(img, g, axes[0]) if i == 1 else smooth(img, g, axes)
     return img
 
 # %% ../nbs/03_preprocess.ipynb #8aeedfa0
@@ -296,13 +300,7 @@ def resample_label(lbl:sitk.Image, # a label image
                    sp, # target spacing (x, y, z) mm
                   ) -> sitk.Image:
     "Label map at spacing `sp`: one-hot + linear + argmax in-plane, nearest along the coarse axis if anisotropic."
-    lbl = sitk.Cast(lbl, sitk.sitkUInt8)
-    steps, _ = _steps(lbl, sp)
-    for i, axes in enumerate(steps):
-        g = _grid(lbl, sp, axes)
-        if _same_grid(lbl, g): continue
-        lbl = nearest_axis(lbl, g, axes[0]) if i == 1 else _onehot_resample(lbl, g)
-    return lbl
+    return _by_steps(sitk.Cast(lbl, sitk.sitkUInt8), sp, lambda l, g, axes: _onehot_resample(l, g))
 
 # %% ../nbs/03_preprocess.ipynb #1c2ba3fa
 _BLOCK = 1 << 16   # voxels per block of the float64 arithmetic (stays in cache)

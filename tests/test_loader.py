@@ -207,6 +207,18 @@ def test_augment_off_is_a_plain_crop(smooth_case):
         assert np.isin(im, ref).all()
 
 
+def test_loader_takes_the_plans_augmentation(smooth_case):
+    "No `aug` given: the plan's `augment` section decides (here: off, so every patch is a plain crop; on, most are not)."
+    d, _ = smooth_case
+    ref = np.load(d/"image.npy")[0]
+    off = override(plan_for((24, 24, 24)), **{"augment.enabled": False})
+    b = next(iter(make_train_loader([d], off, 4, steps=1)))
+    assert all(np.isin(im, ref).all() for im in b["image"][:, 0].numpy())
+    on = override(plan_for((24, 24, 24)), **{"augment.p_noise": 1.0})
+    b = next(iter(make_train_loader([d], on, 4, steps=1)))
+    assert not any(np.isin(im, ref).all() for im in b["image"][:, 0].numpy())
+
+
 def test_augment_batch_seeded_and_off():
     x = torch.randn(3, 2, 12, 12, 12)
     mk = lambda s: torch.Generator().manual_seed(s)

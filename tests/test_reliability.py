@@ -1,5 +1,5 @@
 "Bad input a user can hit (issue 16, reliability classes): each test builds the bad input for real and asserts the message."
-import os, subprocess, sys, gzip
+import os, subprocess, sys, gzip, json
 from pathlib import Path
 import numpy as np
 import pytest
@@ -335,3 +335,25 @@ def test_degenerate_cases_are_named_by_check_and_excluded_by_analyze(tmp_path):
     r = _run("analyze", "--data", dj, "--exp", tmp_path/"E2", "--nfolds", 2)
     assert r.returncode == 2 and "every training label is empty (only 0) in the 2 usable case(s): there is nothing to learn" in r.stderr, r.stderr
     assert not (tmp_path/"E2"/"config.json").exists()
+
+
+def test_predict_goes_on_past_a_failing_case(trained, tmp_path):
+    "One corrupt input: the other cases are predicted, failed.json names it, the last line counts it; all failing exits 1."
+    import shutil
+    dj, exp = trained
+    src = next(p for p in (dj.parent/"test").iterdir() if p.is_dir())
+    inp = tmp_path/"inp"
+    for k in range(3): shutil.copytree(src, inp/f"c{k}")
+    for k in range(3):                                             # rename the files to each case's id
+        for f in (inp/f"c{k}").iterdir(): f.rename(f.with_name(f.name.replace(src.name, f"c{k}")))
+    bad = next(f for f in (inp/"c1").iterdir() if "_t1." in f.name)
+    bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])   # truncated gzip
+    r = _run("predict", "--exp", exp, "--input", inp, "--out", tmp_path/"p", "--fast")
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in (tmp_path/"p").glob("*.nii.gz")) == ["c0.nii.gz", "c2.nii.gz"]
+    failed = json.loads((tmp_path/"p"/"failed.json").read_text())
+    assert list(failed) == ["c1"] and bad.name in failed["c1"], failed
+    assert "2 prediction(s) in" in r.stdout and "1 case(s) failed" in r.stdout, r.stdout
+    for k in (0, 2): shutil.rmtree(inp/f"c{k}")
+    r = _run("predict", "--exp", exp, "--input", inp, "--out", tmp_path/"q", "--fast")
+    assert r.returncode == 1 and "0 prediction(s) in" in r.stdout and "Traceback" not in r.stderr, (r.stdout, r.stderr)
