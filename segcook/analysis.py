@@ -31,7 +31,8 @@ def otsu_threshold(a:np.ndarray, # any array of intensities
     if not hi > lo: return hi
     x = np.asarray(a, np.float64).ravel() - lo                       # a new array: scaled in place
     x *= nbins / (hi - lo)
-    idx = x.astype(np.int64); del x
+    idx = x.astype(np.int64)
+    del x
     np.minimum(idx, nbins - 1, out=idx)
     hist = np.bincount(idx, minlength=nbins).astype(np.float64)
     edges = np.linspace(lo, hi, nbins + 1)
@@ -78,7 +79,8 @@ def bbox_of(mask:np.ndarray, # boolean (X,Y,Z)
     start, stop = [], []
     for ax in range(mask.ndim):
         hit = np.flatnonzero(mask.any(axis=tuple(i for i in range(mask.ndim) if i != ax)))
-        start.append(max(int(hit[0]) - margin, 0)); stop.append(min(int(hit[-1]) + 1 + margin, mask.shape[ax]))
+        start.append(max(int(hit[0]) - margin, 0))
+        stop.append(min(int(hit[-1]) + 1 + margin, mask.shape[ax]))
     return start, stop
 
 # %% ../nbs/02_analysis.ipynb #3a087723
@@ -116,7 +118,8 @@ def _inflate(raw:bytes) -> bytes:
     if raw[:2] != b"\x1f\x8b": return raw
     try: from isal import igzip, igzip_lib
     except ImportError:
-        import gzip; return gzip.decompress(raw)
+        import gzip
+        return gzip.decompress(raw)
     d = igzip_lib.IgzipDecompressor(flag=igzip_lib.DECOMP_GZIP)
     out = d.decompress(raw)
     return out if d.eof and not d.unused_data else igzip.decompress(raw)  # several gzip members
@@ -131,7 +134,8 @@ def _inflate_np(raw:bytes, step:int=1 << 22) -> np.ndarray|None:
     while not d.eof:
         b = d.decompress(raw if pos == 0 else b"", step)                  # step-sized pieces, copied in
         if not b or pos + len(b) > n: return None
-        out[pos:pos + len(b)] = np.frombuffer(b, np.uint8); pos += len(b)
+        out[pos:pos + len(b)] = np.frombuffer(b, np.uint8)
+        pos += len(b)
     return out if pos == n and not d.unused_data else None
 
 def _inflate_buf(raw:bytes):
@@ -151,7 +155,8 @@ def _nifti_array(path:Path) -> np.ndarray:
         sh = h.get_data_shape()
         a = np.frombuffer(raw, h.get_data_dtype(), count=int(np.prod(sh)), offset=int(h["vox_offset"])).reshape(sh, order="F")
     except Exception:  # anything unusual: let nibabel do it the slow way
-        img = nib.load(str(path)); return np.asanyarray(img.dataobj)
+        img = nib.load(str(path))
+        return np.asanyarray(img.dataobj)
     slope, inter = h.get_slope_inter()
     if slope is not None and (slope != 1 or (inter or 0) != 0): a = a * slope + (inter or 0)
     return a
@@ -297,7 +302,8 @@ def check_spatial(target_spacing=None, # mm (x, y, z)
         if v is None: return
         if len(v) != 3 or any(isinstance(x, bool) or not isinstance(x, kind) or not x > 0 for x in v):
             raise SegcookError(f"{nm} should be three positive {'integers' if kind is int else 'numbers'} (x, y, z), got {list(v)}")
-    three(target_spacing, "target spacing", (int, float)); three(max_patch_size, "max patch size", (int, np.integer))
+    three(target_spacing, "target spacing", (int, float))
+    three(max_patch_size, "max patch size", (int, np.integer))
     if any(m < min_patch for m in max_patch_size): raise SegcookError(f"max patch size {list(max_patch_size)} is below the minimum patch of {min_patch} voxels per axis")
     if patch_size is None: return
     three(patch_size, "patch size", (int, np.integer))
@@ -478,7 +484,8 @@ def _spatial_2d(fps:list[Fingerprint], ds:Dataset, o:dict, max_patch_size) -> Sp
     med = [float(m) for m in np.median(np.asarray(native, float), axis=0)]
     if o["patch_size"] is not None: ps = [int(p) for p in o["patch_size"]]
     else:
-        ps = patch_size_for(med, max_patch_size, o["min_patch"]); ps[ax] = 1
+        ps = patch_size_for(med, max_patch_size, o["min_patch"])
+        ps[ax] = 1
     if ps[ax] != 1: raise SegcookError(f"2d patch size {ps} should be 1 on the slice axis {'xyz'[ax]}")
     check_spatial(ts, ps, max_patch_size, o["min_patch"])
     log.info(f"2d across {'xyz'[ax]}: crop to foreground {crop} (mean volume reduction {red:.1%}); in-plane spacing "
@@ -505,7 +512,9 @@ def _channels(fps:list[Fingerprint], ds:Dataset, o:dict, mods:dict|None=None) ->
     for ch, mod in ds.channels:
         by = {}
         for f in fps: by.setdefault((mods or {}).get(f.id) or mod, []).append(f)
-        if len(by) == 1: out.append(_one_rule(fps, ch, next(iter(by)), o)); continue
+        if len(by) == 1:
+            out.append(_one_rule(fps, ch, next(iter(by)), o))
+            continue
         rules = {m: _one_rule(g, ch, m, o) for m, g in sorted(by.items())}
         out.append(Channel(ch, "mixed", "by_modality", by_modality={m: {"norm": r.norm, "use_nonzero": r.use_nonzero, "window": r.window,
                                                                          "mean": r.mean, "std": r.std} for m, r in rules.items()}))
@@ -518,7 +527,8 @@ def _labels(ds:Dataset) -> Labels:
 
 def _cases_csv(train:list[Case], test:list[Case], fold_of:dict, ds:Dataset) -> str:
     "cases.csv: id, fold, split, one absolute path column per channel, label."
-    buf = io.StringIO(); w = csv.writer(buf, lineterminator="\n")
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
     per = any(c.modality for c in (*train, *test))                 # a modality column only where cases declare one
     w.writerow(["id", "fold", "split", *ds.channel_names, "label", *(["modality"] if per else [])])
     ap = lambda p: str(Path(p).resolve()) if p else ""
@@ -590,7 +600,8 @@ def show_crop(case:Case, # from `Dataset.cases()`
     for ax, a, ch in zip(axs[0], arrs, case.images):
         ax.imshow(a[:, :, z].T, cmap="gray", origin="lower")
         ax.add_patch(Rectangle((x0 - .5, y0 - .5), x1 - x0, y1 - y0, fill=False, ec="yellow", lw=1.5))
-        ax.set_title(f"{case.id} {ch}, z={z}"); ax.axis("off")
+        ax.set_title(f"{case.id} {ch}, z={z}")
+        ax.axis("off")
     fig.tight_layout()
     return fig
 
@@ -603,7 +614,8 @@ def cli_analyze(argv:list[str]|None=None, # command-line arguments (None: `sys.a
                    "segcook analyze --data data/phantom/dataset.json --exp runs/phantom --nfolds 5")
     p.add_argument("--data", required=True, help="dataset.json")
     p.add_argument("--exp", required=True, help="experiment folder to create (never inside the dataset)")
-    p.add_argument("--nfolds", type=int, default=5); p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--nfolds", type=int, default=5)
+    p.add_argument("--seed", type=int, default=42)
     p.add_argument("--folds-file", default=None, help="JSON {id: fold} or CSV (id, fold) with custom folds")
     p.add_argument("--max-patch-size", type=int, nargs=3, default=[256, 256, 256], metavar=("X", "Y", "Z"))
     p.add_argument("--val-fraction", type=float, default=0.1, help="of each fold's training cases, for checkpoint choice")

@@ -40,7 +40,8 @@ def _suffix(p: Path) -> str:
     "Full extension, so that `.nii.gz` stays `.nii.gz`."
     return "".join(p.suffixes[-2:]) if p.name.endswith((".nii.gz", ".tar.gz")) else p.suffix
 
-_UMASK = os.umask(0o022); os.umask(_UMASK)     # read once: os.umask can only be read by setting it
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)     # read once: os.umask can only be read by setting it
 
 @contextlib.contextmanager
 def atomic_path(path, # final file name
@@ -710,14 +711,17 @@ class Geometry:
         "The geometry of an image file, reading only its header."
         path = Path(path)
         if not path.exists(): raise SegcookError(f"{path}: file not found")
-        r = sitk.ImageFileReader(); r.SetFileName(str(path))
+        r = sitk.ImageFileReader()
+        r.SetFileName(str(path))
         try: r.ReadImageInformation()
         except RuntimeError as e: raise SegcookError(f"{path}: unreadable image header ({_itk_reason(e, path)})") from None
         return cls(list(r.GetSize()), list(r.GetSpacing()), list(r.GetOrigin()), list(r.GetDirection()))
 
     def apply(self, img:sitk.Image) -> sitk.Image:
         "Set spacing, origin and direction of `img` to this geometry (in place; returns it)."
-        img.SetSpacing(self.spacing); img.SetOrigin(self.origin); img.SetDirection(self.direction)
+        img.SetSpacing(self.spacing)
+        img.SetOrigin(self.origin)
+        img.SetDirection(self.direction)
         return img
 
     def compare(self, other:'Geometry', spacing_rtol=1e-3, origin_atol_mm=1e-2, direction_atol=1e-3) -> list[str]:

@@ -132,20 +132,25 @@ def _folder_case(folder:Path, ds:Dataset, labelled:bool, errs:list[str]) -> Case
             what = "no file" if not hits else f"{len(hits)} files ({', '.join(hits)})"
             errs.append(f"patient '{folder.name}': {ch} pattern {pats} matches {what} in {folder}; "
                         + ("make the pattern more specific" if hits else f"files there: {files}"))
-            ok = False; continue
+            ok = False
+            continue
         if ch == "mask": label = folder/hits[0]
         else: images[ch] = folder/hits[0]
     return Case(folder.name, images, label) if ok else None
 
 def _inside(p:Path, root:Path) -> bool:
-    try: p.resolve().relative_to(root.resolve()); return True
+    try:
+        p.resolve().relative_to(root.resolve())
+        return True
     except ValueError: return False
 
 def _listed_case(i:int, entry:dict, ds:Dataset, errs:list[str]) -> Case | None:
     cid = str(entry.get("id", f"#{i}"))
     ims = entry.get("images") or {}
     missing = [ch for ch in ds.channel_names if ch not in ims]
-    if missing: errs.append(f"patient '{cid}': no path for channel(s) {missing}"); return None
+    if missing:
+        errs.append(f"patient '{cid}': no path for channel(s) {missing}")
+        return None
     res = lambda p: Path(p) if Path(p).is_absolute() else (ds.root/p)
     images = {ch: res(ims[ch]) for ch in ds.channel_names}
     label = res(entry["mask"]) if entry.get("mask") else None
@@ -229,7 +234,9 @@ def _brats_case(rng, size, spacing, post_treatment):
         ed = _blob(X, Y, Z, c, rr, rng, 0.35) & brain
         core = _blob(X, Y, Z, c, [r*rng.uniform(0.5, 0.7) for r in rr], rng, 0.3) & ed
         nec = _blob(X, Y, Z, c, [r*rng.uniform(0.3, 0.45) for r in rr], rng, 0.3) & core
-        lbl[ed & (lbl == 0)] = 2; lbl[core] = 3; lbl[nec] = 1
+        lbl[ed & (lbl == 0)] = 2
+        lbl[core] = 3
+        lbl[nec] = 1
     if post_treatment and rng.random() < 0.7:                    # resection cavity next to a tumour
         fg = np.argwhere(lbl > 0)
         if len(fg):
@@ -332,7 +339,8 @@ def _small_affine(rng, deg:float=3.0, mm:float=3.0) -> sitk.AffineTransform:
     R = (np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]]) @ np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
          @ np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])) @ np.diag(rng.uniform(0.98, 1.02, 3))
     t = sitk.AffineTransform(3)
-    t.SetMatrix(R.ravel().tolist()); t.SetTranslation(rng.uniform(-mm, mm, 3).tolist())
+    t.SetMatrix(R.ravel().tolist())
+    t.SetTranslation(rng.uniform(-mm, mm, 3).tolist())
     return t
 
 def _moved(a:np.ndarray, tf, spacing, origin):
@@ -460,7 +468,8 @@ def make_phantom(out, # folder to create (empty, new, or an earlier phantom with
     direction, size, spacing = _direction(direction), tuple(int(s) for s in size), tuple(float(s) for s in spacing)
     settings = {"kind": kind, "cases": cases, "test_cases": test_cases, "size": list(size), "spacing": list(spacing),
                 "direction": list(direction), "seed": seed, "post_treatment": post_treatment, "quality": quality}
-    out = Path(out); dj = out/"dataset.json"
+    out = Path(out)
+    dj = out/"dataset.json"
     _check_out(out, settings)
     origin = tuple(-(n - 1)/2*s for n, s in zip(size, spacing))
     jobs = [("train", f"{kind}_{i:03d}", i) for i in range(cases)] + [("test", f"{kind}_test_{i:03d}", 10_000 + i) for i in range(test_cases)]
@@ -495,14 +504,16 @@ def show_case(case:Case, # from `Dataset.cases()`
     axs = np.atleast_1d(axs)
     cmap = ListedColormap(["none", "#d62728", "#2ca02c", "#ffdd00", "#1f77b4", "#9467bd"])
     for ax, (ch, a) in zip(axs, arrs.items()):
-        ax.imshow(a[:, :, z].T, cmap="gray", origin="lower"); ax.set_title(ch)
+        ax.imshow(a[:, :, z].T, cmap="gray", origin="lower")
+        ax.set_title(ch)
     if lbl is not None:
         ax = axs[-1]
         ax.imshow(next(iter(arrs.values()))[:, :, z].T, cmap="gray", origin="lower")
         ax.imshow(lbl[:, :, z].T, cmap=cmap, vmin=0, vmax=5, alpha=alpha, interpolation="nearest", origin="lower")
         ax.set_title("label overlay")
     for ax in axs: ax.axis("off")
-    fig.suptitle(f"{case.id}, slice z={z}"); fig.tight_layout()
+    fig.suptitle(f"{case.id}, slice z={z}")
+    fig.tight_layout()
     return fig
 
 # %% ../nbs/01_data.ipynb #9623156e
@@ -643,7 +654,8 @@ def _msd_case(src:Path, out:Path, entry, chans, split):
     if isinstance(entry, dict) and entry.get("label"):
         lp = (src/entry["label"]).resolve()
         if img.GetDimension() == 4:
-            _link_or_copy(lp, out/split/cid/f"{cid}_seg.nii.gz"); rec["mask"] = str((out/split/cid/f"{cid}_seg.nii.gz").relative_to(out))
+            _link_or_copy(lp, out/split/cid/f"{cid}_seg.nii.gz")
+            rec["mask"] = str((out/split/cid/f"{cid}_seg.nii.gz").relative_to(out))
         else: rec["mask"] = str(lp)
     return rec
 
@@ -833,12 +845,19 @@ def cli_convert(argv:list[str]|None=None, # command-line arguments (None: `sys.a
                    "segcook convert nnunet --src nnUNet_raw/Dataset001_BrainTumour --out data/brain")
     sub = p.add_subparsers(dest="fmt", required=True)
     m = sub.add_parser("msd", help="Medical Segmentation Decathlon task folder (4D images are split into channels)")
-    m.add_argument("--src", required=True); m.add_argument("--out", required=True); m.add_argument("--workers", type=int, default=2)
+    m.add_argument("--src", required=True)
+    m.add_argument("--out", required=True)
+    m.add_argument("--workers", type=int, default=2)
     c = sub.add_parser("csv", help="CSV with columns id, mask, <channel>... (MIST's format)")
-    c.add_argument("--train", required=True); c.add_argument("--test"); c.add_argument("--out", required=True)
-    c.add_argument("--modality", default="mr", choices=list(MODALITIES)); c.add_argument("--labels", type=int, nargs="+"); c.add_argument("--task")
+    c.add_argument("--train", required=True)
+    c.add_argument("--test")
+    c.add_argument("--out", required=True)
+    c.add_argument("--modality", default="mr", choices=list(MODALITIES))
+    c.add_argument("--labels", type=int, nargs="+")
+    c.add_argument("--task")
     n = sub.add_parser("nnunet", help="nnU-Net v2 raw dataset folder")
-    n.add_argument("--src", required=True); n.add_argument("--out", required=True)
+    n.add_argument("--src", required=True)
+    n.add_argument("--out", required=True)
     a = p.parse_args(argv)
     def go():
         if a.fmt == "msd": dj = convert_msd(a.src, a.out, a.workers)
@@ -881,7 +900,8 @@ def cli_check(argv:list[str]|None=None, # command-line arguments (None: `sys.arg
                    "segcook check --data data/phantom/dataset.json")
     p.add_argument("--data", required=True, help="dataset.json")
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--spacing-rtol", type=float, default=1e-3); p.add_argument("--origin-atol-mm", type=float, default=1e-2)
+    p.add_argument("--spacing-rtol", type=float, default=1e-3)
+    p.add_argument("--origin-atol-mm", type=float, default=1e-2)
     a = p.parse_args(argv)
     res = {}
     def go():

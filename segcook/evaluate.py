@@ -143,7 +143,8 @@ def plot_results(df:pd.DataFrame, # a results table (summary rows are dropped)
         vals = [df[c].dropna().to_numpy(float) for c in cs]
         ax.boxplot(vals, showfliers=False)
         for i, v in enumerate(vals): ax.plot(np.full(len(v), i + 1) + np.random.default_rng(i).uniform(-.12, .12, len(v)), v, ".", alpha=.6)
-        ax.set_xticks(range(1, len(cs) + 1), [c[: -len(m) - 1] for c in cs]); ax.set_title(m)
+        ax.set_xticks(range(1, len(cs) + 1), [c[: -len(m) - 1] for c in cs])
+        ax.set_title(m)
     fig.tight_layout()
     if path is not None:
         with atomic_path(path) as tmp: fig.savefig(tmp, dpi=100, format="png")
@@ -164,7 +165,8 @@ def experiment_pairs(exp, # experiment folder
                      name:str|None=None, # prediction folder under `<exp>/predictions` (None: the only one)
                     ) -> tuple[list, Path]:
     "(id, label, prediction) for every case of `<exp>` with a prediction in `predictions/<name>`."
-    exp = Path(exp); root = exp / "predictions"
+    exp = Path(exp)
+    root = exp / "predictions"
     if name is None:
         names = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.exists() else []
         if len(names) != 1: raise SegcookError(f"{root}: {'no prediction folders' if not names else f'several prediction folders {names}'}; pass --name")
@@ -189,7 +191,8 @@ def evaluate_experiment(exp, # experiment folder (config.json, cases.csv, predic
                         workers:int|None=None, # processes (None: all cores; 1: in this process)
                        ) -> pd.DataFrame:
     "Evaluate `<exp>/predictions/<name>` with the plan's classes; writes `<exp>/results.csv` (or `out`)."
-    exp = Path(exp); plan = load_plan(exp / "config.json")
+    exp = Path(exp)
+    plan = load_plan(exp / "config.json")
     classes = plan.labels.eval_classes()
     pairs, pdir = experiment_pairs(exp, name)
     return evaluate(pairs, classes, metrics or plan.evaluate.metrics, out or exp / "results.csv", workers, plan.evaluate.nsd_tolerance_mm)

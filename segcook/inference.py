@@ -188,7 +188,8 @@ def regions_to_labels(probs, # (R, X, Y, Z) sigmoid outputs, one per region, in 
     for r, parent, val in _region_order(regions):
         m = probs[idx[r]] >= thr[r]
         if parent is not None: m &= masks[parent]
-        masks[r] = m; lbl[m] = val
+        masks[r] = m
+        lbl[m] = val
     return lbl.cpu().numpy()
 
 def labels_of(out:torch.Tensor, # (K, X, Y, Z) probabilities or logits (argmax is the same)
@@ -223,7 +224,8 @@ def with_thresholds(plan, # the plan (not modified)
     if not regions: raise SegcookError("thresholds apply to region (sigmoid) plans only; this plan predicts plain labels (argmax)")
     bad = sorted(set(t) - set(regions))
     if bad: raise SegcookError(f"thresholds for unknown region(s) {bad}; the plan's regions: {list(regions)}")
-    p = copy.deepcopy(plan); p.labels.region_thresholds = {**(plan.labels.region_thresholds or {}), **t}
+    p = copy.deepcopy(plan)
+    p.labels.region_thresholds = {**(plan.labels.region_thresholds or {}), **t}
     return p
 
 def _record_thresholds(out:Path, plan, overwrite:bool):
@@ -232,7 +234,8 @@ def _record_thresholds(out:Path, plan, overwrite:bool):
     old = read_json(p) if p.exists() else ("the plan's" if (out/"timing.csv").exists() else None)
     if old is not None and old != t and not overwrite:
         raise SegcookError(f"{out}: holds predictions made with thresholds {old}, not {t}; add --overwrite or choose another --out")
-    out.mkdir(parents=True, exist_ok=True); write_json(p, t)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(p, t)
 
 # %% ../nbs/09_inference.ipynb #554d9e5a
 def _axis_coords(n_out:int, s_out:float, n_in:int, s_in:float, device) -> torch.Tensor:
@@ -244,7 +247,8 @@ def _resample_axis(t:torch.Tensor, c:torch.Tensor, dim:int) -> torch.Tensor:
     "Linear interpolation of `t` along `dim` at source coordinates `c` (edges replicated)."
     n = t.shape[dim]
     c = c.clamp(0, n - 1)
-    i0 = c.floor().long().clamp(max=n - 1); i1 = (i0 + 1).clamp(max=n - 1)
+    i0 = c.floor().long().clamp(max=n - 1)
+    i1 = (i0 + 1).clamp(max=n - 1)
     w = (c - i0).view([-1 if d == dim else 1 for d in range(t.ndim)])
     return t.index_select(dim, i0) * (1 - w) + t.index_select(dim, i1) * w
 
@@ -428,13 +432,19 @@ class MemoryCurve:
     def _now(self) -> float:
         if self.cuda: return torch.cuda.memory_allocated(self.device) / 2**20
         with open("/proc/self/statm") as f: return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    def _sample(self): self.t.append(time.perf_counter()); self.m.append(self._now())
+    def _sample(self):
+        self.t.append(time.perf_counter())
+        self.m.append(self._now())
     def _run(self):
         while not self._stop.wait(self.interval): self._sample()
     def __enter__(self):
-        self._sample(); self._thread.start(); return self
+        self._sample()
+        self._thread.start()
+        return self
     def __exit__(self, *exc):
-        self._stop.set(); self._thread.join(); self._sample()
+        self._stop.set()
+        self._thread.join()
+        self._sample()
     @property
     def seconds(self) -> float: return self.t[-1] - self.t[0] if self.t else 0.0
     @property
@@ -458,7 +468,9 @@ def _record_timing(out:Path, row:dict):
         with open(p, newline="") as f: rows = [r for r in csv.DictReader(f) if r["id"] != row["id"]]
     rows.append(row)
     with atomic_path(p) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, TIMING_FIELDS); w.writeheader(); w.writerows(rows)
+        w = csv.DictWriter(f, TIMING_FIELDS)
+        w.writeheader()
+        w.writerows(rows)
 
 def _out_names(plan) -> list[str]:
     L = plan.labels
@@ -516,14 +528,17 @@ def run_cases(nets, # the ensemble (eval mode)
               modalities:dict|None=None, # case id -> modality, for a plan that mixes CT and MR (None: single-modality)
              ) -> list[Path]:
     "Predict `cases` with the ensemble `nets` into `out`; skips finished cases; returns the label files."
-    out = Path(out); out.mkdir(parents=True, exist_ok=True)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     names, done = _out_names(plan), []
     npass = len(nets) * (1 if fast else len(flip_sets(tta_axes)))
     failed = {}
     for cid, images in progress(cases, "predict"):
         dst = out/f"{cid}.nii.gz"
-        if dst.exists() and not overwrite and _probs_done(out, cid, probs, names): done.append(dst); continue
+        if dst.exists() and not overwrite and _probs_done(out, cid, probs, names):
+            done.append(dst)
+            continue
         t0 = time.perf_counter()
         if device.type == "cuda": torch.cuda.reset_peak_memory_stats(device)
         curve = MemoryCurve(device if device.type == "cuda" else None).__enter__()
@@ -642,7 +657,8 @@ def predict_oof(exp, # experiment folder (config.json, cases.csv, folds.json, mo
                 thresholds=None, # region thresholds for this run (see `with_thresholds`; None: the plan's)
                ) -> list[Path]:
     "Each fold's model predicts that fold's held-out cases into `<exp>/predictions/<name>/`."
-    exp = Path(exp); plan = with_thresholds(load_plan(exp), thresholds)
+    exp = Path(exp)
+    plan = with_thresholds(load_plan(exp), thresholds)
     split = read_json(exp/"folds.json")
     rows = {r["id"]: r for r in read_cases_csv(exp, plan)}
     folds = available_folds(exp) if folds is None else [int(k) for k in folds]
@@ -688,10 +704,12 @@ def cli_predict(argv:list[str]|None=None, # command-line arguments (None: `sys.a
         kw = dict(folds=a.folds, fast=a.fast, tta=False if a.no_tta else None, probs=a.probs, device=a.device, overwrite=a.overwrite,
                   stitch_device=a.stitch_device, thresholds=a.thresholds)
         if a.oof:
-            done = predict_oof(a.exp, **kw); where = Path(a.exp)/"predictions"/"oof"
+            done = predict_oof(a.exp, **kw)
+            where = Path(a.exp)/"predictions"/"oof"
         else:
             if not a.input or not a.out: raise SegcookError("--input and --out are required (or --oof)")
-            done = predict(a.exp, a.input, a.out, **kw, modality=a.modality); where = a.out
+            done = predict(a.exp, a.input, a.out, **kw, modality=a.modality)
+            where = a.out
         f = Path(where)/"failed.json"
         failed = read_json(f) if f.exists() else {}
         print(f"{len(done)} prediction(s) in {where}" + (f"; {len(failed)} case(s) failed (see {f})" if failed else ""))

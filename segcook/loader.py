@@ -70,7 +70,8 @@ def shard_order(n:int, # number of cases
     out, k = [], 0
     while len(out) < max(min_len, per):
         perm = np.random.default_rng([seed, epoch, k]).permutation(n)[:per * num_shards]
-        out += perm[shard_id::num_shards].tolist(); k += 1
+        out += perm[shard_id::num_shards].tolist()
+        k += 1
     return out
 
 # %% ../nbs/06_loader.ipynb #240fad51
@@ -211,7 +212,9 @@ def warp_patches(b:dict, # DALI outputs: image/label boxes, roff (B,3), mat (B,3
         o = [int(v) for v in b["roff"][i].tolist()]
         if not int(b["do"][i]):
             sl = (slice(None),) + tuple(slice(v, v + p) for v, p in zip(o, ps))
-            out_i.append(img[i][sl]); out_l.append(lbl[i][sl]); continue
+            out_i.append(img[i][sl])
+            out_l.append(lbl[i][sl])
+            continue
         a = b["mat"][i][:, :3].float().flip(0).flip(1)
         g = _grid(a, o, ps, img.shape[2:]).to(img.device)
         out_i.append(F.grid_sample(img[i:i + 1], g, mode="bilinear", padding_mode="zeros", align_corners=True)[0])
@@ -344,7 +347,8 @@ class CentreSampler:
             if not len(self.slices): self.slices = None          # nothing annotated: the whole volume (it trains nothing)
         if self.slices is None: region, n_region = None, a.size
         else:
-            on = np.zeros(self.shape[slice_axis], bool); on[self.slices] = True
+            on = np.zeros(self.shape[slice_axis], bool)
+            on[self.slices] = True
             region = np.broadcast_to(on.reshape([-1 if i == slice_axis else 1 for i in range(3)]), self.shape)
             n_region = a.size // self.shape[slice_axis] * len(self.slices)
         keys = list(probs) if probs is not None else [int(c) for c in classes]
@@ -352,7 +356,8 @@ class CentreSampler:
         for k in keys:
             m = (a == 0) if k == "background" else (a == ignore) if k == "unannotated" else (a == int(k))
             if region is not None: m &= region
-            n = int(m.sum()); self.count[k] = n
+            n = int(m.sum())
+            self.count[k] = n
             if n and n < rare * n_region: self.vox[k] = np.flatnonzero(m)
         self.ignore = ignore
         self.present = [k for k in keys if self.count[k] > 0]
@@ -380,7 +385,8 @@ class CentreSampler:
         "`n` patch centres (n, 3), voxel indices (x, y, z)."
         out = []
         if self.probs is not None and self.present:
-            p = np.array([self.probs[k] for k in self.present], float); p /= p.sum()
+            p = np.array([self.probs[k] for k in self.present], float)
+            p /= p.sum()
         for _ in range(n):
             if self.probs is not None:
                 f = self._voxel(self.present[rng.choice(len(self.present), p=p)], rng) if self.present else self._anywhere(rng)
@@ -488,7 +494,8 @@ def _sampler(self:TrainLoader, i:int) -> CentreSampler:
 def _anchors(self:TrainLoader, idx:list[int], epoch:int):
     "DALI external-source callback: the (c, x, y, z) start of sample `info.idx_in_epoch`, which reads case `idx[k % len(idx)]`."
     def anchor(info):
-        k = int(info.idx_in_epoch); i = idx[k % len(idx)]
+        k = int(info.idx_in_epoch)
+        i = idx[k % len(idx)]
         smp = self._sampler(i)
         c = smp.draw(np.random.default_rng([self.seed, epoch, self.shard_id, k]), 1)[0]
         return np.array([0, *patch_start(c, smp.shape, self.ps)], np.int32)
@@ -509,7 +516,8 @@ def _batches(self:TrainLoader, epoch:int):
     names = ["image", "label", "roff", "mat", "do"] if self.torch_warp else ["image", "label"]
     it = DALIGenericIterator(self._pipeline(epoch), names, size=-1, auto_reset=False)
     dev = torch.device("cpu" if self.device_id is None else f"cuda:{self.device_id}")
-    g = torch.Generator(device=dev); g.manual_seed(_seed32(self.seed, epoch, self.shard_id, 1))
+    g = torch.Generator(device=dev)
+    g.manual_seed(_seed32(self.seed, epoch, self.shard_id, 1))
     k = 0
     try:
         while self.steps is None or k < self.steps:
@@ -570,7 +578,8 @@ class ValLoader:
             x = fn.readers.numpy(files=imgs, name="img", random_shuffle=False)
             y = fn.readers.numpy(files=lbls, name="lbl", random_shuffle=False)
             return (x.gpu(), y.gpu()) if gpu else (x, y)
-        p = pipe(batch_size=1, num_threads=1, device_id=self.device_id, seed=0); p.build()
+        p = pipe(batch_size=1, num_threads=1, device_id=self.device_id, seed=0)
+        p.build()
         from nvidia.dali.plugin.pytorch import DALIGenericIterator
         it = DALIGenericIterator(p, ["image", "label"], reader_name="img", auto_reset=False)
         for d, b in zip(self.dirs, it): yield d.name, b[0]["image"], b[0]["label"]

@@ -116,7 +116,8 @@ class DiceLoss(SegLoss):
                  batch=False, # sum over the batch too (one Dice per channel, not per sample and channel)
                  **kw, # `SegLoss` options (labels, regions, ignore_label, ...)
                 ):
-        super().__init__(**kw); self.smooth_nr, self.smooth_dr, self.batch = smooth_nr, smooth_dr, batch
+        super().__init__(**kw)
+        self.smooth_nr, self.smooth_dr, self.batch = smooth_nr, smooth_dr, batch
     def dice(self, b:Prepared):
         c = self.overlap_channels(b)
         return soft_dice(b.p[:, c], b.y[:, c], b.m, self.smooth_nr, self.smooth_dr, self.batch).mean()
@@ -171,7 +172,8 @@ class DiceFocalLoss(DiceLoss, FocalLoss):
                  gamma=2.0, # focal exponent (see `FocalLoss`)
                  **kw, # `DiceLoss` and `SegLoss` options
                 ):
-        super().__init__(gamma=gamma, **kw); self.ld, self.lf = lambda_dice, lambda_focal
+        super().__init__(gamma=gamma, **kw)
+        self.ld, self.lf = lambda_dice, lambda_focal
     def compute(self, b, dtm=None): return self.ld * self.dice(b) + self.lf * self.focal(b)
 
 # %% ../nbs/05_losses.ipynb #add6b2ea
@@ -188,7 +190,9 @@ def _maxpool(x, n, k):
     fn = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[n]
     return fn(x, k, 1, tuple(kk // 2 for kk in k))
 
-def _dilate(x): n = x.dim() - 2; return _maxpool(x, n, (3,) * n)
+def _dilate(x):
+    n = x.dim() - 2
+    return _maxpool(x, n, (3,) * n)
 def _open(x): return _dilate(_erode(x))
 
 def soft_skeleton(x, # probabilities (B, C, ...)
@@ -212,7 +216,8 @@ class ClDiceLoss(DiceLoss):
                  smooth_dr=1.0, # added to the denominators (Dice, topology precision and sensitivity)
                  **kw, # `SegLoss` options (labels, regions, ignore_label, ...)
                 ):
-        super().__init__(smooth_nr=smooth_nr, smooth_dr=smooth_dr, **kw); self.alpha, self.iters, self.smooth = alpha, iters, smooth
+        super().__init__(smooth_nr=smooth_nr, smooth_dr=smooth_dr, **kw)
+        self.alpha, self.iters, self.smooth = alpha, iters, smooth
     def cldice(self, b:Prepared):
         c = self.overlap_channels(b)
         p, y = b.p[:, c], b.y[:, c]
@@ -352,7 +357,8 @@ class DeepSupervisionLoss(nn.Module):
     def set_progress(self, t): 
         if hasattr(self.loss, "set_progress"): self.loss.set_progress(t)
     def weights(self, n:int) -> list[float]:
-        w = [0.5 ** i for i in range(n)]; return [x / sum(w) for x in w]
+        w = [0.5 ** i for i in range(n)]
+        return [x / sum(w) for x in w]
     def _down(self, t, size, is_label):
         if tuple(t.shape[2:]) == tuple(size): return t
         if is_label and self.mode == "max":

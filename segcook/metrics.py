@@ -90,7 +90,8 @@ def surface_distances(gt:np.ndarray, # ground-truth mask (x, y, z)
 # %% ../nbs/10_metrics.ipynb #b4d6e853
 def _directed_pct(d, a, q):
     if len(d) == 0: return np.inf
-    o = np.lexsort((a, d)); d, a = d[o], a[o]
+    o = np.lexsort((a, d))
+    d, a = d[o], a[o]
     cum = np.cumsum(a) / np.sum(a)
     return float(d[min(int(np.searchsorted(cum, q / 100.0)), len(d) - 1)])
 
@@ -255,7 +256,9 @@ def _relabel(pairs:set, a:np.ndarray) -> np.ndarray:
     if len(pairs) <= 1: return a
     nxt, by_b, new = int(a.max()) + 1, {}, {}
     for la, lb in sorted(pairs):
-        if lb not in by_b: by_b[lb] = nxt; nxt += 1
+        if lb not in by_b:
+            by_b[lb] = nxt
+            nxt += 1
     for la, lb in sorted(pairs): new.setdefault(la, by_b[lb])
     out = a.copy()
     for la, n in new.items(): out[a == la] = n
@@ -301,7 +304,8 @@ def _hd95_or(g, p, spacing, penalty, codes=None):
 def _voxel_nsd(a:np.ndarray, b:np.ndarray, tol:float, spacing) -> float:
     "NSD on border voxels (face-connected erosion; nnU-Net/medpy style), as the BraTS 2024 code reports it."
     def border(m): return m ^ ndi.binary_erosion(m, structure=ndi.generate_binary_structure(3, 1))
-    sl = _bbox(a | b); a, b = a[sl], b[sl]
+    sl = _bbox(a | b)
+    a, b = a[sl], b[sl]
     ba, bb = border(a), border(b)
     sp = np.asarray(spacing, float)
     pa, pb = np.argwhere(ba) * sp, np.argwhere(bb) * sp
@@ -334,7 +338,9 @@ def _lesion_scores(gl:np.ndarray, pl:np.ndarray, dil:int, spacing, penalty:float
 
 # %% ../nbs/10_metrics.ipynb #9f96846f
 def _sens_spec(g, p, size):
-    tp = int(np.logical_and(g, p).sum()); fn = int(g.sum()) - tp; fp = int(p.sum()) - tp
+    tp = int(np.logical_and(g, p).sum())
+    fn = int(g.sum()) - tp
+    fp = int(p.sum()) - tp
     tn = size - tp - fn - fp
     sens = 1.0 if (g.sum() == 0 and p.sum() == 0) else tp / (tp + fn + np.finfo(float).tiny)
     return sens, tn / (tn + fp + np.finfo(float).tiny)
@@ -348,7 +354,9 @@ def brats_lesionwise(gt_lbl:np.ndarray, # ground-truth label map (x, y, z)
                     ):
     "The official BraTS table (one row per region) for one case."
     import pandas as pd
-    cfg = brats_config(version, challenge); pen = cfg["penalty"]; vox = float(np.prod(spacing))
+    cfg = brats_config(version, challenge)
+    pen = cfg["penalty"]
+    vox = float(np.prod(spacing))
     if legacy_quirks is None: legacy_quirks = version == 2024
     dil = {t: cfg["dilation"].get(t, cfg["default_dilation"]) for t in cfg["regions"]}
     thr = {t: cfg["threshold"].get(t, cfg["default_threshold"]) for t in cfg["regions"]}
@@ -363,8 +371,10 @@ def brats_lesionwise(gt_lbl:np.ndarray, # ground-truth label map (x, y, z)
     if cfg["merge_pred"]:
         pmap = {}
         for t in P:
-            m = merge_by_dilation(P[t], dil[t]); cnt = np.bincount(m.ravel())
-            keep = cnt > thr[t]; keep[0] = True      # lesions of <= threshold voxels are dropped
+            m = merge_by_dilation(P[t], dil[t])
+            cnt = np.bincount(m.ravel())
+            keep = cnt > thr[t]
+            keep[0] = True      # lesions of <= threshold voxels are dropped
             pmap[t] = np.where(keep[m], m, 0).astype(np.int32)
             P[t] = pmap[t] > 0
         gmap, pmap = _cross_merge(gmap), _cross_merge(pmap)

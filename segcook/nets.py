@@ -229,11 +229,13 @@ class DynamicUNet(SegNet):
     def forward(self, x):
         x_in, skips = x, []
         for st in self.encoder:
-            x = st(x); skips.append(x)
+            x = st(x)
+            skips.append(x)
         if self.vae is not None and self.training: self.aux_loss = self.vae.loss(x_in, x)
         feats = []
         for up, skip in zip(self.decoder, reversed(skips[:-1])):
-            x = up(x, skip); feats.append(x)
+            x = up(x, skip)
+            feats.append(x)
         return self._outputs(feats[::-1])
 
 class _UpStage(nn.Module):
@@ -309,7 +311,8 @@ class ResBlockD(nn.Module):
         self.skip = nn.Sequential()
         if any(s > 1 for s in _as3(stride)): self.skip.add_module("pool", nn.AvgPool3d(stride, stride))
         if cin != cout:
-            self.skip.add_module("conv", nn.Conv3d(cin, cout, 1, bias=False)); self.skip.add_module("norm", _norm(norm, cout))
+            self.skip.add_module("conv", nn.Conv3d(cin, cout, 1, bias=False))
+            self.skip.add_module("norm", _norm(norm, cout))
     def forward(self, x): return self.act(self.conv2(self.conv1(x)) + self.skip(x))
 
 class ResEncUNet(SegNet):
@@ -340,10 +343,12 @@ class ResEncUNet(SegNet):
     def forward(self, x):
         x, skips = self.encoder[0](x), []
         for st in self.encoder[1:]:
-            x = st(x); skips.append(x)
+            x = st(x)
+            skips.append(x)
         feats = []
         for up, skip in zip(self.decoder, reversed(skips[:-1])):
-            x = up(x, skip); feats.append(x)
+            x = up(x, skip)
+            feats.append(x)
         return self._outputs(feats[::-1])
 
 RESENC_BLOCKS = (1, 3, 4, 6, 6, 6, 6, 6)  # nnU-Net's ResEnc M/L/XL presets: blocks per encoder stage
@@ -467,16 +472,22 @@ class MGNet(SegNet):
     def forward(self, x):
         latest = []
         for st in self.encoder:
-            x = st(x); latest.append(x)
+            x = st(x)
+            latest.append(x)
         B = len(latest) - 1
         for h, sp in zip(self.heights, self.spikes):
             for j, up in enumerate(sp["up"]):
-                d = B - 1 - j; x = up(x, latest[d]); latest[d] = x
+                d = B - 1 - j
+                x = up(x, latest[d])
+                latest[d] = x
             for j, down in enumerate(sp["down"]):
-                d = B - h + 1 + j; x = down(x); latest[d] = x
+                d = B - h + 1 + j
+                x = down(x)
+                latest[d] = x
         feats = []
         for j, up in enumerate(self.final):
-            x = up(x, latest[B - 1 - j]); feats.append(x)
+            x = up(x, latest[B - 1 - j])
+            feats.append(x)
         return self._outputs(feats[::-1])
 
 def w_heights(depth:int, # levels below the top
@@ -522,7 +533,8 @@ STUNET_VARIANTS = {"s": (16, 1), "b": (32, 1), "l": (64, 2), "h": (96, 3)}
 class _NearestUp(nn.Module):
     "Nearest-neighbour upsampling by `scale`, then a 1x1 convolution to `cout` channels."
     def __init__(self, cin, cout, scale):
-        super().__init__(); self.scale, self.conv = tuple(float(s) for s in scale), nn.Conv3d(cin, cout, 1)
+        super().__init__()
+        self.scale, self.conv = tuple(float(s) for s in scale), nn.Conv3d(cin, cout, 1)
     def forward(self, x): return self.conv(F.interpolate(x, scale_factor=self.scale, mode="nearest"))
 
 class STUNet(SegNet):
@@ -553,17 +565,20 @@ class STUNet(SegNet):
     def forward(self, x):
         skips = []
         for st in self.encoder:
-            x = st(x); skips.append(x)
+            x = st(x)
+            skips.append(x)
         feats = []
         for up, conv, skip in zip(self.ups, self.convs, reversed(skips[:-1])):
-            x = conv(torch.cat([up(x), skip], 1)); feats.append(x)
+            x = conv(torch.cat([up(x), skip], 1))
+            feats.append(x)
         return self._outputs(feats[::-1])
 
 def _stunet(v):
     def build(in_channels, out_channels, patch_size, spacing=None, deep_supervision:int=0, base:int|None=None, **kw):
         base, depth = base or STUNET_VARIANTS[v][0], STUNET_VARIANTS[v][1]
         k, s = get_topology(patch_size, spacing, max_pools=5)
-        s = s + [[1, 1, 1]] * (6 - len(s)); k = k + [k[-1]] * (6 - len(k))
+        s = s + [[1, 1, 1]] * (6 - len(s))
+        k = k + [k[-1]] * (6 - len(k))
         widths = [base * 2**min(i, 4) for i in range(6)]
         return STUNet(in_channels, out_channels, k, s, widths, depth, deep_supervision)
     build.__doc__ = f"STU-Net-{v.upper()} (Huang et al. 2023): widths {base_w(v)}, {STUNET_VARIANTS[v][1]} block(s) per stage."
@@ -572,7 +587,8 @@ def _stunet(v):
 def base_w(v:str, # STU-Net variant: s, b, l or h
           ) -> list[int]:
     "Feature widths of the 6 stages of STU-Net variant `v` (doubling, capped after 4 doublings)."
-    b = STUNET_VARIANTS[v][0]; return [b * 2**min(i, 4) for i in range(6)]
+    b = STUNET_VARIANTS[v][0]
+    return [b * 2**min(i, 4) for i in range(6)]
 for _v in STUNET_VARIANTS: register_arch(f"stunet_{_v}")(_stunet(_v))
 
 # %% ../nbs/04_nets.ipynb #9af75371
@@ -673,7 +689,8 @@ def arch_table(plan:Plan|None=None, # plan to size the networks for (None: a def
               ) -> list[tuple[str, str, str]]:
     "(name, parameters, description) for every registered architecture, for `plan`."
     if plan is None:
-        plan = Plan(); plan.spatial.patch_size, plan.spatial.target_spacing = [128, 128, 128], [1.0, 1.0, 1.0]
+        plan = Plan()
+        plan.spatial.patch_size, plan.spatial.target_spacing = [128, 128, 128], [1.0, 1.0, 1.0]
     rows = []
     for name in ARCHS:
         try:

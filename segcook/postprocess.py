@@ -47,12 +47,14 @@ def remove_small(lbl:np.ndarray, # label map (x, y, z)
                  replace_with:int=0, # label the small objects take (0: background)
                 ) -> np.ndarray:
     "Objects of the group smaller than `min_size` become `replace_with` (0: removed)."
-    out = lbl.copy(); thr = _min_voxels(min_size, unit, spacing)
+    out = lbl.copy()
+    thr = _min_voxels(min_size, unit, spacing)
     for g in _groups(labels, per_label):
         m = np.isin(lbl, g)
         if not m.any(): continue
         cc, n = _components(m)
-        small = n < thr; small[0] = False
+        small = n < thr
+        small[0] = False
         out[small[cc]] = replace_with
     return out
 
@@ -81,7 +83,8 @@ def keep_largest(lbl:np.ndarray, # label map (x, y, z)
         m = np.isin(lbl, g)
         if not m.any(): continue
         cc, n = _components(m)
-        keep = np.zeros(len(n), bool); keep[np.argsort(n[1:])[::-1][:k] + 1] = True
+        keep = np.zeros(len(n), bool)
+        keep[np.argsort(n[1:])[::-1][:k] + 1] = True
         out[m & ~keep[cc]] = 0
     return out
 
@@ -97,7 +100,8 @@ def fill_holes(lbl:np.ndarray, # label map (x, y, z)
     if not m.any(): return lbl.copy()
     holes = ndi.binary_fill_holes(m) & ~m
     if only_background: holes &= lbl == 0
-    out = lbl.copy(); out[holes] = labels[0] if fill_label is None else fill_label
+    out = lbl.copy()
+    out[holes] = labels[0] if fill_label is None else fill_label
     return out
 
 def _ball(r): return ndi.iterate_structure(ndi.generate_binary_structure(3, 1), int(r))
@@ -109,7 +113,8 @@ def opening(lbl:np.ndarray, # label map (x, y, z)
             radius:int=1, # structuring element radius, voxels
            ) -> np.ndarray:
     "Morphological opening of the group: thin protrusions and bridges become background."
-    m = np.isin(lbl, labels); out = lbl.copy()
+    m = np.isin(lbl, labels)
+    out = lbl.copy()
     out[m & ~ndi.binary_opening(m, _ball(radius))] = 0
     return out
 
@@ -121,8 +126,10 @@ def closing(lbl:np.ndarray, # label map (x, y, z)
             fill_label:int|None=None, # label the closed gaps take (None: the first of `labels`)
            ) -> np.ndarray:
     "Morphological closing of the group: background gaps it closes take `fill_label` (default: first label)."
-    m = np.isin(lbl, labels); out = lbl.copy()
-    r = int(radius); pad = np.pad(m, r + 1)
+    m = np.isin(lbl, labels)
+    out = lbl.copy()
+    r = int(radius)
+    pad = np.pad(m, r + 1)
     add = ndi.binary_closing(pad, _ball(r))[(slice(r + 1, -r - 1),) * 3] & ~m & (lbl == 0)
     out[add] = labels[0] if fill_label is None else fill_label
     return out
@@ -167,7 +174,9 @@ def load_strategy(src, # a dict, a list of steps, or a JSON file (segcook or MIS
     out = []
     for i, s in enumerate(steps):
         if not isinstance(s, dict): raise SegcookError(f"strategy step {i}: expected an object, got {s!r}")
-        if "transform" in s: out += _from_mist(s); continue
+        if "transform" in s:
+            out += _from_mist(s)
+            continue
         if "op" not in s or "labels" not in s: raise SegcookError(f"strategy step {i}: needs 'op' and 'labels' ({s})")
         fn = POSTPROCESSORS[s["op"]]
         allowed = set(inspect.signature(fn).parameters) - {"lbl", "labels", "spacing"}
@@ -244,7 +253,8 @@ def default_candidates(classes:dict, # `{name: labels}`
 def _load_case(args):
     cid, m, p = args
     g, pr = read_image(m), read_image(p)
-    sp = g.GetSpacing(); gt, pd_ = to_xyz(g), to_xyz(pr)
+    sp = g.GetSpacing()
+    gt, pd_ = to_xyz(g), to_xyz(pr)
     if gt.shape != pd_.shape: raise SegcookError(f"case {cid}: prediction {p} has shape {pd_.shape}, mask {m} has {gt.shape}")
     diag = float(np.linalg.norm(np.multiply(gt.shape, sp)))
     sl = _bbox((gt != 0) | (pd_ != 0))
@@ -332,7 +342,8 @@ def read_probs(src, # an (R, x, y, z) array, `<id>_probs.npz`, or `{region: <id>
     "Region probabilities (R, x, y, z) as `segcook predict --probs` writes them (npz or one NIfTI per region)."
     if isinstance(src, np.ndarray): return src.astype(np.float32, copy=False)
     if isinstance(src, dict): return np.stack([to_xyz(read_image(src[n])) for n in names]).astype(np.float32)
-    z = np.load(src); have = [str(n) for n in z["names"]]
+    z = np.load(src)
+    have = [str(n) for n in z["names"]]
     missing = [n for n in names if n not in have]
     if missing: raise SegcookError(f"{src}: no probabilities for region(s) {missing} (it has {have})")
     return z["probs"][[have.index(n) for n in names]].astype(np.float32, copy=False)
@@ -343,7 +354,8 @@ def _gt_lesions(g, dil, vox, min_mm3):
     for k in range(1, int(gl.max()) + 1):
         m = gl == k
         sl = tuple(slice(max(s.start - dil, 0), s.stop + dil) for s in _bbox(m))
-        gk = m[sl]; out.append((sl, gk, _dilate(gk, dil), float(gk.sum()) * vox > min_mm3))
+        gk = m[sl]
+        out.append((sl, gk, _dilate(gk, dil), float(gk.sum()) * vox > min_mm3))
     return out
 
 def lesion_dice(g:np.ndarray, # ground-truth mask of one region (x, y, z)
@@ -355,10 +367,12 @@ def lesion_dice(g:np.ndarray, # ground-truth mask of one region (x, y, z)
                ) -> float:
     "BraTS 2023 lesion-wise Dice of one region: mean over counted ground-truth lesions and unmatched predicted lesions."
     lesions = _gt_lesions(g, dil, float(np.prod(spacing)), min_mm3) if lesions is None else lesions
-    pl = _cc26(p); size = np.bincount(pl.ravel())
+    pl = _cc26(p)
+    size = np.bincount(pl.ravel())
     matched, total, n = set(), 0.0, 0
     for sl, gk, gd, counted in lesions:
-        hit = np.unique(pl[sl][gd]); hit = hit[hit != 0]
+        hit = np.unique(pl[sl][gd])
+        hit = hit[hit != 0]
         matched |= set(hit.tolist())
         if not counted: continue
         n += 1
@@ -373,7 +387,9 @@ def _load_thr_case(args):
     "One case for the search: probabilities and ground truth cropped to where the rule can put labels."
     cid, m, src, names, margin = args
     if isinstance(m, np.ndarray): gt, sp = m, (1., 1., 1.)
-    else: img = read_image(m); gt, sp = to_xyz(img), img.GetSpacing()
+    else:
+        img = read_image(m)
+        gt, sp = to_xyz(img), img.GetSpacing()
     pr = read_probs(src, names)
     if pr.shape[1:] != gt.shape: raise SegcookError(f"case {cid}: probabilities {pr.shape[1:]} vs ground truth {gt.shape}")
     sl = _bbox((gt != 0) | (pr.max(0) >= _LO)) or tuple(slice(0, 1) for _ in gt.shape)
@@ -389,7 +405,9 @@ def _search(f, t0, trials, grid, seed, step=0.01, grid_step=0.05):
     "The threshold maximising `f`: TPE (seeded, `t0` first) or a grid; ties keep `t0`."
     if not grid:
         try: import optuna
-        except ImportError: log.warning("optuna is not installed: grid search instead (pip install optuna)"); grid = True
+        except ImportError:
+            log.warning("optuna is not installed: grid search instead (pip install optuna)")
+            grid = True
     if grid:
         ts = [t0] + [round(float(t), 4) for t in np.arange(_LO, _HI + 1e-9, grid_step)]
         return max(ts, key=f)
@@ -551,7 +569,9 @@ def cli_postprocess(argv:list[str]|None=None, # command-line arguments (None: `s
         if not a.out: raise SegcookError("give --out")
         if not a.select:
             if not (a.input and a.strategy): raise SegcookError("give --input and --strategy (or --select)")
-            fs = postprocess_folder(a.input, a.out, a.strategy, a.workers); print(f"wrote {len(fs)} file(s) to {a.out}"); return
+            fs = postprocess_folder(a.input, a.out, a.strategy, a.workers)
+            print(f"wrote {len(fs)} file(s) to {a.out}")
+            return
         from segcook.evaluate import read_pairs, read_classes, experiment_pairs
         if a.paths: pairs = read_pairs(a.paths)
         elif a.exp: pairs = experiment_pairs(a.exp, a.name)[0]
@@ -561,7 +581,8 @@ def cli_postprocess(argv:list[str]|None=None, # command-line arguments (None: `s
         else: raise SegcookError("--select with --paths needs --classes")
         cands = read_json(a.candidates) if a.candidates else None
         strat, cmp = select_strategy(pairs, classes, a.metrics, cands, workers=a.workers)
-        out = Path(a.out); old = read_json(out / "strategy.json") if (out / "strategy.json").exists() else {}
+        out = Path(a.out)
+        old = read_json(out / "strategy.json") if (out / "strategy.json").exists() else {}
         write_json(out / "strategy.json", {**(old if isinstance(old, dict) else {}), **strat})   # keeps e.g. thresholds
         with atomic_path(out / "comparison.csv") as tmp: cmp.to_csv(tmp, index=False)
         print(f"kept {len(strat['steps'])} step(s): {json.dumps(strat['steps'])}\nwrote {out/'strategy.json'} and {out/'comparison.csv'}")

@@ -78,7 +78,8 @@ def _read_arrays(images:dict, label, plan:Plan|None, cid:str):
     for ch, p in images.items():
         a, g = _read_arr(p, cid)
         if arrs: _check_same_grid(geoms[0], g, p0, p, cid)
-        arrs[ch] = a; geoms.append(g)
+        arrs[ch] = a
+        geoms.append(g)
     if label is None: return arrs, None, geoms
     lab, g = _read_arr(label, cid, float32=False)
     _check_same_grid(geoms[0], g, p0, label, cid)
@@ -141,7 +142,8 @@ def _n4(img, shrink, iters):
     pos = sitk.Maximum(img, 0.0) + 1.0                              # N4 works on log intensities
     mask = sitk.OtsuThreshold(pos, 0, 1, 200)
     f = [max(1, min(shrink, s // 8)) for s in img.GetSize()]
-    n4 = sitk.N4BiasFieldCorrectionImageFilter(); n4.SetMaximumNumberOfIterations(list(iters))
+    n4 = sitk.N4BiasFieldCorrectionImageFilter()
+    n4.SetMaximumNumberOfIterations(list(iters))
     n4.Execute(sitk.Shrink(pos, f), sitk.Shrink(mask, f))
     field = sitk.Exp(n4.GetLogBiasFieldAsImage(pos))
     return sitk.Cast(img / field, sitk.sitkFloat32)
@@ -224,7 +226,8 @@ def _bspline_weights(t:np.ndarray) -> np.ndarray:
 def _mirror(i:np.ndarray, n:int) -> np.ndarray:
     "Indices reflected into 0..n-1 about the end samples (d c b | a b c d), ITK's B-spline boundary."
     if n == 1: return np.zeros_like(i)
-    p = 2 * n - 2; i = np.abs(i) % p
+    p = 2 * n - 2
+    i = np.abs(i) % p
     return np.where(i >= n, p - i, i)
 
 def _axis_matrix(n0:int, x:np.ndarray):
@@ -287,12 +290,17 @@ def _onehot_resample(lbl:sitk.Image, ref_grid, direction=None, values=None) -> s
     values = label_values(lbl) if values is None else values
     best = win = None
     for v in values:
-        m = sitk.GetImageFromArray((a == v).astype(np.float32)); m.CopyInformation(lbl)
+        m = sitk.GetImageFromArray((a == v).astype(np.float32))
+        m.CopyInformation(lbl)
         r = sitk.GetArrayFromImage(_resample(m, ref_grid, sitk.sitkLinear))
         if best is None: best, win = r, np.full(r.shape, v, np.uint8)
-        else: upd = r > best; best[upd] = r[upd]; win[upd] = v
+        else:
+            upd = r > best
+            best[upd] = r[upd]
+            win[upd] = v
     out = sitk.GetImageFromArray(win)
-    out.SetSpacing([float(s) for s in ref_grid[1]]); out.SetOrigin([float(o) for o in ref_grid[2]])
+    out.SetSpacing([float(s) for s in ref_grid[1]])
+    out.SetOrigin([float(o) for o in ref_grid[2]])
     out.SetDirection(lbl.GetDirection() if direction is None else direction)
     return out
 
@@ -308,13 +316,17 @@ _BLOCK = 1 << 16   # voxels per block of the float64 arithmetic (stays in cache)
 def _zscore_into(a:np.ndarray, lo, hi, mu:float, sd:float, m:np.ndarray|None, out:np.ndarray) -> np.ndarray:
     "`out` = float32((clip(a, lo, hi) - mu) / sd [* m]) with float64 arithmetic, block by block (`out` may be `a`)."
     if not (a.flags.c_contiguous and out.flags.c_contiguous and (m is None or m.flags.c_contiguous)):
-        r = (np.clip(a, lo, hi) - mu) / sd; out[...] = r * m if m is not None else r; return out
+        r = (np.clip(a, lo, hi) - mu) / sd
+        out[...] = r * m if m is not None else r
+        return out
     af, of, mf = a.reshape(-1), out.reshape(-1), m.reshape(-1) if m is not None else None
     buf = np.empty(min(_BLOCK, af.size), np.float64)
     for i in range(0, af.size, _BLOCK):
         t = buf[:min(_BLOCK, af.size - i)]
         t[...] = af[i:i + _BLOCK]                                          # exact: float32 -> float64
-        np.clip(t, lo, hi, out=t); t -= mu; t /= sd
+        np.clip(t, lo, hi, out=t)
+        t -= mu
+        t /= sd
         if mf is not None: t *= mf[i:i + _BLOCK]
         of[i:i + _BLOCK] = t                                               # rounded to float32 once, as astype
     return out
@@ -331,7 +343,9 @@ def normalize(a:np.ndarray, # one channel (x, y, z), float32
             raise SegcookError(f"case {cid}: channel '{ch.name}' has norm 'ct' but no window/mean/std in the plan; run `segcook analyze`")
         if not (inplace and np.result_type(a, *ch.window, ch.mean, ch.std) == np.float32):
             return ((np.clip(a, *ch.window) - ch.mean) / ch.std).astype(np.float32)
-        np.clip(a, *ch.window, out=a); np.subtract(a, ch.mean, out=a); np.divide(a, ch.std, out=a)   # float32, as above
+        np.clip(a, *ch.window, out=a)
+        np.subtract(a, ch.mean, out=a)
+        np.divide(a, ch.std, out=a)   # float32, as above
         return a
     if ch.norm != "zscore": raise SegcookError(f"channel '{ch.name}': unknown norm '{ch.norm}'; use 'zscore' or 'ct'")
     m = mask if (ch.use_nonzero and mask is not None and mask.any()) else None
@@ -339,7 +353,9 @@ def normalize(a:np.ndarray, # one channel (x, y, z), float32
     mu, sd = float(v.mean(dtype=np.float64)), float(v.std(dtype=np.float64))   # before windowing, as MIST
     lo, hi = np.percentile(v, [0.5, 99.5], overwrite_input=m is not None)     # a[m] is a copy: partition it in place
     if sd == 0:                                                               # constant image: no information
-        if inplace and a.dtype == np.float32: a[...] = 0; return a
+        if inplace and a.dtype == np.float32:
+            a[...] = 0
+            return a
         return np.zeros(a.shape, np.float32)
     if a.dtype != np.float32:
         a = (np.clip(a, lo, hi) - mu) / sd
@@ -379,12 +395,14 @@ def mind_ssc(a:np.ndarray, # one channel (x, y, z)
             ) -> np.ndarray:
     "MIND-SSC descriptors of `a`: 12 channels (12, x, y, z) float32 in (0, 1]."
     from scipy import ndimage as ndi
-    a = np.asarray(a, np.float32); d = int(dilation)
+    a = np.asarray(a, np.float32)
+    d = int(dilation)
     p = np.pad(a, d, mode="edge")
     sh = lambda o: p[d + o[0]: d + o[0] + a.shape[0], d + o[1]: d + o[1] + a.shape[1], d + o[2]: d + o[2] + a.shape[2]]
     D = np.stack([ndi.uniform_filter((sh(o1) - sh(o2)) ** 2, 2 * radius + 1, mode="nearest") for o1, o2 in _ssc_pairs(d)])
     D -= D.min(0)
-    V = D.mean(0); mv = float(V.mean())
+    V = D.mean(0)
+    mv = float(V.mean())
     V = np.clip(V, 1e-3 * mv + 1e-6, 1e3 * mv + 1e-6)
     return np.exp(-D / V).astype(np.float32)
 
@@ -451,7 +469,8 @@ def case_spacing(plan:Plan, # the experiment plan (spatial.target_spacing, spati
     "The spacing a case is resampled to: the plan's target, except across slices in 2d, where the case keeps its own."
     sp = plan.spatial.target_spacing
     if sp is None or plan.spatial.config != "2d": return sp
-    sp = [float(v) for v in sp]; sp[plan.spatial.slice_axis] = float(spacing[plan.spatial.slice_axis])
+    sp = [float(v) for v in sp]
+    sp[plan.spatial.slice_axis] = float(spacing[plan.spatial.slice_axis])
     return sp
 
 def _spatial(imgs:list, lbl, plan:Plan, n4:bool, cid, box=None):
@@ -461,11 +480,13 @@ def _spatial(imgs:list, lbl, plan:Plan, n4:bool, cid, box=None):
     if plan.spatial.crop_to_foreground: start, stop = box if box is not None else crop_box(imgs, lbl)
     meta["crop"] = {"start": [int(s) for s in start], "stop": [int(s) for s in stop]}
     if meta["crop"] != {"start": [0, 0, 0], "stop": list(imgs[0].GetSize())}:
-        imgs = [crop(i, start, stop) for i in imgs]; lbl = crop(lbl, start, stop) if lbl is not None else None
+        imgs = [crop(i, start, stop) for i in imgs]
+        lbl = crop(lbl, start, stop) if lbl is not None else None
     if n4: imgs = [n4_correct(i) if c.modality == "mr" else i for i, c in zip(imgs, plan.channels)]
     code = plan.spatial.orientation
     meta["orientation"] = {"original": orientation_of(imgs[0]), "target": code.upper()}
-    imgs = [reorient(i, code) for i in imgs]; lbl = reorient(lbl, code) if lbl is not None else None
+    imgs = [reorient(i, code) for i in imgs]
+    lbl = reorient(lbl, code) if lbl is not None else None
     meta["reoriented"] = _geom(imgs[0])
     nz = None
     if any(c.use_nonzero and c.norm == "zscore" for c in plan.channels):
@@ -514,7 +535,10 @@ def _numpy_case(arrs:list[np.ndarray], lab, g:Geometry, box, plan:Plan, cid) -> 
     sl = tuple(slice(int(a), int(b)) for a, b in zip(start, stop))
     image = np.empty((len(arrs), *[b - a for a, b in zip(start, stop)]), np.float32)
     for x, a in zip(image, arrs): x[...] = a[sl]                            # crop, in (x, y, z) C order
-    if lab is not None: out = np.empty((1, *image.shape[1:]), np.uint8); out[0] = lab[sl]; lab = out
+    if lab is not None:
+        out = np.empty((1, *image.shape[1:]), np.uint8)
+        out[0] = lab[sl]
+        lab = out
     nz = None
     if any(c.use_nonzero and c.norm == "zscore" for c in plan.channels):
         nz = image[0] != 0
@@ -543,7 +567,8 @@ def preprocess_case(images:dict, # channel name -> image path, in the plan's cha
     plan = plan_for(plan, modality, cid)                          # mixed CT/MR plan: this case's own rules
     chans = _channel_plan(plan, images, cid)
     arrs, lab, geoms = _read_arrays(images, label, plan, cid)
-    arrs = list(arrs.values()); n4 = plan.preprocess.n4 if n4 is None else n4
+    arrs = list(arrs.values())
+    n4 = plan.preprocess.n4 if n4 is None else n4
     names = [c.name for c in chans]
     box = None
     if not plan.preprocess.skip:
@@ -552,9 +577,11 @@ def preprocess_case(images:dict, # channel name -> image path, in the plan's cha
         if sp is not None and _numpy_ok(geoms, plan, n4) and _on_target([b - a for a, b in zip(*box)], geoms[0], sp):
             image, lab, meta = _numpy_case(arrs, lab, geoms[0], box, plan, cid)   # no SimpleITK step needed
             if plan.preprocess.mind:
-                arrs, names = _mind_channels(list(image), names, plan.preprocess.mind); image = np.stack(arrs)
+                arrs, names = _mind_channels(list(image), names, plan.preprocess.mind)
+                image = np.stack(arrs)
             return image, lab, _case_meta(meta, image, names, images, label, n4, plan, cid, modality)
-    imgs = [_image(a, g) for a, g in zip(arrs, geoms)]; del arrs
+    imgs = [_image(a, g) for a, g in zip(arrs, geoms)]
+    del arrs
     lbl = _image(lab, geoms[-1]) if lab is not None else None
     if plan.preprocess.skip:
         g = _geom(imgs[0])
@@ -615,7 +642,9 @@ def to_native(arr:np.ndarray, # (x, y, z) label map, or (C, x, y, z) probabiliti
     if out.ndim == 4:
         img = sitk.GetImageFromArray(np.ascontiguousarray(out.transpose(2, 1, 0, 3)), isVector=True)
     else: img = sitk.GetImageFromArray(np.ascontiguousarray(out.transpose(2, 1, 0)))
-    img.SetSpacing(o["spacing"]); img.SetOrigin(o["origin"]); img.SetDirection(o["direction"])
+    img.SetSpacing(o["spacing"])
+    img.SetOrigin(o["origin"])
+    img.SetDirection(o["direction"])
     return img
 
 # %% ../nbs/03_preprocess.ipynb #ae58488b
@@ -662,7 +691,8 @@ def run_case(exp, # experiment folder
             ) -> str:
     "Preprocess one row of cases.csv and write its folder (meta.json last); returns the case id."
     d = case_dir(exp, row["id"])
-    d.mkdir(parents=True, exist_ok=True); _clean(d)
+    d.mkdir(parents=True, exist_ok=True)
+    _clean(d)
     img, lbl, meta = preprocess_case(row["images"], plan, row["label"], n4, reference, row["id"], row.get("modality"))
     _save_npy(d/"image.npy", img)
     if lbl is not None: _save_npy(d/"label.npy", lbl)
@@ -725,7 +755,8 @@ def preprocess(exp, # experiment folder with config.json and cases.csv
                n4:bool=False, # N4 bias-field correction of MR channels (or plan.preprocess.n4)
               ) -> list[str]:
     "Preprocess every case of `exp` into `<exp>/preprocessed/`; returns the ids of the finished cases."
-    exp = Path(exp); plan = load_plan(exp)
+    exp = Path(exp)
+    plan = load_plan(exp)
     rows = _shard(read_cases_csv(exp, plan))
     ids = [r["id"] for r in rows]
     if len(set(ids)) != len(ids): raise SegcookError(f"{exp/'cases.csv'}: duplicate case ids")

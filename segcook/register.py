@@ -45,7 +45,8 @@ def _method(bins, iterations, sampling, seed, shrink, sigmas):
     r.SetOptimizerAsRegularStepGradientDescent(learningRate=1.0, minStep=1e-4, numberOfIterations=iterations,
                                                relaxationFactor=0.6, gradientMagnitudeTolerance=1e-6)
     r.SetOptimizerScalesFromPhysicalShift()
-    r.SetShrinkFactorsPerLevel(list(shrink)); r.SetSmoothingSigmasPerLevel(list(sigmas))
+    r.SetShrinkFactorsPerLevel(list(shrink))
+    r.SetSmoothingSigmasPerLevel(list(sigmas))
     r.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
     return r
 
@@ -53,7 +54,8 @@ def _mi(fixed, moving, tf, bins:int=32) -> float:
     "Mattes MI (positive: SimpleITK reports its negative) of `moving` seen through `tf` at full resolution."
     m = sitk.ImageRegistrationMethod()
     m.SetMetricAsMattesMutualInformation(numberOfHistogramBins=bins)
-    m.SetMetricSamplingStrategy(m.NONE); m.SetInterpolator(sitk.sitkLinear)
+    m.SetMetricSamplingStrategy(m.NONE)
+    m.SetInterpolator(sitk.sitkLinear)
     m.SetInitialTransform(tf, inPlace=False)
     try: return -float(m.MetricEvaluate(fixed, moving))
     except RuntimeError: return float("nan")
@@ -90,10 +92,12 @@ def transfer_labels(fixed:sitk.Image, # the sequence that needs labels (its grid
     if threads: r.SetNumberOfThreads(int(threads))
     start = sitk.Transform(init)
     r.SetInitialTransform(sitk.Transform(init), inPlace=False)
-    n = [0]; r.AddCommand(sitk.sitkIterationEvent, lambda: n.__setitem__(0, n[0] + 1))
+    n = [0]
+    r.AddCommand(sitk.sitkIterationEvent, lambda: n.__setitem__(0, n[0] + 1))
     before = _mi(f, m, start, bins)
     try:
-        tf = r.Execute(f, m); stop, ok = r.GetOptimizerStopConditionDescription(), True
+        tf = r.Execute(f, m)
+        stop, ok = r.GetOptimizerStopConditionDescription(), True
     except RuntimeError as e:
         tf, stop, ok = start, str(e).strip().splitlines()[-1][:200], False
     after = _mi(f, m, tf, bins) if ok else float("nan")
@@ -138,7 +142,8 @@ def _stem(p) -> str:
 
 def _patient(p) -> str|None:
     "The patient part of `<id>_<sequence>.nii.gz` (None when the name has no '_')."
-    m = _ID.match(_stem(p)); return m.group(1) if m else None
+    m = _ID.match(_stem(p))
+    return m.group(1) if m else None
 
 def _write_tfm(tf, path:Path):
     with atomic_path(path) as tmp: sitk.WriteTransform(tf, str(tmp))
@@ -162,7 +167,8 @@ def register_files(fixed, # image file that needs labels
     why, stem = judge(q, **thresholds), _stem(fixed)
     res = {"fixed": str(fixed), "moving": str(moving), "labels": str(labels), **q.to_dict(), "kept": not why, "reason": why}
     if not why:
-        write_image(lab, out/f"{stem}_seg.nii.gz"); _write_tfm(tf, out/f"{stem}.tfm")
+        write_image(lab, out/f"{stem}_seg.nii.gz")
+        _write_tfm(tf, out/f"{stem}.tfm")
         res["output"] = str(out/f"{stem}_seg.nii.gz")
     write_json(out/f"{stem}_quality.json", res)
     return res
@@ -213,7 +219,8 @@ def transfer_dataset(data, # multi-sequence dataset.json (e.g. an `abdomen_mr` p
     targets = [t for t in ds.channel_names if t != source] if targets is None else list(targets)
     if bad := [t for t in targets if t not in ds.channel_names]: raise SegcookError(f"{ds.path}: sequence(s) {bad} are not channels ({ds.channel_names})")
     if _inside(out, ds.root): raise SegcookError(f"{out}: output folder is inside the dataset {ds.root}; choose a folder outside it")
-    cases = ds.cases(split); lab = _labels_of(labels, ds)
+    cases = ds.cases(split)
+    lab = _labels_of(labels, ds)
     if errs := _id_problems(cases, lab, source): raise SegcookError(f"{ds.path}: " + "\n  ".join([f"{len(errs)} problem(s):"] + errs))
     rows, entries = [], []
     for c in cases:
@@ -225,12 +232,17 @@ def transfer_dataset(data, # multi-sequence dataset.json (e.g. an `abdomen_mr` p
             why = judge(q, **thresholds)
             rows.append({"id": c.id, "sequence": t, "kept": int(not why), "reason": why, **{k: v for k, v in q.to_dict().items() if k in REPORT_FIELDS}})
             write_json(out/c.id/f"{c.id}_{t}_quality.json", {**q.to_dict(), "kept": not why, "reason": why})
-            if why: log.warning(f"transfer {c.id} {source} -> {t}: dropped ({why})"); continue
+            if why:
+                log.warning(f"transfer {c.id} {source} -> {t}: dropped ({why})")
+                continue
             dst = out/c.id/f"{c.id}_{t}_seg.nii.gz"
-            write_image(lb, dst); _write_tfm(tf, out/c.id/f"{c.id}_{t}.tfm")
+            write_image(lb, dst)
+            _write_tfm(tf, out/c.id/f"{c.id}_{t}.tfm")
             entries.append({"id": f"{c.id}_{t}", "patient": c.id, "images": {"mr": str(c.images[t])}, "mask": str(dst)})
     with atomic_path(out/"transfer_report.csv") as tmp, open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, REPORT_FIELDS); w.writeheader(); w.writerows(rows)
+        w = csv.DictWriter(f, REPORT_FIELDS)
+        w.writeheader()
+        w.writerows(rows)
     if not entries: raise SegcookError(f"{ds.path}: no patient has labels for '{source}' ({labels or 'the dataset'}): nothing to transfer")
     d = {k: v for k, v in ds.raw.items() if k in ("labels", "label-names", "final_classes", "regions")}
     return write_json(out/"dataset.json", {"task": f"{ds.task}_transferred", "modality": "mr", "images": {"mr": ["_"]},
@@ -247,7 +259,8 @@ def cli_register(argv:list[str]|None=None, # command-line arguments (None: `sys.
                    "sequence's labels go to the others; poor registrations are dropped and listed in transfer_report.csv. "
                    "Exit 1 when a registration is below the thresholds.",
                    "segcook register --fixed p1_t2.nii.gz --moving p1_t1.nii.gz --labels p1_t1_seg.nii.gz --out transfer/p1")
-    p.add_argument("--fixed", help="image that needs labels"); p.add_argument("--moving", help="labelled image of the same patient")
+    p.add_argument("--fixed", help="image that needs labels")
+    p.add_argument("--moving", help="labelled image of the same patient")
     p.add_argument("--labels", help="labels on --moving's grid (with --data: a dataset.json with labels or a folder of <id>.nii.gz)")
     p.add_argument("--data", help="multi-sequence dataset.json (instead of --fixed/--moving)")
     p.add_argument("--source", default="t1", help="with --data: the labelled sequence (default t1)")
@@ -264,7 +277,8 @@ def cli_register(argv:list[str]|None=None, # command-line arguments (None: `sys.
             dj = transfer_dataset(a.data, a.out, a.labels, a.source, kind=a.kind, **th)
             dropped = read_json(dj)["transfer"]["dropped"]
             print(f"{dj}: {len(read_json(dj)['train-cases'])} case(s); dropped {len(dropped)}" + (f": {', '.join(dropped)}" if dropped else ""))
-            res["bad"] = bool(dropped); return
+            res["bad"] = bool(dropped)
+            return
         if not (a.fixed and a.moving and a.labels): raise SegcookError("give --fixed, --moving and --labels (or --data)")
         r = register_files(a.fixed, a.moving, a.labels, a.out, a.kind, not a.no_id_check, **th)
         print(f"{a.fixed}: MI {r['mi_before']:.3f} -> {r['mi_after']:.3f}, {r['iterations']} iterations: "

@@ -83,7 +83,9 @@ def pseudolabel(exp, # trained experiment folder
         if not why: kept.append({"id": cid, "images": {ch: str(Path(p).resolve()) for ch, p in images.items()},
                                  "mask": str((preds/f"{cid}.nii.gz").resolve())})
     with atomic_path(out/"pseudolabel_report.csv") as tmp, open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, list(rows[0]) if rows else ["id"]); w.writeheader(); w.writerows(rows)
+        w = csv.DictWriter(f, list(rows[0]) if rows else ["id"])
+        w.writeheader()
+        w.writerows(rows)
     if not kept:
         common = Counter(re.sub(r"\s*[-+]?\d[\d.e+-]*( ml)?( < )?", "", r).strip(" <") for row in rows for r in row["reason"].split("; ")).most_common(3)
         raise SegcookError(f"{out}: the pseudo-label filter kept none of {len(rows)} case(s) (most common reasons: "
@@ -138,11 +140,13 @@ def cli_pseudolabel(argv:list[str]|None=None, # command-line arguments (None: `s
     p.add_argument("--min-volume", default=None, help="least ml per present label: a number, or name=ml,name=ml")
     p.add_argument("--min-confidence", type=float, default=None, help="least mean max probability over the predicted foreground")
     p.add_argument("--fast", action="store_true", help="fast inference (no TTA, logits argmax)")
-    p.add_argument("--device", default=None); p.add_argument("--folds", type=int, nargs="+", default=None)
+    p.add_argument("--device", default=None)
+    p.add_argument("--folds", type=int, nargs="+", default=None)
     a = p.parse_args(argv)
     def go():
         dj = pseudolabel(a.exp, a.input, a.out, a.require_all_labels, _min_volume(a.min_volume), a.min_confidence, a.fast, a.device, a.folds)
-        d = read_json(dj)["pseudolabel"]; print(f"{dj}: kept {d['kept']} of {d['of']} case(s)")
+        d = read_json(dj)["pseudolabel"]
+        print(f"{dj}: kept {d['kept']} of {d['of']} case(s)")
     return run_cli(go)
 
 def cli_efficiency(argv:list[str]|None=None, # command-line arguments (None: `sys.argv[1:]`)
@@ -151,8 +155,11 @@ def cli_efficiency(argv:list[str]|None=None, # command-line arguments (None: `sy
     p = cli_parser("segcook efficiency", "Predict the same cases with the default and the fast inference and print their time and "
                    "memory-time area (FLARE's efficiency measures) per case and on average; writes <out>/efficiency.csv.",
                    "segcook efficiency --exp runs/ct --input data/ct/test --out runs/eff")
-    p.add_argument("--exp", required=True); p.add_argument("--input", required=True); p.add_argument("--out", required=True)
-    p.add_argument("--device", default=None); p.add_argument("--folds", type=int, nargs="+", default=None)
+    p.add_argument("--exp", required=True)
+    p.add_argument("--input", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--device", default=None)
+    p.add_argument("--folds", type=int, nargs="+", default=None)
     a = p.parse_args(argv)
     def go(): print(efficiency(a.exp, a.input, a.out, a.device, a.folds).round(2).to_string())
     return run_cli(go)

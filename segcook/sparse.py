@@ -74,7 +74,8 @@ def _ual(feats:np.ndarray, m:int, rng) -> np.ndarray:
         idx = np.flatnonzero(lab == j)
         if len(idx): pick.append(int(idx[((feats[idx] - c[j]) ** 2).sum(1).argmin()]))
     while len(pick) < m:
-        d = np.min(((feats[:, None] - feats[pick][None]) ** 2).sum(-1), 1); d[pick] = -1
+        d = np.min(((feats[:, None] - feats[pick][None]) ** 2).sum(-1), 1)
+        d[pick] = -1
         pick.append(int(d.argmax()))
     return np.sort(np.array(pick))
 
@@ -123,7 +124,8 @@ def select(data, # dataset.json path or Dataset
            seed:int=0, # seed of the volume draw, 'random' and 'ual'
           ) -> pd.DataFrame:
     "The slices to annotate: one row per slice, columns case, axis, slice (native voxel index along the axis)."
-    _fraction(density, "density"); _fraction(volumes, "volumes")
+    _fraction(density, "density")
+    _fraction(volumes, "volumes")
     if policy not in ("fixed", "random", "ual"): pick_slices(1, 1, policy)
     ds = _as_dataset(data)
     cases = ds.cases("train")
@@ -161,8 +163,10 @@ def plot_slices(sel:pd.DataFrame, # from `select`
         s = sel[sel.case == c].slice
         ax.plot(s, [i] * len(s), "|", ms=12, mew=2)
         if lengths: ax.plot([0, lengths[c] - 1], [i, i], color="0.8", lw=1, zorder=0)
-    ax.set_yticks(range(len(cases)), cases); ax.invert_yaxis()
-    ax.set_xlabel(f"slice index along {sel.axis.iloc[0] if len(sel) else '?'}"); ax.set_title(title, fontsize=9)
+    ax.set_yticks(range(len(cases)), cases)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"slice index along {sel.axis.iloc[0] if len(sel) else '?'}")
+    ax.set_title(title, fontsize=9)
     fig.tight_layout()
     if path is not None:
         with atomic_path(path) as tmp: fig.savefig(tmp, dpi=100, format="png")
@@ -178,7 +182,8 @@ def _check_out(out:Path, ds:Dataset):
 def _ignore_value(ds:Dataset) -> int: return ds.ignore_label if ds.ignore_label is not None else max(ds.labels) + 1
 
 def _slab(a:np.ndarray, ax:int, idx) -> tuple:
-    sl = [slice(None)] * 3; sl[ax] = idx
+    sl = [slice(None)] * 3
+    sl[ax] = idx
     return tuple(sl)
 
 def _sparse_label(lbl:np.ndarray, ax:int, keep, ign:int, cid:str, path) -> np.ndarray:
@@ -195,7 +200,8 @@ def _record(c:Case, ds:Dataset, out:Path, label_name:str|None) -> dict:
     ims = {}
     for ch, p in c.images.items():
         dst = out/"train"/c.id/p.name
-        _link_or_copy(p, dst); ims[ch] = str(dst.relative_to(out))
+        _link_or_copy(p, dst)
+        ims[ch] = str(dst.relative_to(out))
     r = {"id": c.id, "images": ims}
     if label_name: r["mask"] = f"train/{c.id}/{label_name}"
     return r
@@ -231,7 +237,8 @@ def simulate(data, # dataset.json path or Dataset with dense labels
 
 # %% ../nbs/13_sparse.ipynb #8a13e6f5
 def _sdf(m2:np.ndarray, sp2) -> np.ndarray:
-    im = sitk.GetImageFromArray(m2.astype(np.uint8)); im.SetSpacing([float(s) for s in sp2[::-1]])
+    im = sitk.GetImageFromArray(m2.astype(np.uint8))
+    im.SetSpacing([float(s) for s in sp2[::-1]])
     d = sitk.GetArrayFromImage(sitk.SignedMaurerDistanceMap(im, insideIsPositive=False, squaredDistance=False, useImageSpacing=True))
     return d - 0.5 * min(sp2)   # ITK puts 0 on the object's edge voxels: move the zero level half a voxel out, between object and background
 
@@ -282,7 +289,8 @@ def _warp(fixed:np.ndarray, moving:np.ndarray, mask:np.ndarray, iters:int=30) ->
     "`mask` (on `moving`'s grid) carried onto `fixed` by a 2D demons registration of moving onto fixed."
     f, m = sitk.GetImageFromArray(fixed.astype(np.float32)), sitk.GetImageFromArray(moving.astype(np.float32))
     dem = sitk.FastSymmetricForcesDemonsRegistrationFilter()
-    dem.SetNumberOfIterations(iters); dem.SetStandardDeviations(1.5)
+    dem.SetNumberOfIterations(iters)
+    dem.SetStandardDeviations(1.5)
     field = dem.Execute(f, m)
     tx = sitk.DisplacementFieldTransform(sitk.Cast(field, sitk.sitkVectorFloat64))
     mk = sitk.GetImageFromArray(mask.astype(np.uint8))
@@ -351,7 +359,8 @@ def interpolate(data, # sparse dataset.json (with an ignore-label) or Dataset
     _check_out(out, ds)
     tc, ign, labels, recs, rows = _truth_cases(truth), ds.ignore_label, [l for l in ds.labels if l != 0], [], []
     for c in progress(ds.cases("train"), f"interpolate ({method})"):
-        img = read_image(c.label); lbl = to_xyz(img)
+        img = read_image(c.label)
+        lbl = to_xyz(img)
         ax = _sparse_axis(ds, lbl, ign)
         ann = annotated_slices(lbl, ax, ign)
         if not ann: raise SegcookError(f"case '{c.id}': {c.label} has no annotated slice along {'xyz'[ax]} (every slice holds ignored voxels); annotate at least one slice or drop the case")
@@ -371,7 +380,8 @@ def interpolate(data, # sparse dataset.json (with an ignore-label) or Dataset
 # %% ../nbs/13_sparse.ipynb #152c26fa
 def _select_cmd(a):
     ds = load_dataset(a.data)
-    out = Path(a.out); _check_out(out, ds)
+    out = Path(a.out)
+    _check_out(out, ds)
     sel = select(ds, a.density, a.volumes, a.policy, a.axis, a.seed)
     write_text(out/"slices.csv", sel.to_csv(index=False))
     ax = AXES[sel.axis.iloc[0]]

@@ -220,7 +220,9 @@ def show_png(fig, # a matplotlib figure (closed afterwards)
     "Show `fig` in the notebook as a PNG (under any matplotlib backend) and optionally save it; returns the PNG bytes."
     import matplotlib.pyplot as plt
     from IPython.display import Image, display
-    buf = io.BytesIO(); fig.savefig(buf, format="png", dpi=dpi); plt.close(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
     if path is not None: Path(path).write_bytes(buf.getvalue())
     display(Image(data=buf.getvalue()))
     return buf.getvalue()

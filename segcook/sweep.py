@@ -334,7 +334,8 @@ def execute_run(run_dir, # a run folder with its run.json
         limit = spec["resources"].get("time_min")
         try: rc, timed_out = p.wait(timeout=limit * 60 if limit else None), False
         except subprocess.TimeoutExpired:
-            _kill(p); rc, timed_out = p.wait(), True
+            _kill(p)
+            rc, timed_out = p.wait(), True
         finally: _CHILDREN.discard(p)
     if _STOPPING.is_set() and rc != 0: return "interrupted"    # stopped with the sweep: not a failure
     return _finish(d, rc, t0, timed_out)
@@ -385,7 +386,10 @@ class GpuPool:
             return got
     def give(self, ids:list[int]):
         "Hand GPUs back to the pool."
-        with self.cv: self.free += ids; self.free.sort(); self.cv.notify_all()
+        with self.cv:
+            self.free += ids
+            self.free.sort()
+            self.cv.notify_all()
 
 def visible_gpus() -> list[int]:
     "GPU indices this process may use: CUDA_VISIBLE_DEVICES if set, else those `nvidia-smi -L` lists."
@@ -539,7 +543,9 @@ def run_slurm(dirs:list[Path], # run folders (with run.json)
     last = None
     while True:
         c = counts(dirs)
-        if c != last: say(_progress_line(c)); last = c
+        if c != last:
+            say(_progress_line(c))
+            last = c
         if c["running"] + c["queued"] == 0: break
         time.sleep(poll_s)
     return {d.name: run_state(d) for d in dirs}
@@ -663,7 +669,8 @@ def plot_metric(df, # the results table (`collect`)
             ax.bar(i, y.mean() if len(y) else 0, color="#9ecae1", width=0.6)
             ax.plot([i] * len(y), y, "o", color="#08519c", ms=4)
         ax.set_xticks(range(len(vals)), vals, rotation=30 if max(map(len, vals)) > 6 else 0, fontsize=8)
-        ax.set_xlabel(a); ax.set_ylabel(metric)
+        ax.set_xlabel(a)
+        ax.set_ylabel(metric)
     fig.tight_layout()
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -722,7 +729,8 @@ def cli_sweep(argv:list[str]|None=None, # command-line arguments (None: `sys.arg
             _say_failures(a.out)
         else:
             df = collect(a.out, show=False)
-            print(df.to_string(index=False)); print(f"wrote {Path(a.out)/'results.csv'} and {Path(a.out)/'figures'}/")
+            print(df.to_string(index=False))
+            print(f"wrote {Path(a.out)/'results.csv'} and {Path(a.out)/'figures'}/")
     try: e = run_cli(go)
     except KeyboardInterrupt:
         print(f"segcook sweep: stopped; unfinished runs are kept as they are: `segcook sweep run` again finishes them", file=sys.stderr)

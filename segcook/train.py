@@ -47,8 +47,10 @@ def toy_experiment(out, # experiment folder to create
                   ) -> Path:
     "A training-ready phantom BraTS experiment (plan, folds.json, arrays) without analysis or preprocessing."
     from segcook.data import make_phantom, load_dataset
-    out = Path(out); dj = make_phantom(out/"data", cases, size=size, seed=seed)
-    ds = load_dataset(dj); plan = Plan()
+    out = Path(out)
+    dj = make_phantom(out/"data", cases, size=size, seed=seed)
+    ds = load_dataset(dj)
+    plan = Plan()
     plan.dataset.name, plan.dataset.dataset_json, plan.dataset.n_cases = ds.task, str(dj), cases
     plan.channels = [Channel(n, m, use_nonzero=True) for n, m in ds.channels]
     plan.labels.labels, plan.labels.final_classes = list(ds.labels), dict(ds.final_classes)
@@ -101,7 +103,8 @@ class GlobalBatchLoader:
         return self._fg[i]
 
     def _patch(self, i, fg, u):
-        img = np.load(self.dirs[i]/"image.npy", mmap_mode="r"); lbl = np.load(self.dirs[i]/"label.npy", mmap_mode="r")
+        img = np.load(self.dirs[i]/"image.npy", mmap_mode="r")
+        lbl = np.load(self.dirs[i]/"label.npy", mmap_mode="r")
         shape = img.shape[1:]
         hi = [max(0, n - p) for n, p in zip(shape, self.ps)]
         if self.sampled:                                              # class probabilities, or 2d annotated slices
@@ -109,7 +112,9 @@ class GlobalBatchLoader:
             start = [min(max(0, x - p // 2), h) for x, p, h in zip(c, self.ps, hi)]
             return _crop(img, start, self.ps), _crop(lbl, start, self.ps)
         vox = self._fg_voxels(i)
-        if fg and len(vox): c = vox[min(int(u[0] * len(vox)), len(vox) - 1)]; start = [min(max(0, x - p // 2), h) for x, p, h in zip(c, self.ps, hi)]
+        if fg and len(vox):
+            c = vox[min(int(u[0] * len(vox)), len(vox) - 1)]
+            start = [min(max(0, x - p // 2), h) for x, p, h in zip(c, self.ps, hi)]
         else: start = [int(v * (h + 1)) for v, h in zip(u[1:], hi)]
         return _crop(img, start, self.ps), _crop(lbl, start, self.ps)
 
@@ -246,7 +251,8 @@ def case_logits(net:nn.Module, # the network (eval mode)
                  amp:bool=False, # autocast on CUDA
                 ) -> torch.Tensor:
     "Sliding-window logits `(1, out, X, Y, Z)` of one preprocessed case `(1, C, X, Y, Z)`."
-    was = net.training; net.eval()
+    was = net.training
+    net.eval()
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp and str(device).startswith("cuda")):
         out = _sliding_window(net, img.to(device), plan).float().cpu()
     net.train(was)
@@ -305,7 +311,8 @@ def save_checkpoint(path, # checkpoint file
     ck = {"format": "segcook-ckpt-1", "plan": plan_to_dict(plan), "model": _unwrap(net).state_dict(), "epoch": int(epoch),
           "best_score": float(best_score), "fold": int(fold), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
           "scaler": scaler.state_dict(), "rng": rngs, "history": history, "run": run}
-    buf = io.BytesIO(); torch.save(ck, buf)                 # then one plain write: a full disk is an OSError (ENOSPC) with the path
+    buf = io.BytesIO()
+    torch.save(ck, buf)                 # then one plain write: a full disk is an OSError (ENOSPC) with the path
     with atomic_path(path) as tmp: Path(tmp).write_bytes(buf.getbuffer())
 
 def _check_device(device) -> torch.device:
@@ -357,7 +364,9 @@ def write_log(path, # log.csv to write
     "Write `history` as `log.csv` atomically."
     with atomic_path(path) as tmp:
         with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, LOG_FIELDS, extrasaction="ignore"); w.writeheader(); w.writerows(history)
+            w = csv.DictWriter(f, LOG_FIELDS, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(history)
 
 def plot_curves(history:list[dict], # one dict per epoch (`LOG_FIELDS`)
                 path=None, # PNG to write (None: just return the figure)
@@ -365,11 +374,18 @@ def plot_curves(history:list[dict], # one dict per epoch (`LOG_FIELDS`)
                ):
     "Training loss and validation Dice per epoch; saved to `path` (atomically) when given."
     from matplotlib.figure import Figure
-    fig = Figure(figsize=(8, 3)); a, b = fig.subplots(1, 2)
+    fig = Figure(figsize=(8, 3))
+    a, b = fig.subplots(1, 2)
     ep = [h["epoch"] for h in history]
-    a.plot(ep, [h["train_loss"] for h in history], "o-", ms=3); a.set_xlabel("epoch"); a.set_ylabel("training loss")
-    b.plot(ep, [h["val_dice"] for h in history], "o-", ms=3, color="C1"); b.set_xlabel("epoch"); b.set_ylabel("validation Dice")
-    b.set_ylim(0, 1); fig.suptitle(title); fig.tight_layout()
+    a.plot(ep, [h["train_loss"] for h in history], "o-", ms=3)
+    a.set_xlabel("epoch")
+    a.set_ylabel("training loss")
+    b.plot(ep, [h["val_dice"] for h in history], "o-", ms=3, color="C1")
+    b.set_xlabel("epoch")
+    b.set_ylabel("validation Dice")
+    b.set_ylim(0, 1)
+    fig.suptitle(title)
+    fig.tight_layout()
     if path is not None:
         with atomic_path(path) as tmp: fig.savefig(tmp, format="png", dpi=90)
     return fig
@@ -412,10 +428,14 @@ class Run:
         if self.ddp: dist.barrier()
     def all_sum(self, xs:list[float]) -> list[float]:
         if not self.ddp: return list(xs)
-        t = torch.tensor(xs, dtype=torch.float64, device=self.device); dist.all_reduce(t); return t.tolist()
+        t = torch.tensor(xs, dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return t.tolist()
     def gather(self, obj) -> list:
         if not self.ddp: return [obj]
-        out = [None] * self.world; dist.all_gather_object(out, obj); return out
+        out = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
 
 # %% ../nbs/07_train.ipynb #e74112c5
 def fold_ids(exp, # experiment folder
@@ -453,7 +473,9 @@ def _unfreeze(r:Run, net, opt, sched, e:int):
 def _build(r:Run, fold:int, pretrained:bool=True):
     "Net (DDP-wrapped when distributed), loss, optimiser, scheduler, scaler for `r.plan`."
     t = r.plan.train
-    torch.manual_seed(t.seed + fold); np.random.seed(t.seed + fold); random.seed(t.seed + fold)
+    torch.manual_seed(t.seed + fold)
+    np.random.seed(t.seed + fold)
+    random.seed(t.seed + fold)
     net = build_net(r.plan).to(r.device)
     if t.pretrained and pretrained:
         rep = load_pretrained(net, t.pretrained, reinit_head=t.reinit_head, stem=t.stem_adapt)
@@ -466,8 +488,10 @@ def _build(r:Run, fold:int, pretrained:bool=True):
 
 def _restore(r:Run, ck:dict, net, opt, sched, scaler):
     "Load a checkpoint's states into the freshly built objects (this rank's RNG state)."
-    _unwrap(net).load_state_dict(ck["model"]); opt.load_state_dict(ck["optimizer"])
-    sched.load_state_dict(ck["scheduler"]); scaler.load_state_dict(ck["scaler"])
+    _unwrap(net).load_state_dict(ck["model"])
+    opt.load_state_dict(ck["optimizer"])
+    sched.load_state_dict(ck["scheduler"])
+    scaler.load_state_dict(ck["scaler"])
     set_rng_state(ck["rng"][r.rank % len(ck["rng"])])
 
 def _step(r:Run, net, loss_fn, opt, batch) -> float:
@@ -481,7 +505,8 @@ def _step(r:Run, net, loss_fn, opt, batch) -> float:
     aux = getattr(_unwrap(net), "aux_loss", None)
     if aux is not None: loss = loss + aux
     loss = loss + penalty(net, t)
-    opt.zero_grad(set_to_none=True); loss.backward()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
     if t.clip_grad: nn.utils.clip_grad_norm_(net.parameters(), t.clip_grad)
     opt.step()
     return float(loss.detach())
@@ -489,12 +514,14 @@ def _step(r:Run, net, loss_fn, opt, batch) -> float:
 # %% ../nbs/07_train.ipynb #2f4e0b96
 def _epoch(r:Run, fold, e, net, loss_fn, opt, dl) -> float:
     "Train one epoch; the mean loss over steps and ranks."
-    net.train(); dl.set_epoch(e)
+    net.train()
+    dl.set_epoch(e)
     if hasattr(loss_fn, "set_progress"): loss_fn.set_progress(e / max(1, r.plan.train.epochs))
     n, tot = r.plan.train.steps_per_epoch, 0.0
     bar = progress(zip(range(n), dl), f"fold {fold} epoch {e + 1}/{r.plan.train.epochs}", total=n, quiet=None if r.main else True)
     for _, batch in bar: tot += _step(r, net, loss_fn, opt, batch)
-    s, k = r.all_sum([tot, n]); return s / k
+    s, k = r.all_sum([tot, n])
+    return s / k
 
 def _fit_fold(r:Run, fold:int, ck:dict|None) -> float:
     "Train fold `fold` from scratch or from checkpoint `ck`; returns the best validation Dice."
@@ -503,7 +530,8 @@ def _fit_fold(r:Run, fold:int, ck:dict|None) -> float:
     start, best, hist, u = 0, -math.inf, [], t.unfreeze_after if t.freeze != "none" else 0
     if ck is not None and u and ck["epoch"] > u: net = _unfreeze(r, net, opt, sched, u)   # its optimiser already has the group
     if ck is not None:
-        _restore(r, ck, net, opt, sched, scaler); start, best, hist = ck["epoch"], ck["best_score"], list(ck["history"])
+        _restore(r, ck, net, opt, sched, scaler)
+        start, best, hist = ck["epoch"], ck["best_score"], list(ck["history"])
         for g, b in zip(opt.param_groups, sched.base_lrs): g["lr"] = b * sched.lr_lambdas[0](start)   # new length when extending
     dl = make_loader(r.loader, [r.exp/"preprocessed"/i for i in ids["train"]], r.plan, t.batch_size, t.seed + fold,
                      r.rank, r.world, r.local_rank if r.device.type == "cuda" else None, t.steps_per_epoch)
@@ -516,14 +544,16 @@ def _fit_fold(r:Run, fold:int, ck:dict|None) -> float:
         tl = _epoch(r, fold, e, net, loss_fn, opt, dl)
         score = _val_score(r, net, ids["val"]) if ids["val"] else -tl
         sched.step()
-        improved = score > best; best = max(best, score)
+        improved = score > best
+        best = max(best, score)
         hist.append({"epoch": e + 1, "lr": lr, "train_loss": tl, "val_dice": score, "best_dice": best, "seconds": round(time.time() - t0, 2)})
         rngs = r.gather(rng_state())
         if r.main:
             args = (net, opt, sched, scaler, r.plan, e + 1, best, fold, rngs, hist, run)
             if improved: save_checkpoint(d/"best.pt", *args)
             save_checkpoint(d/"last.pt", *args)
-            write_log(d/"log.csv", hist); plot_curves(hist, d/"curves.png", f"fold {fold}")
+            write_log(d/"log.csv", hist)
+            plot_curves(hist, d/"curves.png", f"fold {fold}")
         r.barrier()
     return best
 
@@ -545,13 +575,17 @@ def fold_start(r:Run, # the run
         ck = load_checkpoint(last)
         raise SegcookError(f"{last}: fold {fold} already has a run (epoch {ck['epoch']} of {ck['plan']['train']['epochs']}); "
                            "pass --resume to continue it, --overwrite to start over, or --extend with a larger --epochs to train a finished run longer")
-    ck = load_checkpoint(last); old = plan_from_dict(ck["plan"]); new = override(old, **r.overrides)
+    ck = load_checkpoint(last)
+    old = plan_from_dict(ck["plan"])
+    new = override(old, **r.overrides)
     diff = _same(old, new, but=("train.epochs",) if r.extend else ())
     if diff: raise SegcookError(f"{last}: the run was trained with other settings ({', '.join(diff)}); "
                                 "a resumed or extended run keeps them; use --overwrite to start over with the new ones")
     done, total = ck["epoch"], old.train.epochs
     if r.resume:
-        if done >= total: log.info(f"fold {fold} is finished ({done} epochs); use --extend with more --epochs to train longer"); return None, None
+        if done >= total:
+            log.info(f"fold {fold} is finished ({done} epochs); use --extend with more --epochs to train longer")
+            return None, None
         return old, ck
     if done < total: raise SegcookError(f"{last}: fold {fold} is not finished ({done} of {total} epochs); use --resume first")
     if new.train.epochs <= done: raise SegcookError(f"--extend needs --epochs larger than the {done} already trained (got {new.train.epochs})")
@@ -563,16 +597,22 @@ def _run_folds(r:Run, folds:list[int]) -> dict[int, float]:
     for k in folds:
         with FoldLock(r.fold_dir(k), k, r.main):
             plan, ck = fold_start(r, k)
-            if plan is None: out[k] = load_checkpoint(r.fold_dir(k)/"last.pt")["best_score"]; continue
+            if plan is None:
+                out[k] = load_checkpoint(r.fold_dir(k)/"last.pt")["best_score"]
+                continue
             if r.overwrite and ck is None and r.main:
                 for f in ("best.pt", "last.pt", "log.csv", "curves.png", "run.json"): (r.fold_dir(k)/f).unlink(missing_ok=True)
-            r.barrier(); r.plan = plan
-            out[k] = _fit_fold(r, k, ck); r.plan = base
+            r.barrier()
+            r.plan = plan
+            out[k] = _fit_fold(r, k, ck)
+            r.plan = base
     return out
 
 # %% ../nbs/07_train.ipynb #cab9e1f0
 def _pid_alive(pid:int) -> bool:
-    try: os.kill(pid, 0); return True
+    try:
+        os.kill(pid, 0)
+        return True
     except ProcessLookupError: return False
     except PermissionError: return True                   # alive, someone else's
 
@@ -610,19 +650,27 @@ class FoldLock:
         write_json(tmp, info)
         try:
             for _ in range(2):
-                try: os.link(tmp, self.path); self.mine = True; return self      # atomic: exists -> FileExistsError
+                try:
+                    os.link(tmp, self.path)
+                    self.mine = True
+                    return self      # atomic: exists -> FileExistsError
                 except FileExistsError:
                     self.refuse_if_held()
-                    log.warning(f"{self.path}: taking over a stale lock (its process is gone)"); self.path.unlink(missing_ok=True)
+                    log.warning(f"{self.path}: taking over a stale lock (its process is gone)")
+                    self.path.unlink(missing_ok=True)
             raise SegcookError(f"{self.path}: could not take the lock of fold {self.fold}")
         finally: tmp.unlink(missing_ok=True)
 
     def __exit__(self, *exc):
-        if self.mine: self.path.unlink(missing_ok=True); self.mine = False
+        if self.mine:
+            self.path.unlink(missing_ok=True)
+            self.mine = False
 
 # %% ../nbs/07_train.ipynb #30af3a2c
 def _free_port() -> int:
-    with socket.socket() as s: s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 def _worker(local_rank:int, world:int, port:int|None, kw:dict, rank:int|None=None) -> dict[int, float]:
     "One training process: join the process group, train the folds, leave."
@@ -667,7 +715,10 @@ def _check_gpus(gpus:int, procs:int):
 def _precheck(kw:dict):
     "Fail in the launching process (one clear message) on unpreprocessed cases or a wrong flag for an existing run."
     r = Run(kw["exp"], kw["plan"], loader=kw["loader"], resume=kw["resume"], extend=kw["extend"], overwrite=kw["overwrite"], overrides=kw["overrides"])
-    for k in kw["folds"]: FoldLock(r.fold_dir(k), k).refuse_if_held(); fold_ids(r.exp, k); fold_start(r, k)
+    for k in kw["folds"]:
+        FoldLock(r.fold_dir(k), k).refuse_if_held()
+        fold_ids(r.exp, k)
+        fold_start(r, k)
     _check_memory(kw["plan"], kw["gpus"])
 
 def _check_memory(plan:Plan, gpus:int):
@@ -764,7 +815,8 @@ def cli_train(argv:list[str]|None=None, # command-line arguments (None: `sys.arg
     p.add_argument("--folds", type=int, nargs="+", default=None, help="folds to train (default: all)")
     p.add_argument("--gpus", type=int, default=0, help="GPUs on this node (0: CPU)")
     p.add_argument("--procs", type=int, default=1, help="CPU processes (gloo) when --gpus 0")
-    p.add_argument("--epochs", type=int, default=None); p.add_argument("--steps-per-epoch", type=int, default=None)
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--steps-per-epoch", type=int, default=None)
     p.add_argument("--arch", default=None, help="architecture (see `segcook archs`)")
     p.add_argument("--loss", default=None, help="loss (see `segcook losses`)")
     p.add_argument("--loader", default="auto", choices=["auto", "dali", "global"])

@@ -105,8 +105,12 @@ def map_keys(keys:Sequence[str], # state-dict keys of the checkpoint
     hix = _head_index(keys, head)
     out = {}
     for k in keys:
-        if alias and re.search(alias, k): out[k] = None; continue
-        if m := re.match(head, k): out[k] = f"head.{hix[m.group(1)]}." + k[m.end():]; continue
+        if alias and re.search(alias, k):
+            out[k] = None
+            continue
+        if m := re.match(head, k):
+            out[k] = f"head.{hix[m.group(1)]}." + k[m.end():]
+            continue
         d = k
         for pat, rep in rules: d = re.sub(pat, rep, d)
         out[k] = d
@@ -187,17 +191,27 @@ def match_state(net:nn.Module, # the network to fill (not changed)
     ours, alias = _canonical(net), _aliases(net)
     heads, stems = _names(net, net_parts(net)["head"]), stem_keys(net)
     for sk, dk in map_keys(list(src), layout).items():
-        v = src[sk]; shp = tuple(v.shape)
+        v = src[sk]
+        shp = tuple(v.shape)
         ck = alias.get(dk) if dk is not None else None
         is_head = ck in heads or (dk or "").startswith("head.")
-        if dk is None or ck in todo: rep.skipped.append((sk, shp, "alias")); continue
-        if is_head and reinit_head: rep.skipped.append((sk, shp, "head (re-initialised: reinit_head=True)")); continue
-        if ck is None: rep.skipped.append((sk, shp, "head (no such head here)")) if is_head else rep.unmatched.append((sk, shp)); continue
+        if dk is None or ck in todo:
+            rep.skipped.append((sk, shp, "alias"))
+            continue
+        if is_head and reinit_head:
+            rep.skipped.append((sk, shp, "head (re-initialised: reinit_head=True)"))
+            continue
+        if ck is None:
+            rep.skipped.append((sk, shp, "head (no such head here)")) if is_head else rep.unmatched.append((sk, shp))
+            continue
         t = tuple(ours[ck].shape)
-        if shp == t: todo[ck] = v; rep.loaded.append((sk, ck, shp))
+        if shp == t:
+            todo[ck] = v
+            rep.loaded.append((sk, ck, shp))
         elif is_head: rep.skipped.append((sk, shp, f"head: {list(shp)} in the checkpoint, {list(t)} here (new head)"))
         elif ck in stems and len(shp) == len(t) and shp[:1] + shp[2:] == t[:1] + t[2:]:
-            todo[ck] = adapt_stem(v, t[1], stem); rep.adapted.append((sk, ck, shp, t, stem))
+            todo[ck] = adapt_stem(v, t[1], stem)
+            rep.adapted.append((sk, ck, shp, t, stem))
         else: rep.mismatched.append((sk, ck, shp, t))
     rep.missing = [(k, tuple(v.shape)) for k, v in ours.items() if k not in todo and k not in heads
                    and not k.endswith("num_batches_tracked")]
