@@ -160,7 +160,7 @@ def test_edited_plan_fields_out_of_range_all_named(exp_copy):
     r = _run("train", "--exp", exp, "--epochs", 1)
     assert r.returncode == 2, r.stderr
     for m in ("train.lr should be a finite number > 0, got 0", "train.batch_size should be >= 1, got 0",
-              "channel 't1': norm should be one of ['zscore', 'ct'], got 'minmax'",
+              "channel 't1': norm should be one of ['zscore', 'ct'] ('by_modality' with by_modality for a mixed channel), got 'minmax'",
               "infer.tta_axes should be distinct axes among 0, 1, 2 (x, y, z), got [0, 3]",
               "infer.sw_batch_size should be >= 1, got 0", "train.folds [5] should be in 0 to 1"):
         assert m in r.stderr, (m, r.stderr)
