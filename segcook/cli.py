@@ -34,6 +34,7 @@ COMMANDS = {
     "efficiency":  ("segcook.selftrain",   "time and memory-time area per case, default vs fast inference"),
 }
 
+# %% ../nbs/14_cli.ipynb #985c16fd-1
 def _usage() -> str:
     lines = ["usage: segcook <command> [options]   (segcook <command> --help for details)", "", "commands:"]
     lines += [f"  {k:<12} {v[1]}" for k, v in COMMANDS.items()]
@@ -43,6 +44,7 @@ def _usage() -> str:
 PLUGIN_HELP = ("every command also takes --plugin MODULE (repeatable): import your own module first, so the archs, "
                "losses, metrics it registers work in this command and in every process it starts")
 
+# %% ../nbs/14_cli.ipynb #d466c19e-1
 def _take_plugins(argv:list[str]) -> tuple[list[str], list[str]]:
     "Split `--plugin M` / `--plugin=M` out of `argv` -> (the rest, the modules)."
     rest, mods, i = [], [], 0
@@ -58,6 +60,7 @@ def _take_plugins(argv:list[str]) -> tuple[list[str], list[str]]:
         i += 1
     return rest, mods
 
+# %% ../nbs/14_cli.ipynb #d466c19e-2
 def main(argv:list[str]|None=None, # command-line arguments (None: `sys.argv[1:]`)
         ) -> int:
     "Entry point of the `segcook` console script."

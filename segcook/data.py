@@ -35,6 +35,7 @@ class Case:
 # %% ../nbs/01_data.ipynb #e21ac92d
 MODALITIES = ("mr", "ct", "other")
 
+# %% ../nbs/01_data.ipynb #e21ac92d-1
 @dataclass
 class Dataset:
     "A parsed dataset description; `cases(split)` finds the files."
@@ -63,6 +64,7 @@ def _as_patterns(v, where, errs):
     errs.append(f"{where} should be a non-empty list of filename patterns, got {v!r}")
     return []
 
+# %% ../nbs/01_data.ipynb #6183649c-1
 def _dataset_errors(d:dict) -> list[str]:
     "Problems with the fields of a dataset description."
     errs = []
@@ -95,6 +97,7 @@ def _dataset_errors(d:dict) -> list[str]:
         if m not in MODALITIES: errs.append(f"channel-modality['{ch}'] should be one of {list(MODALITIES)}, got '{m}'")
     return errs
 
+# %% ../nbs/01_data.ipynb #6183649c-2
 def load_dataset(path, # dataset.json
                 ) -> Dataset:
     "Read a dataset description (MIST-compatible JSON, plus segcook's fields)."
@@ -123,6 +126,7 @@ def load_dataset(path, # dataset.json
 def _match(files:list[str], pats:list[str]) -> list[str]:
     return sorted(f for f in files if any(p in f for p in pats))
 
+# %% ../nbs/01_data.ipynb #7a296a02-1
 def _folder_case(folder:Path, ds:Dataset, labelled:bool, errs:list[str]) -> Case | None:
     files = sorted(f.name for f in folder.iterdir() if f.is_file() and is_image_file(f))
     images, label, ok = {}, None, True
@@ -138,12 +142,14 @@ def _folder_case(folder:Path, ds:Dataset, labelled:bool, errs:list[str]) -> Case
         else: images[ch] = folder/hits[0]
     return Case(folder.name, images, label) if ok else None
 
+# %% ../nbs/01_data.ipynb #7a296a02-2
 def _inside(p:Path, root:Path) -> bool:
     try:
         p.resolve().relative_to(root.resolve())
         return True
     except ValueError: return False
 
+# %% ../nbs/01_data.ipynb #7a296a02-3
 def _listed_case(i:int, entry:dict, ds:Dataset, errs:list[str]) -> Case | None:
     cid = str(entry.get("id", f"#{i}"))
     ims = entry.get("images") or {}
@@ -182,9 +188,12 @@ def find_cases(ds:Dataset, # from `load_dataset`
     if errs and strict: raise SegcookError(f"{ds.path}: " + "\n  ".join([f"{len(errs)} problem(s) finding the {split} cases:"] + errs))
     return cases, errs
 
+# %% ../nbs/01_data.ipynb #fcd21a3f-1
 def _cases(self:Dataset, split:str="train") -> list[Case]:
     "The cases of `split` ('train' or 'test'); raises with every problem if any file is ambiguous or missing."
     return find_cases(self, split)[0]
+
+# %% ../nbs/01_data.ipynb #fcd21a3f-2
 Dataset.cases = _cases
 
 # %% ../nbs/01_data.ipynb #9cfa150e
@@ -195,11 +204,13 @@ def _smooth_field(rng, shape, n=5, order=1):
     f = zoom(g, [s/n for s in shape], order=order, mode="nearest")
     return f[:shape[0], :shape[1], :shape[2]]
 
+# %% ../nbs/01_data.ipynb #9cfa150e-1
 def _grid_mm(size, spacing):
     "Physical coordinates (mm) of the voxel centres, centred on the volume, each (x, y, z)."
     ax = [(np.arange(n) - (n - 1)/2) * s for n, s in zip(size, spacing)]
     return np.meshgrid(*ax, indexing="ij")
 
+# %% ../nbs/01_data.ipynb #9cfa150e-2
 def _blob(X, Y, Z, c, r, rng, wobble=0.25, n=4):
     "A deformed ellipsoid at centre `c` (mm) with radii `r` (mm): boolean mask."
     d = ((X - c[0])/r[0])**2 + ((Y - c[1])/r[1])**2 + ((Z - c[2])/r[2])**2
@@ -214,6 +225,7 @@ _CONTRAST = {          # bg, csf, gm, wm, ncr(1), ed(2), et(3), rc(4)
     "flair": [0, 150, 600, 480, 500, 1050, 750, 120],
 }
 
+# %% ../nbs/01_data.ipynb #60a89f31-1
 def _brats_case(rng, size, spacing, post_treatment):
     "Images (dict channel -> float array (x,y,z)) and label (uint8) of one phantom brain."
     X, Y, Z = _grid_mm(size, spacing)
@@ -259,6 +271,7 @@ def _brats_case(rng, size, spacing, post_treatment):
 _ABDOMEN = {"ct": [-1000, -100, 40, 60, 30, 50, 700],             # HU
             "t1": [0, 900, 350, 560, 440, 400, 620]}              # T1-weighted MR, arbitrary units
 
+# %% ../nbs/01_data.ipynb #0c10b945-1
 def _abdomen(rng, size, spacing):
     "Tissue classes (uint8, `_ABDOMEN` columns), organ labels (1 liver, 2 kidneys, 3 spleen) and the body mask."
     X, Y, Z = _grid_mm(size, spacing)
@@ -278,6 +291,7 @@ def _abdomen(rng, size, spacing):
     cls[spine & body] = 6                                               # bone shows through the organs' labels
     return cls, lbl, body
 
+# %% ../nbs/01_data.ipynb #0c10b945-2
 def _ct_case(rng, size, spacing):
     "A CT-like abdomen: HU image (x,y,z) and organ labels."
     cls, lbl, body = _abdomen(rng, size, spacing)
@@ -285,6 +299,7 @@ def _ct_case(rng, size, spacing):
     hu += np.where(body, rng.normal(0, 15, size), 0)
     return {"ct": np.clip(hu, -1024, 3071).astype(np.int16)}, lbl
 
+# %% ../nbs/01_data.ipynb #0c10b945-3
 def _mr_abdomen_case(rng, size, spacing):
     "The same anatomy as `_ct_case` as a T1-weighted-like MR: one channel, bias field, exact zeros in the air."
     cls, lbl, body = _abdomen(rng, size, spacing)
@@ -303,6 +318,7 @@ _ABDOMEN10 = {"ct":  [-1000, -100, 45, 700, 100, 110, 150, 150, 90, 15, 160, 120
               "dwi": [0, 60, 140, 50, 300, 720, 600, 600, 450, 180, 30, 40, 70, 260]}
 _GAMMA = {"t1": (0.8, 1.2), "t2": (1.2, 1.8), "dwi": (0.5, 0.8)}   # range of each sequence's non-linear exponent
 
+# %% ../nbs/01_data.ipynb #4cf3e327-1
 def _abdomen10(rng, size, spacing):
     "Tissue classes (uint8, `_ABDOMEN10` columns) and the ten organ labels of one random patient, and the body mask."
     X, Y, Z = _grid_mm(size, spacing)
@@ -325,6 +341,7 @@ def _abdomen10(rng, size, spacing):
     cls[spine & body & (lbl == 0)] = 3
     return cls, lbl, body
 
+# %% ../nbs/01_data.ipynb #4cf3e327-2
 def _abdomen_ct_case(rng, size, spacing):
     "A contrast-enhanced abdominal CT: HU image (x,y,z) and the ten organ labels."
     cls, lbl, body = _abdomen10(rng, size, spacing)
@@ -332,6 +349,7 @@ def _abdomen_ct_case(rng, size, spacing):
     hu += np.where(body, rng.normal(0, 12, size), 0)
     return {"ct": np.clip(np.rint(hu), -1024, 3071).astype(np.int16)}, lbl
 
+# %% ../nbs/01_data.ipynb #4cf3e327-3
 def _small_affine(rng, deg:float=3.0, mm:float=3.0) -> sitk.AffineTransform:
     "A random affine about the volume's centre: rotations up to `deg` degrees, shifts up to `mm`, scale within 2%."
     a = np.deg2rad(rng.uniform(-deg, deg, 3))
@@ -343,11 +361,13 @@ def _small_affine(rng, deg:float=3.0, mm:float=3.0) -> sitk.AffineTransform:
     t.SetTranslation(rng.uniform(-mm, mm, 3).tolist())
     return t
 
+# %% ../nbs/01_data.ipynb #4cf3e327-4
 def _moved(a:np.ndarray, tf, spacing, origin):
     "Array `a` (x,y,z) seen through `tf` (fixed -> moving physical points): nearest neighbour on the same grid."
     img = from_xyz(a, spacing=spacing, origin=origin)
     return to_xyz(sitk.Resample(img, img, tf, sitk.sitkNearestNeighbor, 0, img.GetPixelID()))
 
+# %% ../nbs/01_data.ipynb #4cf3e327-5
 def _mr_sequence(rng, seq:str, cls, body, size):
     "One MR contrast of the tissue classes: non-linear (power-law) mapping, bias field, Rician noise, zeros in the air."
     top = max(_ABDOMEN10[seq])
@@ -359,6 +379,7 @@ def _mr_sequence(rng, seq:str, cls, body, size):
     a = np.sqrt((a + rng.normal(0, sd, size))**2 + rng.normal(0, sd, size)**2)
     return np.where(body, np.clip(a, 1, None), 0).astype(np.float32)
 
+# %% ../nbs/01_data.ipynb #4cf3e327-6
 def _abdomen_mr_case(rng, size, spacing, origin):
     "Images {t1, t2, dwi}, the labels on each sequence's grid and each sequence's true misalignment (t1 -> sequence)."
     cls, lbl, body = _abdomen10(rng, size, spacing)
@@ -372,6 +393,7 @@ def _abdomen_mr_case(rng, size, spacing, origin):
 # %% ../nbs/01_data.ipynb #b3dc3c45
 QUALITY = {"high": None, "low": dict(sigma=(0.8, 0.8, 1.5), contrast=0.5, noise=0.10)}
 
+# %% ../nbs/01_data.ipynb #b3dc3c45-1
 def _degrade(imgs:dict, rng, sigma, contrast, noise) -> dict:
     "Blur, compress the foreground contrast and add noise to every channel; zeros outside stay zero (MR)."
     from scipy.ndimage import gaussian_filter
@@ -393,16 +415,19 @@ def _direction(direction):
         raise SegcookError(f"direction {list(direction)} is not a 3x3 orthonormal matrix (row-major)")
     return tuple(d)
 
+# %% ../nbs/01_data.ipynb #50f117d0-1
 def _write_phantom_case(out:Path, cid:str, imgs:dict, lbl, spacing, direction, origin):
     folder = out/cid
     for ch, a in imgs.items(): write_image(from_xyz(a, spacing=spacing, origin=origin, direction=direction), folder/f"{cid}_{ch}.nii.gz")
     write_image(from_xyz(lbl, spacing=spacing, origin=origin, direction=direction), folder/f"{cid}_seg.nii.gz")
 
+# %% ../nbs/01_data.ipynb #50f117d0-2
 _KINDS = {"brats": "4 MR channels, BraTS labels", "ct": "CT abdomen (HU), 3 organs",
           "mr_abdomen": "the CT abdomen's anatomy as a T1-weighted MR",
           "abdomen_ct": "contrast CT (HU), 10 abdominal organs",
           "abdomen_mr": "other patients of the abdomen_ct anatomy: T1, T2, DWI sequences, misaligned; labels only in truth/"}
 
+# %% ../nbs/01_data.ipynb #50f117d0-3
 def _phantom_dataset(kind:str, post_treatment:bool) -> dict:
     "The dataset.json fields of a phantom of `kind`."
     if kind == "brats":
@@ -425,6 +450,7 @@ def _phantom_dataset(kind:str, post_treatment:bool) -> dict:
             "images": {ch: [f"_{ch}."]}, "labels": [0, 1, 2, 3], "label-names": {"liver": 1, "kidney": 2, "spleen": 3},
             "final_classes": {"liver": [1], "kidney": [2], "spleen": [3]}}
 
+# %% ../nbs/01_data.ipynb #50f117d0-4
 def _write_mr_sequences(out:Path, split, cid, rng, rng_q, size, spacing, direction, origin, quality):
     "One `abdomen_mr` patient: its sequences under `<split>/<id>/`, their labels under `truth/<id>/`."
     imgs, lbls, _ = _abdomen_mr_case(rng, size, spacing, tuple(-(n - 1)/2*s for n, s in zip(size, spacing)))
@@ -434,6 +460,7 @@ def _write_mr_sequences(out:Path, split, cid, rng, rng_q, size, spacing, directi
         write_image(from_xyz(a, **geo), out/split/cid/f"{cid}_{s}.nii.gz")
         write_image(from_xyz(lbls[s], **geo), out/"truth"/cid/f"{cid}_{s}_seg.nii.gz")
 
+# %% ../nbs/01_data.ipynb #50f117d0-5
 def _check_out(out:Path, settings:dict):
     "Refuse a folder that holds anything but an earlier phantom made with the same settings."
     if not out.exists() or not any(out.iterdir()): return
@@ -448,6 +475,7 @@ def _check_out(out:Path, settings:dict):
                            + ", ".join(f"{k}: {a} there, {b} now" for k, (a, b) in diff.items())
                            + "); choose a new folder or delete that one")
 
+# %% ../nbs/01_data.ipynb #50f117d0-6
 def make_phantom(out, # folder to create (empty, new, or an earlier phantom with the same settings)
                  cases:int=8, # training cases
                  kind:str="brats", # 'brats' (4 MR channels, BraTS labels), 'ct' (HU, 3 organs), 'mr_abdomen' (the CT's anatomy as MR), 'abdomen_ct' (10 organs), 'abdomen_mr' (3 sequences, labels in truth/)
@@ -525,6 +553,7 @@ class Problem:
     message: str  # what is wrong
     def __str__(self): return f"{self.case}: {self.file}: {self.message}" if self.file else f"{self.case}: {self.message}"
 
+# %% ../nbs/01_data.ipynb #9623156e-1
 def _nonfinite(p:Path, a:np.ndarray) -> int:
     "Count of NaN/inf voxels. ITK's NIfTI reader turns them into 0, so NIfTI floats are read raw with nibabel."
     if str(p).lower().endswith((".nii", ".nii.gz")):
@@ -535,6 +564,7 @@ def _nonfinite(p:Path, a:np.ndarray) -> int:
     if not np.issubdtype(a.dtype, np.floating): return 0
     return int(a.size - np.isfinite(a).sum())
 
+# %% ../nbs/01_data.ipynb #9623156e-2
 def file_problem(p, # an image file
                 ) -> str|None:
     "What is wrong with the bytes of image file `p` (None: nothing): gzip is decompressed to its end (CRC checked), NIfTI voxel data must be as long as the header says."
@@ -555,8 +585,10 @@ def file_problem(p, # an image file
         if have < need: return f"truncated: {have} of the {need} bytes its header announces; copy the file again"
     return None
 
+# %% ../nbs/01_data.ipynb #9623156e-3
 SPACING_RANGE_MM = (0.01, 100.0)   # voxel sizes outside this are a wrong header (metres, micrometres), not a scan
 
+# %% ../nbs/01_data.ipynb #9623156e-4
 def spacing_problem(spacing, # voxel size, mm (x, y, z)
                    ) -> str|None:
     "Why `spacing` cannot be a scan's (None: plausible): outside `SPACING_RANGE_MM` on some axis."
@@ -565,12 +597,14 @@ def spacing_problem(spacing, # voxel size, mm (x, y, z)
     return (f"spacing ({', '.join(f'{s:g}' for s in spacing)}) mm is outside {lo:g} to {hi:g} mm on some axis: a wrong header "
             "(units in metres or micrometres?); resampling it would make the case vanish or blow up; fix the header or remove the case")
 
+# %% ../nbs/01_data.ipynb #9623156e-5
 def blank_problem(a:np.ndarray, # the voxels of one image
                  ) -> str|None:
     "Why image `a` carries no signal (None: it does): every voxel has the same value."
     if a.size and a.min() == a.max(): return f"is constant ({float(a.flat[0]):g} in every voxel): a blank scan; fix or remove the case"
     return None
 
+# %% ../nbs/01_data.ipynb #9623156e-6
 def _check_file(cid:str, ch:str, p:Path, ds:Dataset) -> tuple[list[Problem], Geometry|None]:
     "Problems of one file of a case, and its geometry (None: unusable)."
     bad = file_problem(p) if p.exists() else None
@@ -593,6 +627,7 @@ def _check_file(cid:str, ch:str, p:Path, ds:Dataset) -> tuple[list[Problem], Geo
     if (bad := spacing_problem(img.GetSpacing())): out.append(Problem(cid, str(p), bad))
     return out, Geometry.of(img)
 
+# %% ../nbs/01_data.ipynb #9623156e-7
 def _check_case(c:Case, ds:Dataset, **tol) -> list[Problem]:
     out, ref, ref_name = [], None, None
     for ch, p in [*c.images.items(), *([("label", c.label)] if c.label else [])]:
@@ -606,6 +641,7 @@ def _check_case(c:Case, ds:Dataset, **tol) -> list[Problem]:
             if diff: out.append(Problem(c.id, str(p), f"geometry of {ch} disagrees with {ref_name}: " + "; ".join(diff)))
     return out
 
+# %% ../nbs/01_data.ipynb #9623156e-8
 def check_dataset(ds:Dataset|str|Path, # a Dataset or the path of dataset.json
                   splits=("train", "test"), # splits to check
                   workers:int=2, # threads opening files
@@ -626,14 +662,17 @@ def check_dataset(ds:Dataset|str|Path, # a Dataset or the path of dataset.json
 # %% ../nbs/01_data.ipynb #a844f024
 def _modality_of(name:str) -> str: return "ct" if name.strip().lower() == "ct" else "mr"
 
+# %% ../nbs/01_data.ipynb #a844f024-1
 def _chname(name:str) -> str: return "".join(ch if ch.isalnum() else "_" for ch in name.strip().lower()) or "image"
 
+# %% ../nbs/01_data.ipynb #a844f024-2
 def _link_or_copy(src:Path, dst:Path):
     dst.parent.mkdir(parents=True, exist_ok=True)
     if dst.exists(): return
     try: os.link(src, dst)
     except OSError: shutil.copy2(src, dst)
 
+# %% ../nbs/01_data.ipynb #a844f024-3
 def _msd_case(src:Path, out:Path, entry, chans, split):
     img_rel = entry["image"] if isinstance(entry, dict) else entry
     ip = (src/img_rel).resolve()
@@ -659,6 +698,7 @@ def _msd_case(src:Path, out:Path, entry, chans, split):
         else: rec["mask"] = str(lp)
     return rec
 
+# %% ../nbs/01_data.ipynb #a844f024-4
 def convert_msd(src, # the MSD task folder (holding dataset.json, imagesTr/, labelsTr/)
                 out, # output folder for dataset.json (and split channels)
                 workers:int=2, # threads reading the 4D images
@@ -695,11 +735,13 @@ def _read_paths_csv(p:Path, need_mask:bool) -> tuple[list[str], list[dict]]:
     if not chans: raise SegcookError(f"{p}: no image columns besides id/mask; columns are {cols}")
     return chans, rows
 
+# %% ../nbs/01_data.ipynb #344b51ea-1
 def _unique_labels(paths:list[Path], workers=2) -> list[int]:
     def vals(q): return set(np.unique(sitk.GetArrayFromImage(read_image(q))).astype(int).tolist())
     with ThreadPoolExecutor(max(1, workers)) as ex: s = set().union(*ex.map(vals, paths))
     return sorted(s | {0})
 
+# %% ../nbs/01_data.ipynb #344b51ea-2
 def convert_csv(train_csv, # columns id, mask, <channel>...
                 out, # output folder for dataset.json
                 test_csv=None, # CSV of test cases, same columns (optional)

@@ -39,6 +39,7 @@ def read_classes(src, # dict or JSON file: `{name: labels}` or MIST style `{name
         if isinstance(v, dict) and "metrics" in v: opts[name] = v["metrics"]
     return classes, opts
 
+# %% ../nbs/11_evaluate.ipynb #56ad46de-1
 def read_pairs(csv, # CSV file with columns id, mask, prediction
               ) -> list[tuple[str, str, str]]:
     "(id, mask, prediction) triples from a CSV with those three columns; relative paths are relative to the CSV."
@@ -57,6 +58,7 @@ def _read_label(path) -> sitk.Image:
     if img.GetDimension() != 3: raise SegcookError(f"{path}: expected a 3D label map, got {img.GetDimension()}D")
     return img
 
+# %% ../nbs/11_evaluate.ipynb #4b0033d9-1
 def _read_pair(case_id, mask_path, pred_path):
     "(mask image, mask array, prediction array), both (x, y, z), after checking grids and integer labels."
     diff = compare_headers(mask_path, pred_path)
@@ -68,6 +70,7 @@ def _read_pair(case_id, mask_path, pred_path):
             raise SegcookError(f"case {case_id}: {p} has non-integer values; expected a label map")
     return g, gt, pr
 
+# %% ../nbs/11_evaluate.ipynb #4b0033d9-2
 def evaluate_case(case_id:str, # the row id
                   mask_path, # ground-truth label map
                   pred_path, # predicted label map (same grid)
@@ -83,6 +86,7 @@ def evaluate_case(case_id:str, # the row id
 SUMMARY = {"Mean": np.nanmean, "Std": np.nanstd, "25th Percentile": lambda a: np.nanpercentile(a, 25),
            "Median": np.nanmedian, "75th Percentile": lambda a: np.nanpercentile(a, 75)}
 
+# %% ../nbs/11_evaluate.ipynb #572d3f88-1
 def summarize(df:pd.DataFrame, # one row per case (id + class x metric columns)
              ) -> pd.DataFrame:
     "`df` (one row per case) with the summary rows appended."
@@ -90,8 +94,10 @@ def summarize(df:pd.DataFrame, # one row per case (id + class x metric columns)
     rows = [{"id": k, **{c: (f(df[c].to_numpy(float)) if df[c].notna().any() else np.nan) for c in cols}} for k, f in SUMMARY.items()]
     return pd.concat([df, pd.DataFrame(rows)], ignore_index=True)
 
+# %% ../nbs/11_evaluate.ipynb #572d3f88-2
 def _run(args): return evaluate_case(*args)
 
+# %% ../nbs/11_evaluate.ipynb #572d3f88-3
 def evaluate(pairs:list, # [(id, mask_path, pred_path), ...]
              classes:dict, # class name -> labels (or a classes JSON path)
              metrics=("dice", "haus95"), # names from `segcook.metrics` (dice, haus95, hausdorff, avg_surf, surf_dice)
@@ -118,6 +124,7 @@ def evaluate(pairs:list, # [(id, mask_path, pred_path), ...]
     if out is not None: write_results(df, out)
     return df
 
+# %% ../nbs/11_evaluate.ipynb #572d3f88-4
 def write_results(df:pd.DataFrame, # one row per case
                   out, # results CSV path (the plot goes next to it, .png)
                  ):
@@ -150,10 +157,12 @@ def plot_results(df:pd.DataFrame, # a results table (summary rows are dropped)
         with atomic_path(path) as tmp: fig.savefig(tmp, dpi=100, format="png")
     return fig
 
+# %% ../nbs/11_evaluate.ipynb #e86003c7-1
 # the lesion-wise table's metric columns -> `brats_lesionwise` columns (see *BraTS lesion-wise evaluation*)
 LESION_COLS = {"lesion_dice": "LesionWise_Score_Dice", "lesion_hd95": "LesionWise_Score_HD95", "num_tp": "Num_TP",
                "num_fp": "Num_FP", "num_fn": "Num_FN", "legacy_dice": "Legacy_Dice", "legacy_hd95": "Legacy_HD95"}
 
+# %% ../nbs/11_evaluate.ipynb #e86003c7-2
 def _metric_of(col, cols):
     from segcook.core import METRICS
     for m in sorted([*LESION_COLS, *METRICS.names()], key=len, reverse=True):
@@ -184,6 +193,7 @@ def experiment_pairs(exp, # experiment folder
     if missing: log.warning(f"{len(missing)} case(s) without a prediction in {pdir} skipped: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
     return pairs, pdir
 
+# %% ../nbs/11_evaluate.ipynb #bf3875c9-1
 def evaluate_experiment(exp, # experiment folder (config.json, cases.csv, predictions/)
                         name:str|None=None, # prediction folder under `<exp>/predictions` (None: the only one)
                         metrics=None, # metric names (None: the plan's)
@@ -209,8 +219,10 @@ def evaluate_lesionwise_case(case_id:str, # the row id
     t = brats_lesionwise(gt, pr, g.GetSpacing(), version=version, challenge=challenge).set_index("Labels")
     return {"id": case_id, **{f"{r}_{k}": t.loc[r, c] for r in t.index for k, c in LESION_COLS.items()}}
 
+# %% ../nbs/11_evaluate.ipynb #f2b25ef7-1
 def _run_lw(args): return evaluate_lesionwise_case(*args)
 
+# %% ../nbs/11_evaluate.ipynb #f2b25ef7-2
 def evaluate_lesionwise(pairs:list, # [(id, mask_path, pred_path), ...]
                         challenge:str="GLI", # BraTS challenge: GLI, SSA, PED, MEN, MET (2023); GLI (2024)
                         version:int=2023, # BraTS year: 2023 or 2024
@@ -235,6 +247,7 @@ def _n_unpredicted(exp, n_evaluated:int) -> int:
     cases = pd.read_csv(Path(exp)/"cases.csv", dtype=str)
     return int(cases["label"].fillna("").astype(bool).sum()) - n_evaluated
 
+# %% ../nbs/11_evaluate.ipynb #672b1d4d-1
 def cli_evaluate(argv:list[str]|None=None, # command-line arguments (None: `sys.argv[1:]`)
                 ) -> int:
     "segcook evaluate: Dice, HD95, NSD, ... per case and class -> results.csv"

@@ -27,8 +27,10 @@ def surfel_areas(spacing:tuple) -> np.ndarray:
     from surface_distance.lookup_tables import create_table_neighbour_code_to_surface_area
     return create_table_neighbour_code_to_surface_area(tuple(float(s) for s in spacing))
 
+# %% ../nbs/10_metrics.ipynb #b97f5bd3-1
 _BITS = [(a, b, c) for a in (0, 1) for b in (0, 1) for c in (0, 1)]  # weight 128 >> i
 
+# %% ../nbs/10_metrics.ipynb #b97f5bd3-2
 def corner_codes(mask:np.ndarray, # boolean mask (x, y, z)
                 ) -> np.ndarray:
     "The 8-bit code of every voxel corner of `mask` (shape + 1): which of its 8 neighbour voxels are set."
@@ -50,12 +52,14 @@ def _bbox(mask:np.ndarray):
         sl.append(slice(int(nz[0]), int(nz[-1]) + 1))
     return tuple(sl)
 
+# %% ../nbs/10_metrics.ipynb #6d07f7e1-1
 def _nearest(src:np.ndarray, dst:np.ndarray) -> np.ndarray:
     "Distance from each point of `src` (N,3) to the nearest point of `dst` (M,3)."
     if len(src) == 0: return np.zeros(0)
     if len(dst) == 0: return np.full(len(src), np.inf)
     return cKDTree(dst, balanced_tree=False, compact_nodes=False).query(src)[0]
 
+# %% ../nbs/10_metrics.ipynb #6d07f7e1-2
 @dataclass
 class SurfaceDistances:
     "Corner areas (mm^2) and distances (mm) to the other surface, for the ground truth and the prediction."
@@ -64,6 +68,7 @@ class SurfaceDistances:
     d_pred: np.ndarray  # distance (mm) of each predicted surface element to the ground-truth surface
     a_pred: np.ndarray  # area (mm^2) of each predicted surface element
 
+# %% ../nbs/10_metrics.ipynb #6d07f7e1-3
 def surface_distances(gt:np.ndarray, # ground-truth mask (x, y, z)
                       pred:np.ndarray, # masks (bool), same shape
                       spacing=(1., 1., 1.), # mm per voxel along each axis
@@ -95,29 +100,34 @@ def _directed_pct(d, a, q):
     cum = np.cumsum(a) / np.sum(a)
     return float(d[min(int(np.searchsorted(cum, q / 100.0)), len(d) - 1)])
 
+# %% ../nbs/10_metrics.ipynb #b4d6e853-1
 def hausdorff_pct(s:SurfaceDistances, # from `surface_distances`
                   q:float=95, # percentile
                  ) -> float:
     "Symmetric area-weighted `q`-th percentile Hausdorff distance (mm)."
     return max(_directed_pct(s.d_gt, s.a_gt, q), _directed_pct(s.d_pred, s.a_pred, q))
 
+# %% ../nbs/10_metrics.ipynb #b4d6e853-2
 def hausdorff(s:SurfaceDistances, # from `surface_distances`
              ) -> float:
     "Hausdorff distance (mm): the largest distance from either surface to the other."
     if len(s.d_gt) == 0 or len(s.d_pred) == 0: return np.inf
     return float(max(s.d_gt.max(), s.d_pred.max()))
 
+# %% ../nbs/10_metrics.ipynb #b4d6e853-3
 def assd(s:SurfaceDistances, # from `surface_distances`
         ) -> float:
     "Average symmetric surface distance (mm), area-weighted over both surfaces (MIST's `avg_surf`)."
     return float((np.sum(s.d_gt * s.a_gt) + np.sum(s.d_pred * s.a_pred)) / (np.sum(s.a_gt) + np.sum(s.a_pred)))
 
+# %% ../nbs/10_metrics.ipynb #b4d6e853-4
 def nsd(s:SurfaceDistances, # from `surface_distances`
         tol_mm:float=1.0, # tolerance, mm
        ) -> float:
     "Normalised surface Dice: the area of both surfaces within `tol_mm` of the other, over their total area."
     return float((s.a_gt[s.d_gt <= tol_mm].sum() + s.a_pred[s.d_pred <= tol_mm].sum()) / (s.a_gt.sum() + s.a_pred.sum()))
 
+# %% ../nbs/10_metrics.ipynb #b4d6e853-5
 def dice(gt:np.ndarray, # ground-truth mask
          pred:np.ndarray, # predicted mask (same shape)
         ) -> float:
@@ -126,6 +136,7 @@ def dice(gt:np.ndarray, # ground-truth mask
     den = int(gt.sum()) + int(pred.sum())
     return 2.0 * int(np.logical_and(gt, pred).sum()) / den if den else float("nan")
 
+# %% ../nbs/10_metrics.ipynb #b4d6e853-6
 def iou(gt:np.ndarray, # ground-truth mask
         pred:np.ndarray, # predicted mask (same shape)
        ) -> float:
@@ -144,6 +155,7 @@ class Metric:
     surface: bool         # needs surface distances
     higher_is_better: bool  # True for overlaps (Dice), False for distances (Hausdorff)
 
+# %% ../nbs/10_metrics.ipynb #531f93ee-1
 register_metric("dice")(Metric(lambda g, p, s, **k: dice(g, p), 1.0, 0.0, False, True))
 register_metric("iou")(Metric(lambda g, p, s, **k: iou(g, p), 1.0, 0.0, False, True))
 register_metric("haus95")(Metric(lambda g, p, s, **k: hausdorff_pct(s, 95), 0.0, None, True, False))
@@ -152,6 +164,8 @@ register_metric("avg_surf")(Metric(lambda g, p, s, **k: assd(s), 0.0, None, True
 register_metric("surf_dice")(Metric(lambda g, p, s, tol_mm=1.0, **k: nsd(s, tol_mm), 1.0, 0.0, True, True))
 
 ALIASES = {"jaccard": "iou", "hd95": "haus95", "hd": "hausdorff", "assd": "avg_surf", "nsd": "surf_dice"}
+
+# %% ../nbs/10_metrics.ipynb #531f93ee-2
 def metric_name(name:str, # a metric name or alias
                ) -> str:
     "The registered name of a metric (aliases: jaccard, hd95, hd, assd, nsd)."
@@ -159,6 +173,7 @@ def metric_name(name:str, # a metric name or alias
     METRICS[name]  # raises a SegcookError listing what is available
     return name
 
+# %% ../nbs/10_metrics.ipynb #531f93ee-3
 def class_metrics(gt:np.ndarray, # ground-truth mask (x, y, z)
                   pred:np.ndarray, # masks of one class
                   spacing=(1., 1., 1.), # voxel size, mm (x, y, z)
@@ -203,6 +218,7 @@ def _brats2023(dil:int, thr:float) -> dict:
     return dict(regions={"WT": [1, 2, 3], "TC": [1, 3], "ET": [3]}, penalty=374.0, dilation={}, default_dilation=dil,
                 threshold={}, default_threshold=thr, merge_pred=False, nsd=False)
 
+# %% ../nbs/10_metrics.ipynb #408c567e-1
 BRATS_CHALLENGES = {
     2023: {"GLI": _brats2023(3, 50.0), "SSA": _brats2023(3, 50.0), "PED": _brats2023(3, 50.0),
            "MEN": _brats2023(1, 50.0), "MET": _brats2023(1, 2.0)},
@@ -212,6 +228,7 @@ BRATS_CHALLENGES = {
 }
 BRATS = {v: c["GLI"] for v, c in BRATS_CHALLENGES.items()}   # each version's default challenge
 
+# %% ../nbs/10_metrics.ipynb #408c567e-2
 def brats_config(version:int=2023, # BraTS year: 2023 or 2024
                  challenge:str="GLI", # challenge name: GLI, SSA, PED, MEN, MET (2023); GLI (2024); 'BraTS-' prefix allowed
                 ) -> dict:
@@ -223,15 +240,19 @@ def brats_config(version:int=2023, # BraTS year: 2023 or 2024
         raise SegcookError(f"BraTS {version} challenge {challenge!r} unknown or not implemented; known challenges by version: {known}")
     return BRATS_CHALLENGES[version][name]
 
+# %% ../nbs/10_metrics.ipynb #408c567e-3
 _ST18 = ndi.generate_binary_structure(3, 2)
 
+# %% ../nbs/10_metrics.ipynb #408c567e-4
 def _cc26(mask:np.ndarray) -> np.ndarray:
     "26-connected components of an (x, y, z) mask, numbered in C-order scan as the official code numbers them."
     return cc3d.connected_components(np.ascontiguousarray(mask, dtype=np.uint8), connectivity=26)
 
+# %% ../nbs/10_metrics.ipynb #408c567e-5
 def _dilate(mask:np.ndarray, it:int) -> np.ndarray:
     return ndi.binary_dilation(mask, structure=_ST18, iterations=it) if it > 0 else mask.astype(bool)
 
+# %% ../nbs/10_metrics.ipynb #408c567e-6
 def merge_by_dilation(mask:np.ndarray, # boolean mask (x, y, z)
                       it:int, # dilation iterations
                      ) -> np.ndarray:
@@ -251,6 +272,7 @@ def _touching(a:np.ndarray, b:np.ndarray) -> set:
         out |= {(la, lb_) for lb_ in near.tolist() if lb_ in lb}
     return out
 
+# %% ../nbs/10_metrics.ipynb #b924a529-1
 def _relabel(pairs:set, a:np.ndarray) -> np.ndarray:
     "Give lesions of `a` that touch the same lesion of another label one number (official scheme)."
     if len(pairs) <= 1: return a
@@ -264,6 +286,7 @@ def _relabel(pairs:set, a:np.ndarray) -> np.ndarray:
     for la, n in new.items(): out[a == la] = n
     return out
 
+# %% ../nbs/10_metrics.ipynb #b924a529-2
 def _renumber(a:np.ndarray) -> np.ndarray:
     "Number the lesions 1..n in the order of their current numbers."
     u = np.unique(a)
@@ -271,8 +294,10 @@ def _renumber(a:np.ndarray) -> np.ndarray:
     lut[u] = np.arange(len(u)) + (0 if u[0] == 0 else 1)
     return lut[a]
 
+# %% ../nbs/10_metrics.ipynb #b924a529-3
 _MERGE_WITH = {"NETC": ["ET", "RC"], "ET": ["NETC", "RC"], "RC": ["ET", "NETC"], "SNFH": ["ET", "RC", "NETC"]}
 
+# %% ../nbs/10_metrics.ipynb #b924a529-4
 def _cross_merge(maps:dict) -> dict:
     "2024: merge lesions of NETC, ET, RC and SNFH that touch the same lesion of another of these labels."
     out = dict(maps)
@@ -301,6 +326,7 @@ def _hd95_or(g, p, spacing, penalty, codes=None):
     v = hausdorff_pct(s, 95)
     return penalty if np.isinf(v) else v
 
+# %% ../nbs/10_metrics.ipynb #25b4287b-1
 def _voxel_nsd(a:np.ndarray, b:np.ndarray, tol:float, spacing) -> float:
     "NSD on border voxels (face-connected erosion; nnU-Net/medpy style), as the BraTS 2024 code reports it."
     def border(m): return m ^ ndi.binary_erosion(m, structure=ndi.generate_binary_structure(3, 1))
@@ -312,6 +338,7 @@ def _voxel_nsd(a:np.ndarray, b:np.ndarray, tol:float, spacing) -> float:
     da, db = _nearest(pa, pb), _nearest(pb, pa)
     return float(((da <= tol).mean() + (db <= tol).mean()) / (2 + 1e-8))
 
+# %% ../nbs/10_metrics.ipynb #25b4287b-2
 class Lesion(NamedTuple):
     "One ground-truth lesion, scored against the predicted lesions that touch it (after dilation)."
     voxels: int                 # its size in voxels
@@ -321,6 +348,7 @@ class Lesion(NamedTuple):
     nsd_05: float = float("nan")  # NSD at 0.5 mm (BraTS 2024's extra columns), when asked
     nsd_1: float = float("nan")   # NSD at 1 mm, when asked
 
+# %% ../nbs/10_metrics.ipynb #25b4287b-3
 def _lesion_scores(gl:np.ndarray, pl:np.ndarray, dil:int, spacing, penalty:float, with_nsd:bool):
     "Per ground-truth lesion a `Lesion`, and the numbers of the predicted lesions that match none (false positives)."
     rows, matched = [], set()
@@ -345,6 +373,7 @@ def _sens_spec(g, p, size):
     sens = 1.0 if (g.sum() == 0 and p.sum() == 0) else tp / (tp + fn + np.finfo(float).tiny)
     return sens, tn / (tn + fp + np.finfo(float).tiny)
 
+# %% ../nbs/10_metrics.ipynb #9f96846f-1
 def brats_lesionwise(gt_lbl:np.ndarray, # ground-truth label map (x, y, z)
                      pred_lbl:np.ndarray, # label maps (x, y, z)
                      spacing=(1., 1., 1.), # voxel size, mm (x, y, z)

@@ -23,6 +23,7 @@ __all__ = ['AXES', 'RESENC_BLOCKS', 'TWOD_ARCHS', 'STUNET_VARIANTS', 'MIND_CHANN
 # %% ../nbs/04_nets.ipynb #c1c3a2d7
 AXES = "xyz"
 
+# %% ../nbs/04_nets.ipynb #c1c3a2d7-1
 def get_topology(patch_size:Sequence[int], # voxels (x, y, z)
                  spacing:Sequence[float]|None=None, # mm (x, y, z); None: isotropic
                  max_pools:int=5, # at most this many halvings (MIST: 5; nnU-Net: as many as fit)
@@ -53,6 +54,7 @@ def get_topology(patch_size:Sequence[int], # voxels (x, y, z)
     kernels[-1] = [3 if n > 1 else 1 for n in size] if all(k == 1 for k in kernels[-1]) else kernels[-1]
     return kernels, strides
 
+# %% ../nbs/04_nets.ipynb #c1c3a2d7-2
 def _nearest_multiple(n, m): return max(m, int(round(n / m)) * m)
 
 # %% ../nbs/04_nets.ipynb #6fb0cf2c
@@ -62,13 +64,16 @@ def _norm(kind:str, ch:int) -> nn.Module:
     if kind == "group": return nn.GroupNorm(min(8, ch), ch)
     raise SegcookError(f"unknown norm '{kind}'; use 'instance', 'batch' or 'group'")
 
+# %% ../nbs/04_nets.ipynb #6fb0cf2c-1
 def _act(kind:str) -> nn.Module:
     if kind == "leaky": return nn.LeakyReLU(0.01, inplace=True)
     if kind == "relu": return nn.ReLU(inplace=True)
     raise SegcookError(f"unknown activation '{kind}'; use 'leaky' or 'relu'")
 
+# %% ../nbs/04_nets.ipynb #6fb0cf2c-2
 def _pad(k): return [x // 2 for x in k] if isinstance(k, (list, tuple)) else k // 2
 
+# %% ../nbs/04_nets.ipynb #6fb0cf2c-3
 class ConvNormAct(nn.Sequential):
     "Convolution (same padding), normalisation, activation."
     def __init__(self,
@@ -81,6 +86,7 @@ class ConvNormAct(nn.Sequential):
                 ):
         super().__init__(nn.Conv3d(cin, cout, k, stride, _pad(k)), _norm(norm, cout), _act(act))
 
+# %% ../nbs/04_nets.ipynb #6fb0cf2c-4
 class PlainStage(nn.Sequential):
     "`n` convolutions; the first one strided (or preceded by max pooling when `pool='max'`)."
     def __init__(self,
@@ -98,6 +104,7 @@ class PlainStage(nn.Sequential):
         super().__init__(*pre, ConvNormAct(cin, cout, k, st, norm, act),
                          *[ConvNormAct(cout, cout, k, 1, norm, act) for _ in range(n - 1)])
 
+# %% ../nbs/04_nets.ipynb #6fb0cf2c-5
 class ResBlock(nn.Module):
     "conv-norm-act-conv-norm plus the (projected) input, then act: the basic residual block."
     def __init__(self,
@@ -118,6 +125,7 @@ class ResBlock(nn.Module):
         y = self.norm2(self.conv2(self.act1(self.norm1(self.conv1(x)))))
         return self.act2(y + self.skip(x))
 
+# %% ../nbs/04_nets.ipynb #6fb0cf2c-6
 class ResStage(nn.Sequential):
     "`n` residual blocks, the first strided."
     def __init__(self,
@@ -133,6 +141,7 @@ class ResStage(nn.Sequential):
         super().__init__(ResBlock(cin, cout, k, stride, norm, act, project_first),
                          *[ResBlock(cout, cout, k, 1, norm, act) for _ in range(n - 1)])
 
+# %% ../nbs/04_nets.ipynb #6fb0cf2c-7
 def _as3(v): return list(v) if isinstance(v, (list, tuple)) else [v] * 3
 
 # %% ../nbs/04_nets.ipynb #95ba1671
@@ -149,6 +158,7 @@ class SegNet(nn.Module):
             return [h(f) for h, f in zip(self.head, feats[:self.deep_supervision + 1])]
         return self.head[0](feats[0])
 
+# %% ../nbs/04_nets.ipynb #95ba1671-1
 def net_parts(net:nn.Module, # a network
              ) -> dict[str, nn.Module]:
     "The named parts of `net`: its `parts()` or its `encoder`/`decoder`/`head` attributes."
@@ -158,6 +168,7 @@ def net_parts(net:nn.Module, # a network
                                    "add `parts()` returning {'encoder': ..., 'decoder': ..., 'head': ...}")
     return {p: getattr(net, p) for p in ("encoder", "decoder", "head")}
 
+# %% ../nbs/04_nets.ipynb #95ba1671-2
 def _check_ds(ds:int, levels:int, name:str) -> int:
     ds = int(ds or 0)
     if not 0 <= ds < levels:
@@ -191,6 +202,7 @@ class VAEBranch(nn.Module):
         kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).mean()
         return F.mse_loss(rec, x_in) + self.kl_weight * kl
 
+# %% ../nbs/04_nets.ipynb #6ea4f4ff-1
 class DynamicUNet(SegNet):
     "U-Net whose stages, kernels and strides come from `get_topology`; optional residual, pocket, DS heads, VAE."
     def __init__(self,
@@ -238,6 +250,7 @@ class DynamicUNet(SegNet):
             feats.append(x)
         return self._outputs(feats[::-1])
 
+# %% ../nbs/04_nets.ipynb #6ea4f4ff-2
 class _UpStage(nn.Module):
     "Transposed-convolution upsampling, concatenation with the skip, two convolutions."
     def __init__(self, cin, cout, k, stride, n_conv=2, norm="instance", act="leaky"):
@@ -266,6 +279,7 @@ def nnunet(in_channels, # image channels the network sees
     widths = [base] * len(s) if pocket else [min(base * 2**i, max_width) for i in range(len(s))]
     return DynamicUNet(in_channels, out_channels, k, s, widths, residual, deep_supervision, vae, **kw)
 
+# %% ../nbs/04_nets.ipynb #ec65bb0f-1
 @register_arch("unet")
 def unet(in_channels, # image channels the network sees
          out_channels, # outputs: one per label (softmax) or region (sigmoid)
@@ -296,6 +310,7 @@ class ConvNorm(nn.Sequential):
                 ):
         super().__init__(nn.Conv3d(cin, cout, k, stride, _pad(k), bias=bias), _norm(norm, cout))
 
+# %% ../nbs/04_nets.ipynb #a11e0002-1
 class ResBlockD(nn.Module):
     "ResNet-D block (nnU-Net's ResEnc `BasicBlockD`): conv-norm-act, conv-norm, plus a skip of average pooling and a 1x1 conv-norm."
     def __init__(self,
@@ -315,6 +330,7 @@ class ResBlockD(nn.Module):
             self.skip.add_module("norm", _norm(norm, cout))
     def forward(self, x): return self.act(self.conv2(self.conv1(x)) + self.skip(x))
 
+# %% ../nbs/04_nets.ipynb #a11e0002-2
 class ResEncUNet(SegNet):
     "nnU-Net's residual-encoder U-Net (ResEnc): a conv stem, ResNet-D encoder stages, a plain decoder."
     def __init__(self,
@@ -351,8 +367,10 @@ class ResEncUNet(SegNet):
             feats.append(x)
         return self._outputs(feats[::-1])
 
+# %% ../nbs/04_nets.ipynb #a11e0002-3
 RESENC_BLOCKS = (1, 3, 4, 6, 6, 6, 6, 6)  # nnU-Net's ResEnc M/L/XL presets: blocks per encoder stage
 
+# %% ../nbs/04_nets.ipynb #a11e0002-4
 @register_arch("nnunet_resenc")
 def nnunet_resenc(in_channels, # image channels the network sees
                   out_channels, # outputs: one per label (softmax) or region (sigmoid)
@@ -392,8 +410,10 @@ class MonaiNet(SegNet):
             return list(y[:self.deep_supervision + 1]) if self.training and self.deep_supervision else y[0]
         return [y] if self.training and self.deep_supervision else y
 
+# %% ../nbs/04_nets.ipynb #68747fe7-1
 TWOD_ARCHS = ("nnunet", "unet", "nnunet_resenc", "fmgnet", "wnet", "stunet_s", "stunet_b", "stunet_l", "stunet_h")  # per-axis kernels and strides
 
+# %% ../nbs/04_nets.ipynb #68747fe7-2
 def _check_divisible(patch_size, m:int, name:str):
     "Each axis a multiple of `m` and at least `2m` (instance/group norm needs more than one voxel at the bottom)."
     flat = [AXES[i] for i, p in enumerate(patch_size) if int(p) == 1]
@@ -407,9 +427,11 @@ def _check_divisible(patch_size, m:int, name:str):
                                           f"not a multiple of {m} (the network halves every axis {int(math.log2(m))} times); "
                                           f"use e.g. {_nearest_multiple(int(p), m)}")
 
+# %% ../nbs/04_nets.ipynb #68747fe7-3
 _MEDNEXT_PARTS = {"encoder": ("stem", "enc_stages", "down_blocks", "bottleneck"),
                   "decoder": ("up_blocks", "dec_stages"), "head": ("out_",)}
 
+# %% ../nbs/04_nets.ipynb #68747fe7-4
 def _mednext(variant):
     def build(in_channels, out_channels, patch_size, spacing=None, deep_supervision:int=0, kernel_size:int=3, **kw):
         _check_divisible(patch_size, 16, f"mednext_{variant.lower()}")
@@ -420,8 +442,10 @@ def _mednext(variant):
     build.__doc__ = f"MedNeXt-{variant} (Roy et al. 2023; MONAI's implementation), kernel 3 by default."
     return build
 
+# %% ../nbs/04_nets.ipynb #68747fe7-5
 for _v in "SBML": register_arch(f"mednext_{_v.lower()}")(_mednext(_v))
 
+# %% ../nbs/04_nets.ipynb #68747fe7-6
 @register_arch("swin_unetr")
 def swin_unetr(in_channels, # image channels the network sees
                out_channels, # outputs: one per label (softmax) or region (sigmoid)
@@ -490,6 +514,7 @@ class MGNet(SegNet):
             feats.append(x)
         return self._outputs(feats[::-1])
 
+# %% ../nbs/04_nets.ipynb #f5f57711-1
 def w_heights(depth:int, # levels below the top
              ) -> list[int]:
     "Spike heights of a W-cycle over `depth` levels below the top: 1, 2, 1, 3, 1, ..., 2, 1."
@@ -497,6 +522,7 @@ def w_heights(depth:int, # levels below the top
     core = list(range(2, depth + 1)) + list(range(depth - 1, 1, -1))
     return [1] + [v for c in core for v in (c, 1)]
 
+# %% ../nbs/04_nets.ipynb #f5f57711-2
 @register_arch("fmgnet")
 def fmgnet(in_channels, # image channels the network sees
            out_channels, # outputs: one per label (softmax) or region (sigmoid)
@@ -512,6 +538,7 @@ def fmgnet(in_channels, # image channels the network sees
     k, s = get_topology(patch_size, spacing, max_pools)
     return MGNet(in_channels, out_channels, k, s, list(range(1, len(s) - 1)), width, residual, deep_supervision)
 
+# %% ../nbs/04_nets.ipynb #f5f57711-3
 @register_arch("wnet")
 def wnet(in_channels, # image channels the network sees
          out_channels, # outputs: one per label (softmax) or region (sigmoid)
@@ -530,6 +557,7 @@ def wnet(in_channels, # image channels the network sees
 # %% ../nbs/04_nets.ipynb #b19c1138
 STUNET_VARIANTS = {"s": (16, 1), "b": (32, 1), "l": (64, 2), "h": (96, 3)}
 
+# %% ../nbs/04_nets.ipynb #b19c1138-1
 class _NearestUp(nn.Module):
     "Nearest-neighbour upsampling by `scale`, then a 1x1 convolution to `cout` channels."
     def __init__(self, cin, cout, scale):
@@ -537,6 +565,7 @@ class _NearestUp(nn.Module):
         self.scale, self.conv = tuple(float(s) for s in scale), nn.Conv3d(cin, cout, 1)
     def forward(self, x): return self.conv(F.interpolate(x, scale_factor=self.scale, mode="nearest"))
 
+# %% ../nbs/04_nets.ipynb #b19c1138-2
 class STUNet(SegNet):
     "STU-Net: residual U-Net with 6 stages, nearest upsampling + 1x1 conv, heads on every decoder level."
     def __init__(self,
@@ -573,6 +602,7 @@ class STUNet(SegNet):
             feats.append(x)
         return self._outputs(feats[::-1])
 
+# %% ../nbs/04_nets.ipynb #b19c1138-3
 def _stunet(v):
     def build(in_channels, out_channels, patch_size, spacing=None, deep_supervision:int=0, base:int|None=None, **kw):
         base, depth = base or STUNET_VARIANTS[v][0], STUNET_VARIANTS[v][1]
@@ -584,11 +614,14 @@ def _stunet(v):
     build.__doc__ = f"STU-Net-{v.upper()} (Huang et al. 2023): widths {base_w(v)}, {STUNET_VARIANTS[v][1]} block(s) per stage."
     return build
 
+# %% ../nbs/04_nets.ipynb #b19c1138-4
 def base_w(v:str, # STU-Net variant: s, b, l or h
           ) -> list[int]:
     "Feature widths of the 6 stages of STU-Net variant `v` (doubling, capped after 4 doublings)."
     b = STUNET_VARIANTS[v][0]
     return [b * 2**min(i, 4) for i in range(6)]
+
+# %% ../nbs/04_nets.ipynb #b19c1138-5
 for _v in STUNET_VARIANTS: register_arch(f"stunet_{_v}")(_stunet(_v))
 
 # %% ../nbs/04_nets.ipynb #9af75371
@@ -601,6 +634,7 @@ def on_meta(builder, # a network builder (e.g. `ARCHS["nnunet"]`)
         with torch.device("meta"): return builder(*args, **kw)
     except (RuntimeError, NotImplementedError): return builder(*args, **kw)
 
+# %% ../nbs/04_nets.ipynb #9af75371-1
 def count_params(builder, # a network builder (e.g. `ARCHS["nnunet"]`)
                  *args, # its positional arguments
                  **kw, # its keyword arguments
@@ -625,6 +659,7 @@ def init_region_bias(net:nn.Module, # the network (changed in place)
 # %% ../nbs/04_nets.ipynb #08161a91
 MIND_CHANNELS = 12  # MIND-SSC descriptor channels per image channel (see the preprocessing chapter)
 
+# %% ../nbs/04_nets.ipynb #08161a91-1
 def n_input_channels(plan:Plan, # the experiment plan
                     ) -> int:
     "Channels the network sees: image channels, MIND channels added ('extra') or instead ('replace')."
@@ -633,11 +668,13 @@ def n_input_channels(plan:Plan, # the experiment plan
     if plan.preprocess.mind == "replace": return MIND_CHANNELS * n
     return n
 
+# %% ../nbs/04_nets.ipynb #08161a91-2
 def n_output_channels(plan:Plan, # the experiment plan
                      ) -> int:
     "One output per region (sigmoid) if the plan has regions, else one per label (softmax)."
     return len(plan.labels.regions) if plan.labels.regions else len(plan.labels.labels)
 
+# %% ../nbs/04_nets.ipynb #08161a91-3
 def build_net(plan:Plan, # the experiment plan
               **overrides, # entries replacing `plan.train.arch_kwargs`
              ) -> nn.Module:
@@ -679,6 +716,7 @@ def memory_estimate(net:nn.Module, # the network
     out["total_mib"] = sum(out.values())
     return out
 
+# %% ../nbs/04_nets.ipynb #89e13dc8-1
 def _first_conv_in(net):
     for mod in net.modules():
         if isinstance(mod, nn.Conv3d): return mod.in_channels
@@ -700,6 +738,7 @@ def arch_table(plan:Plan|None=None, # plan to size the networks for (None: a def
         rows.append((name, n, (ARCHS[name].__doc__ or "").strip().split("\n")[0]))
     return rows
 
+# %% ../nbs/04_nets.ipynb #8b135aa2-1
 def cli_archs(argv:list[str]|None=None, # command-line arguments (None: `sys.argv[1:]`)
              ) -> int:
     "segcook archs: list registered architectures with parameter counts."

@@ -25,8 +25,10 @@ __all__ = ['AXES', 'n_volumes', 'n_slices', 'slice_features', 'pick_slices', 'se
 # %% ../nbs/13_sparse.ipynb #d297d210
 AXES = {"x": 0, "y": 1, "z": 2}
 
+# %% ../nbs/13_sparse.ipynb #d297d210-1
 def _round(x:float) -> int: return int(math.floor(x + 0.5))
 
+# %% ../nbs/13_sparse.ipynb #d297d210-2
 def n_volumes(volumes:float, # fraction of the volumes, in (0, 1]
               n:int, # training cases available
              ) -> int:
@@ -34,6 +36,7 @@ def n_volumes(volumes:float, # fraction of the volumes, in (0, 1]
     _fraction(volumes, "volumes")
     return max(1, min(n, _round(volumes * n)))
 
+# %% ../nbs/13_sparse.ipynb #d297d210-3
 def n_slices(density:float, # fraction of the slices of a volume, in (0, 1]
              length:float, # slices along the axis (the median length of the chosen volumes)
             ) -> int:
@@ -41,6 +44,7 @@ def n_slices(density:float, # fraction of the slices of a volume, in (0, 1]
     _fraction(density, "density")
     return _round(density * length)
 
+# %% ../nbs/13_sparse.ipynb #d297d210-4
 def _fraction(v, name):
     if not (isinstance(v, (int, float)) and 0 < v <= 1):
         raise SegcookError(f"{name} should be a fraction in (0, 1], got {v!r}; e.g. --{name} 0.1")
@@ -49,8 +53,10 @@ def _fraction(v, name):
 def _fixed(L:int, m:int) -> np.ndarray:
     return np.floor((np.arange(m) + 0.5) * L / m).astype(int)
 
+# %% ../nbs/13_sparse.ipynb #62fc0c22-1
 def _case_rng(seed:int, cid:str): return np.random.default_rng([int(seed), zlib.crc32(cid.encode())])
 
+# %% ../nbs/13_sparse.ipynb #62fc0c22-2
 def _kmeans(X:np.ndarray, k:int, rng, iters:int=50) -> np.ndarray:
     "Labels of a k-means (k-means++ start) of the rows of X."
     c = [X[rng.integers(len(X))]]
@@ -65,6 +71,7 @@ def _kmeans(X:np.ndarray, k:int, rng, iters:int=50) -> np.ndarray:
         c = new
     return lab, c
 
+# %% ../nbs/13_sparse.ipynb #62fc0c22-3
 def _ual(feats:np.ndarray, m:int, rng) -> np.ndarray:
     "The slice nearest each k-means centroid (k = m); empty clusters filled by the farthest unpicked slice."
     if m >= len(feats): return np.arange(len(feats))
@@ -79,6 +86,7 @@ def _ual(feats:np.ndarray, m:int, rng) -> np.ndarray:
         pick.append(int(d.argmax()))
     return np.sort(np.array(pick))
 
+# %% ../nbs/13_sparse.ipynb #62fc0c22-4
 def slice_features(vols:list[np.ndarray], # the channels of one case, (x, y, z) arrays
                    axis:int, # array axis of the slices (0 x, 1 y, 2 z)
                    size:int=16, # side of the downsampled slice
@@ -92,6 +100,7 @@ def slice_features(vols:list[np.ndarray], # the channels of one case, (x, y, z) 
         out.append(np.stack([ndi.zoom(s, f, order=1) for s in v]).reshape(len(v), -1))
     return np.concatenate(out, 1)
 
+# %% ../nbs/13_sparse.ipynb #62fc0c22-5
 def pick_slices(L:int, # slices along the axis in this volume
                 m:int, # slices to pick
                 policy:str="fixed", # 'fixed', 'random' or 'ual'
@@ -114,8 +123,10 @@ def _axis(axis:str, sps:list) -> int:
     if axis not in AXES: raise SegcookError(f"unknown axis '{axis}'; use auto, x, y or z")
     return AXES[axis]
 
+# %% ../nbs/13_sparse.ipynb #ccc62160-1
 def _as_dataset(data) -> Dataset: return data if isinstance(data, Dataset) else load_dataset(data)
 
+# %% ../nbs/13_sparse.ipynb #ccc62160-2
 def select(data, # dataset.json path or Dataset
            density:float, # fraction of the slices of each chosen volume, in (0, 1]
            volumes:float, # fraction of the training volumes, in (0, 1]
@@ -179,13 +190,16 @@ def _check_out(out:Path, ds:Dataset):
         if out == src or _inside(out, src):
             raise SegcookError(f"output folder {out} is the source dataset's folder {src} or inside it; choose a folder outside the dataset (the source is never written)")
 
+# %% ../nbs/13_sparse.ipynb #4a9c28d5-1
 def _ignore_value(ds:Dataset) -> int: return ds.ignore_label if ds.ignore_label is not None else max(ds.labels) + 1
 
+# %% ../nbs/13_sparse.ipynb #4a9c28d5-2
 def _slab(a:np.ndarray, ax:int, idx) -> tuple:
     sl = [slice(None)] * 3
     sl[ax] = idx
     return tuple(sl)
 
+# %% ../nbs/13_sparse.ipynb #4a9c28d5-3
 def _sparse_label(lbl:np.ndarray, ax:int, keep, ign:int, cid:str, path) -> np.ndarray:
     "`lbl` with every slice along `ax` not in `keep` set to `ign`."
     vals = np.unique(lbl)
@@ -196,6 +210,7 @@ def _sparse_label(lbl:np.ndarray, ax:int, keep, ign:int, cid:str, path) -> np.nd
     out[_slab(lbl, ax, list(keep))] = lbl[_slab(lbl, ax, list(keep))]
     return out
 
+# %% ../nbs/13_sparse.ipynb #4a9c28d5-4
 def _record(c:Case, ds:Dataset, out:Path, label_name:str|None) -> dict:
     ims = {}
     for ch, p in c.images.items():
@@ -206,6 +221,7 @@ def _record(c:Case, ds:Dataset, out:Path, label_name:str|None) -> dict:
     if label_name: r["mask"] = f"train/{c.id}/{label_name}"
     return r
 
+# %% ../nbs/13_sparse.ipynb #4a9c28d5-5
 def _derived(ds:Dataset, recs:list, out:Path, **fields) -> Path:
     d = {k: v for k, v in ds.raw.items() if k not in ("train-data", "train-cases", "test-data", "test-cases", "root", "phantom", "mask", "ignore-label")}
     d.update(fields, **{"mask": ["_seg."], "train-cases": recs})
@@ -214,6 +230,7 @@ def _derived(ds:Dataset, recs:list, out:Path, **fields) -> Path:
                                  **({"mask": str(c.label.resolve())} if c.label else {})} for c in test]
     return write_json(out/"dataset.json", d)
 
+# %% ../nbs/13_sparse.ipynb #4a9c28d5-6
 def simulate(data, # dataset.json path or Dataset with dense labels
              selection:pd.DataFrame, # from `select` (case, axis, slice)
              out, # folder to write (outside the source dataset)
@@ -242,12 +259,14 @@ def _sdf(m2:np.ndarray, sp2) -> np.ndarray:
     d = sitk.GetArrayFromImage(sitk.SignedMaurerDistanceMap(im, insideIsPositive=False, squaredDistance=False, useImageSpacing=True))
     return d - 0.5 * min(sp2)   # ITK puts 0 on the object's edge voxels: move the zero level half a voxel out, between object and background
 
+# %% ../nbs/13_sparse.ipynb #8a13e6f5-1
 def _blend(sa, sb, t):
     if sa is None and sb is None: return None
     if sa is None: sa = np.full_like(sb, -sb.min())
     if sb is None: sb = np.full_like(sa, -sa.min())
     return (1 - t) * sa + t * sb
 
+# %% ../nbs/13_sparse.ipynb #8a13e6f5-2
 def contour_interpolate(lbl:np.ndarray, # label map (x, y, z) with annotated slices
                         ax:int, # array axis of the slices
                         annotated:list[int], # annotated slice indices (sorted)
@@ -285,6 +304,7 @@ def _norm2(a):
     a = a.astype(np.float32)
     return (a - a.mean()) / (a.std() + 1e-6)
 
+# %% ../nbs/13_sparse.ipynb #e5434fba-1
 def _warp(fixed:np.ndarray, moving:np.ndarray, mask:np.ndarray, iters:int=30) -> np.ndarray:
     "`mask` (on `moving`'s grid) carried onto `fixed` by a 2D demons registration of moving onto fixed."
     f, m = sitk.GetImageFromArray(fixed.astype(np.float32)), sitk.GetImageFromArray(moving.astype(np.float32))
@@ -296,6 +316,7 @@ def _warp(fixed:np.ndarray, moving:np.ndarray, mask:np.ndarray, iters:int=30) ->
     mk = sitk.GetImageFromArray(mask.astype(np.uint8))
     return sitk.GetArrayFromImage(sitk.Resample(mk, f, tx, sitk.sitkNearestNeighbor, 0))
 
+# %% ../nbs/13_sparse.ipynb #e5434fba-2
 def _contrast_channel(img, v, ax, annotated):
     "The z-scored channel (slices first) that best separates object from background on the annotated slices."
     im = np.asarray(img, np.float32)
@@ -306,6 +327,7 @@ def _contrast_channel(img, v, ax, annotated):
         return abs(a[fg].mean() - a[~fg].mean()) / (a.std() + 1e-6) if fg.any() and (~fg).any() else 0.0
     return _norm2(max(im, key=score))
 
+# %% ../nbs/13_sparse.ipynb #e5434fba-3
 def propagate_interpolate(lbl:np.ndarray, # label map (x, y, z) with annotated slices
                           img:np.ndarray, # image (x, y, z), or (c, x, y, z) channels
                           ax:int, # array axis of the slices
@@ -337,16 +359,19 @@ def annotated_slices(lbl:np.ndarray, # sparse label map (x, y, z)
     v = np.moveaxis(lbl, ax, 0)
     return [int(z) for z in range(len(v)) if not (v[z] == ign).any()]
 
+# %% ../nbs/13_sparse.ipynb #b1359c18-1
 def _sparse_axis(ds:Dataset, lbl:np.ndarray, ign:int) -> int:
     a = (ds.raw.get("sparse") or {}).get("axis")
     if a in AXES: return AXES[a]
     full = [len(annotated_slices(lbl, i, ign)) for i in range(3)]
     return int(np.argmax(full)) if max(full) else 2
 
+# %% ../nbs/13_sparse.ipynb #b1359c18-2
 def _truth_cases(truth) -> dict:
     if truth is None: return {}
     return {c.id: c for c in _as_dataset(truth).cases("train")}
 
+# %% ../nbs/13_sparse.ipynb #b1359c18-3
 def interpolate(data, # sparse dataset.json (with an ignore-label) or Dataset
                 method:str="contour", # 'contour' or 'propagate'
                 out=None, # folder to write (outside the source dataset)
@@ -390,12 +415,14 @@ def _select_cmd(a):
     print(out/"slices.csv")
     if all(c.label is not None for c in ds.cases("train") if c.id in lens): print(simulate(ds, sel, out))
 
+# %% ../nbs/13_sparse.ipynb #152c26fa-1
 def _interp_cmd(a):
     dj = interpolate(a.data, a.method, a.out, a.truth)
     df = pd.read_csv(Path(a.out)/"interpolation.csv")
     if "iou" in df: print(df.to_string(index=False))
     print(dj)
 
+# %% ../nbs/13_sparse.ipynb #152c26fa-2
 def cli_sparse(argv:list[str]|None=None, # command-line arguments (None: `sys.argv[1:]`)
               ) -> int:
     "segcook sparse: choose slices to annotate under a budget, simulate sparse labels, interpolate masks"

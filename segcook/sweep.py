@@ -30,6 +30,7 @@ class Resources:
     time_min: float|None = None # wall-time limit per run in minutes (local: killed after; Slurm `--time`)
     nodes: int = 1 # Slurm nodes per run
 
+# %% ../nbs/16_sweep.ipynb #ffd8b9c0-1
 def _minutes(v, where:str) -> float:
     "A time limit as minutes: a number, or 'MM', 'HH:MM:SS', 'D-HH:MM:SS' as Slurm writes it."
     if isinstance(v, (int, float)) and not isinstance(v, bool): return float(v)
@@ -38,6 +39,7 @@ def _minutes(v, where:str) -> float:
     d, h, mi, s = (int(x or 0) for x in m.groups())
     return d*1440 + h*60 + mi + s/60
 
+# %% ../nbs/16_sweep.ipynb #ffd8b9c0-2
 def parse_resources(d:dict|None, # the `resources` section of a spec (None: defaults)
                     where:str="resources", # what to call it in error messages
                    ) -> Resources:
@@ -85,11 +87,13 @@ def _value(v) -> str:
     if isinstance(v, (list, tuple)): return ",".join(map(_value, v))
     return v if isinstance(v, str) else json.dumps(v, sort_keys=True)
 
+# %% ../nbs/16_sweep.ipynb #28100586-1
 def _slug(swept:dict) -> str:
     s = "_".join(f"{k}-{_value(v)}" for k, v in swept.items())
     s = re.sub(r"[^A-Za-z0-9.,_=+-]+", "-", s).strip("-")
     return s[:60].rstrip("-") or "run"
 
+# %% ../nbs/16_sweep.ipynb #28100586-2
 def run_id(recipe:str, # the recipe's file name
            params:dict, # every parameter of the run
            swept:dict, # the parameters that make it differ from the other runs
@@ -106,6 +110,7 @@ class Run:
     params: dict # every parameter injected into the recipe (base + swept; not `exp`)
     swept: dict # the values that make this run differ from the others
 
+# %% ../nbs/16_sweep.ipynb #9d28fe50-1
 @dataclass
 class Sweep:
     "A validated sweep spec, expanded into its runs."
@@ -117,9 +122,11 @@ class Sweep:
     name: str = "sweep" # the spec's name (Slurm job name), default the recipe's
     has_exp: bool = True # the recipe has an `exp` parameter (set to each run's folder)
 
+# %% ../nbs/16_sweep.ipynb #9d28fe50-2
 SPEC_KEYS = ["recipe", "name", "base", "grid", "runs", "seeds", "repeats", "seed_param", "resources", "slurm"]
 SLURM_KEYS = ["partition", "account", "qos", "constraint", "exclude", "setup", "comment"]
 
+# %% ../nbs/16_sweep.ipynb #9d28fe50-3
 def _read_spec(spec) -> tuple[dict, Path]:
     if isinstance(spec, dict): return dict(spec), Path.cwd()
     spec = Path(spec)
@@ -143,6 +150,7 @@ def _combinations(d:dict, where:str) -> list[dict]:
         raise SegcookError(f"{where}: 'runs' must be a non-empty list of mappings {{param: value}}")
     return [dict(r) for r in runs]
 
+# %% ../nbs/16_sweep.ipynb #c7a27f84-1
 def _seeds(d:dict, where:str) -> list|None:
     if "seeds" in d and "repeats" in d: raise SegcookError(f"{where}: give 'seeds' (a list) or 'repeats' (a count), not both")
     if "repeats" in d:
@@ -160,6 +168,7 @@ def _check_params(names, known:dict, where:str, recipe:Path):
     bad = [n for n in names if n not in known]
     if bad: raise SegcookError(f"{where}: {recipe.name} has no parameter(s) {bad}; its parameters: {list(known)}")
 
+# %% ../nbs/16_sweep.ipynb #66a19bf2-1
 def load_sweep(spec, # a YAML/JSON file, or the same content as a dict
               ) -> Sweep:
     "Read and validate a sweep spec and expand it into its runs."
@@ -183,6 +192,7 @@ def load_sweep(spec, # a YAML/JSON file, or the same content as a dict
     runs = _expand(recipe, base, combos, seeds, sp, res, known)
     return Sweep(recipe, root, runs, res, slurm, str(d.get("name") or recipe.stem), "exp" in known)
 
+# %% ../nbs/16_sweep.ipynb #66a19bf2-2
 def _expand(recipe, base, combos, seeds, sp, res, known) -> list[Run]:
     runs = []
     for c in combos:
@@ -208,6 +218,7 @@ def _flat(d:dict, pre:str="") -> dict:
             out[f"{pre}{k}"] = v
     return out
 
+# %% ../nbs/16_sweep.ipynb #96e64d7d-1
 def record(metrics:dict|None=None, # values to record (names -> numbers)
            run_dir=None, # where to write metrics.json (default: $SEGCOOK_RUN_DIR, set by the sweep engines)
            **kw, # more values, as keyword arguments
@@ -224,18 +235,21 @@ def record(metrics:dict|None=None, # values to record (names -> numbers)
 # %% ../nbs/16_sweep.ipynb #309c1613
 def _host(): return socket.gethostname()
 
+# %% ../nbs/16_sweep.ipynb #309c1613-1
 def _pid_alive(pid:int) -> bool:
     try: os.kill(pid, 0)
     except ProcessLookupError: return False
     except PermissionError: return True
     return True
 
+# %% ../nbs/16_sweep.ipynb #309c1613-2
 def _job_alive(job:str) -> bool:
     "Is the Slurm job (or array task) still queued or running?"
     try: r = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired): return True     # cannot tell: do not start it twice
     return bool(r.stdout.strip())
 
+# %% ../nbs/16_sweep.ipynb #309c1613-3
 def run_state(d, # a run folder
              ) -> str:
     "'done', 'failed', 'running', 'queued' (Slurm), 'interrupted' (its process is gone) or 'pending'."
@@ -266,8 +280,10 @@ def _failing_cell(nb_path) -> dict:
                         "error": f"{o.get('ename')}: {o.get('evalue')}"}
     return {}
 
+# %% ../nbs/16_sweep.ipynb #9558c5e3-1
 def _keep(p:Path) -> bool: return p.name == "run.json" or re.fullmatch(r"(log\.\d+\.txt|failed\.\d+\.json|queued\.json)", p.name) is not None
 
+# %% ../nbs/16_sweep.ipynb #9558c5e3-2
 def _reset(d:Path):
     "Clear an unfinished attempt: everything in the run folder but run.json and earlier reports; the log becomes log.<k>.txt."
     for p in d.iterdir():
@@ -284,6 +300,7 @@ def _papermill_cmd(d:Path, spec:dict) -> list[str]:
     return [sys.executable, "-m", "papermill", spec["recipe"], str(d/"out.ipynb"), "-f", str(d/"params.yaml"),
             "--cwd", spec["cwd"], "--log-output", "--no-progress-bar", "--request-save-on-cell-execute"]
 
+# %% ../nbs/16_sweep.ipynb #208bc199-1
 def _env(d:Path, threads:int|None, gpu_ids:list[int]|None) -> dict:
     env = {**os.environ, "SEGCOOK_RUN_DIR": str(d), "SEGCOOK_QUIET": os.environ.get("SEGCOOK_QUIET", "1"),
            "PYTHONUNBUFFERED": "1"}
@@ -291,6 +308,7 @@ def _env(d:Path, threads:int|None, gpu_ids:list[int]|None) -> dict:
     if gpu_ids is not None: env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpu_ids))
     return env
 
+# %% ../nbs/16_sweep.ipynb #208bc199-2
 def _finish(d:Path, rc:int, t0:float, timed_out:bool) -> str:
     secs = round(time.time() - t0, 2)
     if rc == 0 and (d/"out.ipynb").exists():
@@ -310,6 +328,7 @@ def _finish(d:Path, rc:int, t0:float, timed_out:bool) -> str:
 _CHILDREN: set = set()     # papermill processes of this process (killed if the sweep is stopped)
 _STOPPING = threading.Event()   # set when the sweep is being stopped: no new runs, no failure reports
 
+# %% ../nbs/16_sweep.ipynb #878217dd-1
 def execute_run(run_dir, # a run folder with its run.json
                 threads:int|None=None, # OMP/MKL threads for the notebook (None: leave as is)
                 gpu_ids:list[int]|None=None, # GPUs the run may see (CUDA_VISIBLE_DEVICES); None: leave as is
@@ -340,6 +359,7 @@ def execute_run(run_dir, # a run folder with its run.json
     if _STOPPING.is_set() and rc != 0: return "interrupted"    # stopped with the sweep: not a failure
     return _finish(d, rc, t0, timed_out)
 
+# %% ../nbs/16_sweep.ipynb #878217dd-2
 def _kill(p):
     with contextlib.suppress(ProcessLookupError): os.killpg(p.pid, signal.SIGTERM)
     try: p.wait(timeout=10)
@@ -363,10 +383,12 @@ def prepare(sw:Sweep, # a validated sweep (`load_sweep`)
                                   "resources": asdict(sw.resources), "runs": sorted({*_known_runs(out), *(r.id for r in sw.runs)})})
     return dirs
 
+# %% ../nbs/16_sweep.ipynb #afe157f1-1
 def _known_runs(out:Path) -> list[str]:
     p = out/"sweep.json"
     return read_json(p)["runs"] if p.exists() else []
 
+# %% ../nbs/16_sweep.ipynb #afe157f1-2
 def run_dirs(out, # a sweep output folder
             ) -> list[Path]:
     "Every run folder of a sweep output folder (those with a run.json)."
@@ -391,6 +413,7 @@ class GpuPool:
             self.free.sort()
             self.cv.notify_all()
 
+# %% ../nbs/16_sweep.ipynb #8cba450b-1
 def visible_gpus() -> list[int]:
     "GPU indices this process may use: CUDA_VISIBLE_DEVICES if set, else those `nvidia-smi -L` lists."
     v = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -402,6 +425,7 @@ def visible_gpus() -> list[int]:
 # %% ../nbs/16_sweep.ipynb #08d0aa74
 STATES = ("done", "running", "queued", "failed", "interrupted", "pending")
 
+# %% ../nbs/16_sweep.ipynb #08d0aa74-1
 def counts(dirs, # run folders
           ) -> dict[str, int]:
     "How many runs are in each state."
@@ -409,6 +433,7 @@ def counts(dirs, # run folders
     for d in dirs: c[run_state(d)] += 1
     return c
 
+# %% ../nbs/16_sweep.ipynb #08d0aa74-2
 def _progress_line(c:dict, what:str="") -> str:
     n = sum(c.values())
     s = f"sweep: {c['done']}/{n} done · {c['running'] + c['queued']} running · {c['failed']} failed · {c['pending'] + c['interrupted']} pending"
@@ -478,6 +503,7 @@ def status(out, # a sweep output folder
     df["cell"] = df["cell"].astype("Int64")
     return df
 
+# %% ../nbs/16_sweep.ipynb #0d20d458-1
 def _say_failures(out):
     df = status(out)
     for r in df[df.state == "failed"].itertuples():
@@ -512,6 +538,7 @@ def _slurm_executor(out:Path, res:Resources, slurm:dict, max_parallel:int, name:
     ex.update_parameters(**kw)
     return ex
 
+# %% ../nbs/16_sweep.ipynb #76bc13d9-1
 def _slurm_task(run_dir:str, threads:int|None) -> str:
     "What one array task does on its node: execute the run; a failed notebook fails the task."
     st = execute_run(run_dir, threads=threads)
@@ -562,6 +589,7 @@ def slurm_head_node(env=None, # environment to read (default: os.environ)
     if r.returncode != 0 or not r.stdout.strip(): raise SegcookError(f"scontrol cannot expand the node list {nl!r}: {r.stderr.strip()}")
     return r.stdout.split()[0]
 
+# %% ../nbs/16_sweep.ipynb #cf9cf4ad-1
 def torchrun_command(args:list[str], # what torchrun runs, e.g. ['-m', 'segcook.sweep', 'torchrun-train', 'args.json']
                      nproc_per_node:int, # processes per node (GPUs per node, or CPU processes)
                      env=None, # environment to read the Slurm job from (default: os.environ)
@@ -582,6 +610,7 @@ def _torchrun_train(args_json):
     scores = train(**read_json(args_json))
     if int(os.environ.get("RANK", 0)) == 0: write_json(Path(args_json).with_name("scores.json"), {str(k): v for k, v in scores.items()})
 
+# %% ../nbs/16_sweep.ipynb #9f4e78f5-1
 def train_nodes(exp, # experiment folder
                 torchrun:bool|None=None, # None: srun + torchrun when inside a Slurm job of several nodes; True: in any Slurm job
                 port:int=29500, # rendezvous port on the first node
@@ -603,6 +632,7 @@ def train_nodes(exp, # experiment folder
         raise SegcookError(f"multi-node training failed (exit {r.returncode}); the command was: {' '.join(cmd)}")
     return {int(k): v for k, v in read_json(args.with_name("scores.json")).items()}
 
+# %% ../nbs/16_sweep.ipynb #9f4e78f5-2
 if __name__ == "__main__" and sys.argv[1:2] == ["torchrun-train"]: _torchrun_train(sys.argv[2])
 
 # %% ../nbs/16_sweep.ipynb #ee6b1ec8
@@ -618,6 +648,7 @@ def run_sweep(spec, # sweep spec (file or dict)
     sw = load_sweep(spec)
     return _execute(prepare(sw, out), out, sw.resources, engine, max_parallel, slurm, quiet), collect(out, show=False)
 
+# %% ../nbs/16_sweep.ipynb #ee6b1ec8-1
 def _execute(dirs, out, res:Resources, engine, max_parallel, slurm, quiet=False) -> dict[str, str]:
     "The unfinished runs of `dirs` with the chosen engine (both `run` and `rerun` go through here)."
     if engine == "slurm":
@@ -625,6 +656,7 @@ def _execute(dirs, out, res:Resources, engine, max_parallel, slurm, quiet=False)
         return run_slurm(dirs, out, max_parallel or 8, slurm, quiet=quiet)
     return run_local(dirs, max_parallel or _default_parallel(res), quiet=quiet)
 
+# %% ../nbs/16_sweep.ipynb #ee6b1ec8-2
 def _default_parallel(res:Resources) -> int:
     if res.gpus: return max(1, len(visible_gpus()) // res.gpus)
     return max(1, (os.cpu_count() or 1) // res.cpus) if res.cpus else 1
@@ -632,6 +664,7 @@ def _default_parallel(res:Resources) -> int:
 # %% ../nbs/16_sweep.ipynb #04b68275
 def _cell(v): return json.dumps(v) if isinstance(v, (list, dict)) else v
 
+# %% ../nbs/16_sweep.ipynb #04b68275-1
 def collect(out, # sweep output folder
             show:bool=True, # display the figures (in a notebook)
            ) -> pd.DataFrame:
@@ -714,6 +747,7 @@ def _cli_run(a):
     if c["failed"]: _say_failures(a.out)
     return 1 if c["failed"] or c["pending"] + c["interrupted"] else 0
 
+# %% ../nbs/16_sweep.ipynb #d08c07ee-1
 def cli_sweep(argv:list[str]|None=None, # command-line arguments (None: `sys.argv[1:]`)
              ) -> int:
     "segcook sweep: grids of recipes on this machine or on Slurm, resumable, into one results table"

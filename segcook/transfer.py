@@ -23,6 +23,7 @@ __all__ = ['CONTAINERS', 'LAYOUTS', 'PARTS', 'read_checkpoint', 'detect_layout',
 # %% ../nbs/08_transfer.ipynb #5bc37370
 CONTAINERS = {"state_dict": "nnU-Net v1 (*.model)", "network_weights": "nnU-Net v2 (*.pth)", "model": "segcook"}
 
+# %% ../nbs/08_transfer.ipynb #5bc37370-1
 def read_checkpoint(path, # segcook checkpoint, STU-Net *.model / *.pth, nnU-Net v2 checkpoint_final.pth, or a state dict file
                    ) -> tuple[dict[str, torch.Tensor], str]:
     "The state dict in the checkpoint at `path` and the container it came in; weights only, never pickled code."
@@ -45,6 +46,7 @@ def read_checkpoint(path, # segcook checkpoint, STU-Net *.model / *.pth, nnU-Net
         if isinstance(ck.get(key), dict): return _tensors(ck[key], path, key), kind
     return _tensors(ck, path, None), "state dict"
 
+# %% ../nbs/08_transfer.ipynb #5bc37370-2
 def _tensors(sd:dict, path, key) -> dict[str, torch.Tensor]:
     "`sd` without DDP/compile prefixes; an error naming what was found if it holds anything but tensors."
     where = f"['{key}']" if key else ""
@@ -61,6 +63,7 @@ def _head_index(keys, pattern:str) -> dict[str, str]:
     idx = sorted({int(m.group(1)) for k in keys if (m := re.match(pattern, k))})
     return {str(i): str(len(idx) - 1 - n) for n, i in enumerate(idx)}
 
+# %% ../nbs/08_transfer.ipynb #518f2a86-1
 _NORMCONV = [(r"\.conv\.", ".0."), (r"\.norm\.", ".1.")]
 _DECODER = [(r"^decoder\.transpconvs\.(\d+)\.", r"decoder.\1.up."),
             (r"^decoder\.stages\.(\d+)\.convs\.(\d+)\.conv\.", r"decoder.\1.conv.\2.0."),
@@ -84,6 +87,7 @@ LAYOUTS = {
                        *_DECODER], r"^decoder\.seg_layers\.(\d+)\."),
 }
 
+# %% ../nbs/08_transfer.ipynb #518f2a86-2
 def detect_layout(keys:Sequence[str], # state-dict keys of the checkpoint
                   net:nn.Module, # the network to fill (its own key names are the 'segcook' layout)
                  ) -> str:
@@ -96,6 +100,7 @@ def detect_layout(keys:Sequence[str], # state-dict keys of the checkpoint
                        "seg_outputs.*), nnU-Net PlainConvUNet (encoder.stages.*.convs.*, decoder.seg_layers.*) and "
                        "ResidualEncoderUNet (encoder.stem.*, encoder.stages.*.blocks.*)")
 
+# %% ../nbs/08_transfer.ipynb #518f2a86-3
 def map_keys(keys:Sequence[str], # state-dict keys of the checkpoint
              layout:str, # their layout: 'segcook', 'stunet', 'nnunet_plain' or 'nnunet_resenc' (`detect_layout`)
             ) -> dict[str, str|None]:
@@ -155,19 +160,23 @@ class LoadReport:
         rows += [f"  missing   {a} {list(s)}" for a, s in self.missing]
         return "\n".join(rows)
 
+# %% ../nbs/08_transfer.ipynb #0b8a6aa6-1
 def _names(net, part:nn.Module) -> set[str]:
     ids = {id(t) for t in [*part.parameters(), *part.buffers()]}
     return {k for k, t in _canonical(net).items() if id(t) in ids}
 
+# %% ../nbs/08_transfer.ipynb #0b8a6aa6-2
 def _canonical(net) -> dict[str, torch.Tensor]:
     "Every tensor of `net` once, under its first name (shared modules appear under several state-dict names)."
     return dict(net.named_parameters()) | dict(net.named_buffers())
 
+# %% ../nbs/08_transfer.ipynb #0b8a6aa6-3
 def _aliases(net) -> dict[str, str]:
     "Every state-dict name -> the canonical name of its tensor."
     first = {id(t): k for k, t in _canonical(net).items()}
     return {k: first[id(t)] for k, t in net.state_dict(keep_vars=True).items() if id(t) in first}
 
+# %% ../nbs/08_transfer.ipynb #0b8a6aa6-4
 def stem_keys(net:nn.Module, # a segcook network (its own `stem_keys()` wins, if it has one)
              ) -> set[str]:
     "Weights of the convolutions that read the network input (in the first encoder block): the ones channel adaptation changes."
@@ -180,6 +189,7 @@ def stem_keys(net:nn.Module, # a segcook network (its own `stem_keys()` wins, if
     ids = {id(m.weight) for m in convs}
     return {k for k, t in _canonical(net).items() if id(t) in ids}
 
+# %% ../nbs/08_transfer.ipynb #0b8a6aa6-5
 def match_state(net:nn.Module, # the network to fill (not changed)
                 src:dict[str, torch.Tensor], # the checkpoint's state dict (`read_checkpoint`)
                 layout:str, # its key layout (`detect_layout`)
@@ -217,6 +227,7 @@ def match_state(net:nn.Module, # the network to fill (not changed)
                    and not k.endswith("num_batches_tracked")]
     return rep, todo
 
+# %% ../nbs/08_transfer.ipynb #0b8a6aa6-6
 def _refuse(rep:LoadReport, net) -> str:
     "What went wrong, with keys and shapes, and what to do."
     lines = [f"{rep.path}: the checkpoint ({rep.layout} layout) does not fit this {type(net).__name__}:"]
@@ -229,6 +240,7 @@ def _refuse(rep:LoadReport, net) -> str:
                  "channels of the first convolution and the heads may differ), or pass strict=False to load what matches.")
     return "\n".join(lines)
 
+# %% ../nbs/08_transfer.ipynb #0b8a6aa6-7
 def load_pretrained(net:nn.Module, # the segcook network to fill
                     path, # segcook checkpoint, STU-Net *.model / *.pth, nnU-Net v2 checkpoint_final.pth, or a state dict file
                     reinit_head:bool=True, # keep this network's new heads (SegBook); False loads heads whose shapes match
@@ -268,6 +280,7 @@ def _stages_of(net:nn.Module) -> tuple[list[list[nn.Module]], list[list[nn.Modul
     p = net_parts(net)
     return [[c] for c in p["encoder"].children()], [[c] for c in p["decoder"].children()]
 
+# %% ../nbs/08_transfer.ipynb #37bb27e6-1
 def parts(net:nn.Module, # a segcook network
           middle:int=1, # how many of the deepest encoder stages and of the first decoder stages form `middle`
          ) -> dict[str, nn.ModuleList]:
@@ -284,6 +297,7 @@ def parts(net:nn.Module, # a segcook network
                                    "(encoder/decoder/head) and `stages()` (encoder stages, decoder stages) method")
     return out
 
+# %% ../nbs/08_transfer.ipynb #37bb27e6-2
 PARTS = ("encoder", "middle", "decoder", "head")
 
 # %% ../nbs/08_transfer.ipynb #db97a69a
@@ -302,6 +316,7 @@ def freeze(net:nn.Module, # a segcook network
     count = lambda f: sum(p.numel() for p in net.parameters() if p.requires_grad == f)
     return {"trainable": count(True), "frozen": count(False)}
 
+# %% ../nbs/08_transfer.ipynb #db97a69a-1
 def param_groups(net:nn.Module, # a segcook network (after `freeze`)
                  lr:float, # base learning rate
                  head_lr_mult:float=1.0, # the head's learning rate is lr x this (SegBook: 10)
@@ -346,6 +361,7 @@ def finetune_problems(plan:Plan, # the plan to train with
     if t.unfreeze_after and t.freeze == "none": out.append(f"train.unfreeze_after={t.unfreeze_after} but train.freeze is 'none': nothing to unfreeze")
     return out
 
+# %% ../nbs/08_transfer.ipynb #cb48beb6-1
 def pretrained_plan(path, # a checkpoint file
                    ) -> Plan|None:
     "The segcook plan stored in the checkpoint at `path`; None for STU-Net / nnU-Net files or plain state dicts."
@@ -353,6 +369,7 @@ def pretrained_plan(path, # a checkpoint file
     except Exception: return None                       # `read_checkpoint` says what is wrong with the file
     return plan_from_dict(ck["plan"]) if isinstance(ck, dict) and isinstance(ck.get("plan"), dict) else None
 
+# %% ../nbs/08_transfer.ipynb #cb48beb6-2
 def compare_plans(source:Plan, # the pretrained model's plan
                   plan:Plan, # the plan to fine-tune with
                  ) -> tuple[list[str], list[str]]:
@@ -377,6 +394,7 @@ def compare_plans(source:Plan, # the pretrained model's plan
         notes.append(f"train.deep_supervision: {a.deep_supervision} pretrained, {b.deep_supervision} here: heads that have no counterpart start new")
     return errs, notes
 
+# %% ../nbs/08_transfer.ipynb #cb48beb6-3
 def check_finetune(plan:Plan, # the plan to train with (overrides applied)
                   ) -> list[str]:
     "Raise on any fine-tuning problem (all at once); log and return the notes on what differs from the pretrained plan."
