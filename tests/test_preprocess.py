@@ -349,3 +349,25 @@ def test_mni_template_tissues_round_trip(shared, tmp_path):
     assert _vol_mm3(lab[0] > 0, (1.5,) * 3) == pytest.approx(_vol_mm3(l > 0, (1,) * 3), rel=0.02)   # brain tissue volume
     back = to_xyz(to_native(lab[0], meta))
     for v in (1, 2): assert _dice(back == v, l == v) >= 0.95
+
+
+def test_one_builder_of_the_geometry_meta(tmp_path):
+    "The numpy shortcut, the SimpleITK path and `skip` write the same meta keys, built by `geometry_meta` alone (issue 16)."
+    import segcook.preprocess as pre
+    exp, ds = _exp(tmp_path, n=2, size=(20, 20, 10), spacing=(1., 1., 1.))
+    c, ref = ds.cases()[0], {k: str(v) for k, v in ds.cases()[1].images.items()}
+    base = Plan(channels=[Channel(name=ch, use_nonzero=True) for ch, _ in ds.channels], labels=Labels(labels=[0, 1, 2, 3]),
+                spatial=Spatial(target_spacing=[1.0, 1.0, 1.0], crop_to_foreground=True))
+    _, _, fast = preprocess_case(c.images, base, c.label)                   # on target already: numpy crop only
+    hm = Plan(**{**base.__dict__, "preprocess": Preprocess(intensity="histmatch")})
+    _, _, slow = preprocess_case(c.images, hm, c.label, reference=ref)      # histogram matching: the SimpleITK path
+    _, _, skip = preprocess_case(c.images, Plan(**{**base.__dict__, "preprocess": Preprocess(skip=True)}), c.label)
+    geo = ["anisotropic_axis", "crop", "orientation", "original", "reoriented", "resampled"]
+    assert set(fast) == set(slow) == set(skip) and set(geo) <= set(fast)
+    flat = lambda m: {f"{k}.{j}": v for k in geo for j, v in (m[k].items() if isinstance(m[k], dict) else [("", m[k])])}
+    a, b = flat(fast), flat(slow)
+    assert a.keys() == b.keys()
+    for k in a: assert a[k] == (pytest.approx(b[k]) if not isinstance(b[k], str) and b[k] is not None else b[k]), k
+    assert fast["crop"]["stop"] != fast["original"]["size"]                 # the crop was taken (a real test of the record)
+    src = Path(pre.__file__).read_text()
+    assert src.count('"anisotropic_axis"') == 1, "the geometry record is written in one place: geometry_meta"
