@@ -413,13 +413,13 @@ def _diagonal_mm(shape, spacing) -> float:
 def distance_map(mask:np.ndarray, # boolean (x, y, z)
                  spacing=(1., 1., 1.), # mm per axis
                 ) -> np.ndarray:
-    "Signed distance to the boundary of `mask` in mm: negative inside, 0 on the boundary, positive outside."
+    "Signed distance in mm from each voxel to the nearest voxel on the other side of `mask`'s boundary: negative inside, positive outside."
     mask = np.asarray(mask, bool)
     if not mask.any(): return np.full(mask.shape, _diagonal_mm(mask.shape, spacing), np.float32)
     if mask.all(): return np.full(mask.shape, -_diagonal_mm(mask.shape, spacing), np.float32)
-    img = from_xyz(mask.astype(np.uint8), spacing=spacing)
-    d = sitk.SignedMaurerDistanceMap(img, insideIsPositive=False, squaredDistance=False, useImageSpacing=True)
-    return to_xyz(d).astype(np.float32)
+    dist = lambda m: to_xyz(sitk.SignedMaurerDistanceMap(from_xyz(m.astype(np.uint8), spacing=spacing), insideIsPositive=False,
+                                                          squaredDistance=False, useImageSpacing=True))
+    return np.where(mask, -dist(~mask), dist(mask)).astype(np.float32)     # each side: the distance to the other one
 
 def _channel_masks(lbl:np.ndarray, plan:Plan):
     "One mask per network output: each region (if the plan has regions) or each label."

@@ -20,7 +20,7 @@ from .core import (SegcookError, Plan, Channel, Train, load_plan, save_plan, ove
 from .nets import build_net
 from .analysis import kfold, split_folds
 from .preprocess import _save_npy
-from .losses import build_loss
+from .losses import build_loss, needs_dtm
 from .transfer import load_pretrained, freeze, param_groups, unfreeze, check_finetune
 from .checkpoint import save_checkpoint, load_checkpoint, load_model, _unwrap
 
@@ -88,9 +88,13 @@ class GlobalBatchLoader:
                  num_shards:int=1, # number of ranks (DDP world size)
                  device_id=None, # not used: batches stay on the CPU (accepted like `make_train_loader`'s)
                  steps:int|None=None, # batches per epoch (None: `plan.train.steps_per_epoch`)
+                 dtm:bool=False, # also yield each patch's distance maps (`dtm.npy`), cut like its label
                 ):
         self.dirs = sorted(Path(d) for d in case_dirs)
         if not self.dirs: raise SegcookError("no training cases for this fold; check folds.json")
+        from segcook.loader import check_dtm
+        self.files = ["image.npy", "label.npy"] + (["dtm.npy"] if dtm else [])
+        for d in self.dirs if dtm else []: check_dtm(d, plan)
         self.ps, self.p_fg = list(plan.spatial.patch_size), plan.train.oversampling
         self.bs, self.seed, self.rank, self.world = batch_size, seed, shard_id, num_shards
         self.steps, self.epoch, self._fg = steps or plan.train.steps_per_epoch, 0, {}
@@ -105,20 +109,21 @@ class GlobalBatchLoader:
         return self._fg[i]
 
     def _patch(self, i, fg, u):
-        img = np.load(self.dirs[i]/"image.npy", mmap_mode="r")
-        lbl = np.load(self.dirs[i]/"label.npy", mmap_mode="r")
-        shape = img.shape[1:]
+        shape = np.load(self.dirs[i]/"label.npy", mmap_mode="r").shape[1:]
         hi = [max(0, n - p) for n, p in zip(shape, self.ps)]
         if self.sampled:                                              # class probabilities, or 2d annotated slices
             c = self._sampler(i).draw(np.random.default_rng([self.seed, self.epoch, int(u[0] * 2**31)]), 1)[0]
-            start = [min(max(0, x - p // 2), h) for x, p, h in zip(c, self.ps, hi)]
-            return _crop(img, start, self.ps), _crop(lbl, start, self.ps)
+            return self._crops(i, [min(max(0, x - p // 2), h) for x, p, h in zip(c, self.ps, hi)])
         vox = self._fg_voxels(i)
         if fg and len(vox):
             c = vox[min(int(u[0] * len(vox)), len(vox) - 1)]
             start = [min(max(0, x - p // 2), h) for x, p, h in zip(c, self.ps, hi)]
         else: start = [int(v * (h + 1)) for v, h in zip(u[1:], hi)]
-        return _crop(img, start, self.ps), _crop(lbl, start, self.ps)
+        return self._crops(i, start)
+
+    def _crops(self, i, start):
+        "The patch at `start` of case `i`'s image, label (and distance maps)."
+        return [_crop(np.load(self.dirs[i]/f, mmap_mode="r"), start, self.ps) for f in self.files]
 
     def _sampler(self, i):
         if i not in self._samplers:
@@ -131,8 +136,10 @@ class GlobalBatchLoader:
         for _ in range(self.steps):
             draws = [(int(rng.integers(len(self.dirs))), rng.random() < self.p_fg, rng.random(4)) for _ in range(self.bs * self.world)]
             mine = [self._patch(*d) for d in draws[self.rank * self.bs:(self.rank + 1) * self.bs]]
-            yield {"image": torch.from_numpy(np.stack([m[0] for m in mine]).astype(np.float32)),
-                   "label": torch.from_numpy(np.stack([m[1] for m in mine]).astype(np.int64))}
+            b = {"image": torch.from_numpy(np.stack([m[0] for m in mine]).astype(np.float32)),
+                 "label": torch.from_numpy(np.stack([m[1] for m in mine]).astype(np.int64))}
+            if len(self.files) > 2: b["dtm"] = torch.from_numpy(np.stack([m[2] for m in mine]))
+            yield b
 
 # %% ../nbs/07_train.ipynb #a76f9ed6
 def _dali_available() -> bool:
@@ -150,13 +157,15 @@ def make_loader(kind:str, # 'dali', 'global' or 'auto'
                 world:int, # number of processes
                 device_id, # GPU index (None: CPU)
                 steps:int, # batches per epoch
+                dtm:bool=False, # batches carry the patches' distance maps (`dtm`) too
                ):
     "The training loader `kind` ('dali', 'global' or 'auto': DALI when installed)."
     if kind == "auto": kind = "dali" if _dali_available() else "global"
-    if kind == "global": return GlobalBatchLoader(case_dirs, plan, batch_size, seed, rank, world, device_id, steps)
+    if kind == "global": return GlobalBatchLoader(case_dirs, plan, batch_size, seed, rank, world, device_id, steps, dtm)
     if kind == "dali":
         from segcook.loader import make_train_loader
-        return make_train_loader(case_dirs, plan, batch_size, seed=seed, shard_id=rank, num_shards=world, device_id=device_id, steps=steps)
+        return make_train_loader(case_dirs, plan, batch_size, seed=seed, shard_id=rank, num_shards=world, device_id=device_id,
+                                 steps=steps, dtm=dtm)
     raise SegcookError(f"unknown loader '{kind}'; use 'dali', 'global' or 'auto'")
 
 # %% ../nbs/07_train.ipynb #da2c48b4
@@ -436,7 +445,8 @@ def _step(r:Run, net, loss_fn, opt, batch) -> float:
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=t.amp and r.device.type == "cuda"):
         out = net(x)
     out = [o.float() for o in out] if isinstance(out, (list, tuple)) else out.float()
-    loss = loss_fn(out, y)
+    dtm = batch["dtm"].to(r.device, non_blocking=True).float() if "dtm" in batch else None
+    loss = loss_fn(out, y) if dtm is None else loss_fn(out, y, dtm)       # a plugin loss need not take maps
     aux = getattr(_unwrap(net), "aux_loss", None)
     if aux is not None: loss = loss + aux
     loss = loss + penalty(net, t)
@@ -458,6 +468,14 @@ def _epoch(r:Run, fold, e, net, loss_fn, opt, dl) -> float:
     s, k = r.all_sum([tot, n])
     return s / k
 
+def _loads_dtm(r:Run, loss_fn) -> bool:
+    "Whether the loader reads `dtm.npy` for the loss: it needs distance maps and preprocessing wrote them (else the loss computes them)."
+    if not needs_dtm(loss_fn): return False
+    if not r.plan.preprocess.distance_maps and r.main:
+        log.info(f"loss '{r.plan.train.loss}' computes its distance maps on the CPU at every step; set preprocess.distance_maps "
+                 "to true in config.json and preprocess again to read them from dtm.npy instead")
+    return r.plan.preprocess.distance_maps
+
 def _fit_fold(r:Run, fold:int, ck:dict|None) -> float:
     "Train fold `fold` from scratch or from checkpoint `ck`; returns the best validation Dice."
     ids, t, d = fold_ids(r.exp, fold), r.plan.train, r.fold_dir(fold)
@@ -469,7 +487,7 @@ def _fit_fold(r:Run, fold:int, ck:dict|None) -> float:
         start, best, hist = ck["epoch"], ck["best_score"], list(ck["history"])
         for g, b in zip(opt.param_groups, sched.base_lrs): g["lr"] = b * sched.lr_lambdas[0](start)   # new length when extending
     dl = make_loader(r.loader, [r.exp/"preprocessed"/i for i in ids["train"]], r.plan, t.batch_size, t.seed + fold,
-                     r.rank, r.world, r.local_rank if r.device.type == "cuda" else None, t.steps_per_epoch)
+                     r.rank, r.world, r.local_rank if r.device.type == "cuda" else None, t.steps_per_epoch, _loads_dtm(r, loss_fn))
     if r.main and not ids["val"]: log.warning(f"fold {fold}: no validation cases; the best checkpoint is chosen by training loss")
     run = {"world_size": r.world, "loader": r.loader, "overrides": r.overrides, "device": r.device.type}
     if r.main: write_json(d/"run.json", {**run, "resumed_from_epoch": start, "plan": plan_to_dict(r.plan)})

@@ -221,3 +221,20 @@ def test_auto_loader_falls_back_when_dali_does_not_import(exp, monkeypatch):
     monkeypatch.setitem(sys.modules, "nvidia.dali", None)
     assert not _dali_available()
     assert isinstance(make_loader("auto", dirs, plan, 2, 0, 0, 1, None, 1), GlobalBatchLoader)
+
+
+@pytest.mark.slow
+def test_two_nodes_on_one_filesystem_lock_once(exp):
+    "Two 'nodes' (each its own LOCAL_RANK 0, global ranks 0 and 1) train one fold on a shared folder: only global rank 0 takes the fold lock, so neither refuses the other (issue 16)."
+    from segcook.train import _free_port
+    port, bin_ = _free_port(), Path(sys.executable).parent
+    cmd = [str(bin_/"segcook"), "train", "--exp", str(exp), "--folds", "0", "--epochs", "1", "--steps-per-epoch", "1", "--loader", "global"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1",
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    ps = [subprocess.Popen(cmd, env={**env, "RANK": str(r), "GROUP_RANK": str(r)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+          for r in (0, 1)]
+    outs = [p.communicate(timeout=300) for p in ps]
+    assert [p.returncode for p in ps] == [0, 0], [o[1][-1500:] for o in outs]
+    assert "being trained by another process" not in outs[1][1]
+    assert load_checkpoint(exp/"models/fold_0/last.pt")["run"]["world_size"] == 2
+    assert not (exp/"models/fold_0/train.lock").exists()                  # released by the rank that took it
