@@ -18,9 +18,10 @@ import torch
 def make_cases(root:Path, a, plan):
     "Phantom cases as preprocessed folders: image.npy, label.npy, dtm.npy, meta.json."
     from segcook.data import make_phantom, load_dataset
-    from segcook.core import to_xyz, read_image
+    from segcook.core import to_xyz, read_image, Channel
     from segcook.preprocess import distance_maps
     ds = load_dataset(make_phantom(root/"raw", cases=a.cases, size=tuple(a.size), seed=0))
+    plan.channels = [Channel(n, m) for n, m in ds.channels]
     dirs = []
     for c in ds.cases():
         im = np.stack([to_xyz(read_image(p)) for p in c.images.values()]).astype(np.float32)
