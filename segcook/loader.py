@@ -48,6 +48,16 @@ def check_case_dir(d, # a folder `<exp>/preprocessed/<id>`
             raise SegcookError(f"case {d.name}: {d/'label.npy'} should be uint8 {(1, *ish[1:])} to match image.npy, got {ldt} {lsh}")
     return tuple(ish)
 
+def _check_cases(case_dirs, need_label=True) -> int:
+    "Check all case folders; returns their common number of channels."
+    if not len(case_dirs): raise SegcookError("no cases given to the loader; is the fold's case list empty?")
+    c = None
+    for d in case_dirs: c = check_case_dir(d, need_label, c)[0]
+    return c
+
+
+
+# %% ../nbs/06_loader.ipynb #d630873a
 def check_dtm(d, # a folder `<exp>/preprocessed/<id>`
               plan:Plan, # the plan (one map per output: its regions, or its labels)
              ) -> tuple[int, ...]:
@@ -62,13 +72,6 @@ def check_dtm(d, # a folder `<exp>/preprocessed/<id>`
         raise SegcookError(f"case {d.name}: {d/'dtm.npy'} should be float32 {want} (one map per output), got {dt} {sh}; "
                            "run `segcook preprocess --overwrite`")
     return tuple(sh)
-
-def _check_cases(case_dirs, need_label=True) -> int:
-    "Check all case folders; returns their common number of channels."
-    if not len(case_dirs): raise SegcookError("no cases given to the loader; is the fold's case list empty?")
-    c = None
-    for d in case_dirs: c = check_case_dir(d, need_label, c)[0]
-    return c
 
 # %% ../nbs/06_loader.ipynb #32cae20e
 def shard_order(n:int, # number of cases
