@@ -1,6 +1,7 @@
 "Checkpoints live in one chapter that training and inference both import; neither imports the other for them (issue 16)."
 import ast, os, subprocess, sys
 from pathlib import Path
+import pytest
 import segcook
 
 PKG = Path(segcook.__file__).parent
@@ -44,6 +45,7 @@ print("train imported:", "segcook.train" in sys.modules)
 """
 
 
+@pytest.mark.slow
 def test_loading_models_for_inference_leaves_train_out(tmp_path):
     "Predicting loads checkpoints without importing the training module (in a fresh process)."
     r = subprocess.run([sys.executable, "-c", _LOAD, str(tmp_path)], capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
