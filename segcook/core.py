@@ -14,11 +14,11 @@ import numpy as np
 import SimpleITK as sitk
 
 # %% auto #0
-__all__ = ['log', 'PROGRESS_STEP', 'ARCHS', 'LOSSES', 'POSTPROCESSORS', 'METRICS', 'register_arch', 'register_loss',
-           'register_postprocessor', 'register_metric', 'PLUGIN_ENV', 'SCHEMA_VERSION', 'NORMS', 'ACT_FLOATS',
-           'MAX_TRAIN_GIB', 'CONFIGS', 'IMAGE_SUFFIXES', 'SegcookError', 'atomic_path', 'write_text', 'write_json',
-           'read_json', 'progress', 'Registry', 'load_plugins', 'Augment', 'DatasetInfo', 'Channel', 'Labels',
-           'Spatial', 'Preprocess', 'Train', 'Infer', 'Evaluate', 'Plan', 'plan_from_dict', 'plan_to_dict',
+__all__ = ['log', 'PROGRESS_STEP', 'PLUGIN_ENV', 'ARCHS', 'LOSSES', 'POSTPROCESSORS', 'METRICS', 'register_arch', 'register_loss',
+           'register_postprocessor', 'register_metric', 'SCHEMA_VERSION', 'OPTIMIZERS', 'SCHEDULES', 'NORMS',
+           'ACT_FLOATS', 'MAX_TRAIN_GIB', 'CONFIGS', 'IMAGE_SUFFIXES', 'SegcookError', 'atomic_path', 'write_text',
+           'write_json', 'read_json', 'progress', 'Registry', 'load_plugins', 'Augment', 'DatasetInfo', 'Channel',
+           'Labels', 'Spatial', 'Preprocess', 'Train', 'Infer', 'Evaluate', 'Plan', 'plan_from_dict', 'plan_to_dict',
            'train_memory_gib', 'sample_keys', 'sample_probs_problems', 'validate_plan', 'save_plan', 'load_plan',
            'override', 'channel_for', 'plan_for', 'is_image_file', 'read_image', 'write_image', 'array_to_image',
            'to_xyz', 'from_xyz', 'Geometry', 'compare_headers', 'cli_parser', 'run_cli']
@@ -135,6 +135,8 @@ def progress(it:Iterable, # what to loop over
     return tqdm(it, desc=desc, total=total, file=sys.stderr, dynamic_ncols=True)
 
 # %% ../nbs/00_core.ipynb #2cef9ac7
+PLUGIN_ENV = "SEGCOOK_PLUGINS"   # comma-separated plugin modules, inherited by worker processes (see Plugins below)
+
 def _origin(obj) -> str:
     "The module an object was defined in (for instances, their class's)."
     return getattr(obj, "__module__", None) or type(obj).__module__
@@ -158,7 +160,7 @@ class Registry:
 
     def __getitem__(self, name:str):
         if name in self._d: return self._d[name]
-        if os.environ.get("SEGCOOK_PLUGINS"):          # a worker process: import the plugins its parent named
+        if os.environ.get(PLUGIN_ENV):                 # a worker process: import the plugins its parent named
             load_plugins()
             if name in self._d: return self._d[name]
         import difflib
@@ -179,8 +181,6 @@ register_arch, register_loss = ARCHS.register, LOSSES.register
 register_postprocessor, register_metric = POSTPROCESSORS.register, METRICS.register
 
 # %% ../nbs/00_core.ipynb #643f8180
-PLUGIN_ENV = "SEGCOOK_PLUGINS"   # comma-separated plugin modules, inherited by worker processes
-
 def load_plugins(modules:Iterable[str]|None=None, # module names to import (plus those already in $SEGCOOK_PLUGINS)
                 ) -> list[str]:
     "Import plugin modules (which register archs, losses, ...) and record them in `$SEGCOOK_PLUGINS` for worker processes."
@@ -414,6 +414,18 @@ def plan_to_dict(plan:Plan, # the plan to serialise
     "`plan` as plain dicts and lists (what config.json holds)."
     return asdict(plan)
 
+# %% ../nbs/00_core.ipynb #d0ca7aca
+OPTIMIZERS = {"adam": ("Adam", {}), "adamw": ("AdamW", {}),     # train.optimizer -> (torch.optim class, options)
+              "sgd": ("SGD", {"momentum": 0.99, "nesterov": True})}
+SCHEDULES = {"constant": lambda x: 1.0,                          # train.scheduler -> lr multiplier at fraction x in [0, 1]
+             "cosine": lambda x: 0.5 * (1 + math.cos(math.pi * x)),
+             "poly": lambda x: (1 - x) ** 0.9}
+
+def _one_of(names) -> str:
+    "'a, b or c' for the keys of `names`."
+    ns = list(names)
+    return ns[0] if len(ns) == 1 else ", ".join(ns[:-1]) + " or " + ns[-1]
+
 # %% ../nbs/00_core.ipynb #4fd8a6f8
 _RANGES = [  # (dotted field, allowed range as the message says it, test)
     ("train.epochs", ">= 1", lambda v: v >= 1), ("train.steps_per_epoch", ">= 1", lambda v: v >= 1),
@@ -529,8 +541,8 @@ def validate_plan(plan:Plan, # the plan to check
             if bad: out.append(f"channel '{c.name}': by_modality['{m}'] has unknown field(s) {bad}")
     if len({c.name for c in p.channels}) != len(p.channels): out.append("channels: names must be unique")
     t = p.train
-    if t.optimizer not in ("adam", "adamw", "sgd"): out.append(f"train.optimizer should be adam, adamw or sgd, got '{t.optimizer}'")
-    if t.scheduler not in ("constant", "cosine", "poly"): out.append(f"train.scheduler should be constant, cosine or poly, got '{t.scheduler}'")
+    if t.optimizer not in OPTIMIZERS: out.append(f"train.optimizer should be {_one_of(OPTIMIZERS)}, got '{t.optimizer}'")
+    if t.scheduler not in SCHEDULES: out.append(f"train.scheduler should be {_one_of(SCHEDULES)}, got '{t.scheduler}'")
     if not 0 <= t.oversampling <= 1: out.append(f"train.oversampling is a probability in [0, 1], got {t.oversampling}")
     out += sample_probs_problems(t.sample_probs, p.labels)
     out += _config_problems(p.spatial)

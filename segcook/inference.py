@@ -17,6 +17,7 @@ from .core import (SegcookError, Geometry, atomic_path, from_xyz, write_image, p
                           cli_parser, run_cli, is_image_file, _suffix)
 from .data import load_dataset, Dataset, find_cases, _inside
 from .preprocess import preprocess_case, to_native, read_cases_csv, _reference
+from .checkpoint import load_model, check_fits
 
 # %% auto #0
 __all__ = ['BRATS_THRESHOLDS', 'TIMING_FIELDS', 'gaussian_weights', 'window_starts', 'sliding_window', 'flip_sets',
@@ -301,7 +302,6 @@ def load_models(exp, # experiment folder
                 ckpt:str="best.pt", # checkpoint file name in `models/fold_<k>/`
                ) -> tuple[list[torch.nn.Module], list[int], list]:
     "The networks of the folds (eval mode, on `device`), the folds, and their plans."
-    from segcook.train import load_model   # lazily: the training module pulls in the loader (DALI)
     have = available_folds(exp, ckpt)
     folds = have if folds is None else [int(k) for k in folds]
     if not have: raise SegcookError(f"{Path(exp)/'models'}: no fold_<k>/{ckpt}; train first (`segcook train --exp {exp}`)")
@@ -311,17 +311,8 @@ def load_models(exp, # experiment folder
     if (Path(exp)/"config.json").exists():
         mine = load_plan(exp)
         for k, (m, p) in zip(folds, loaded):
-            _refuse_misfit(mine, p, Path(exp)/"config.json", Path(exp)/"models"/f"fold_{k}"/ckpt, getattr(m, "segcook_overrides", {}))
+            check_fits(mine, p, Path(exp)/"config.json", Path(exp)/"models"/f"fold_{k}"/ckpt, getattr(m, "segcook_overrides", {}))
     return [m for m, _ in loaded], folds, [p for _, p in loaded]
-
-_FIT = {"channels": lambda p: [c.name for c in p.channels], "labels.labels": lambda p: p.labels.labels,
-        "labels.regions": lambda p: p.labels.regions, "spatial.patch_size": lambda p: p.spatial.patch_size}
-
-def _refuse_misfit(mine, theirs, mine_at:Path, theirs_at:Path, overridden=()):
-    "Refuse a checkpoint whose plan does not fit the experiment's, except in fields its run overrode on purpose (e.g. `--patch`)."
-    diff = [f"{k}: {f(mine)} in {mine_at} vs {f(theirs)} in {theirs_at}" for k, f in _FIT.items() if f(mine) != f(theirs) and k not in overridden]
-    if diff: raise SegcookError(f"{theirs_at}: the checkpoint does not fit the experiment's plan ({'; '.join(diff)}); "
-                                "predict with the experiment the model was trained in, or retrain")
 
 # %% ../nbs/09_inference.ipynb #71125530
 def _csv_inputs(p:Path, names:list[str]) -> list[tuple[str, dict]]:

@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from .core import SegcookError, Plan, Augment, log, sample_keys, sample_probs_problems
 
 # %% auto #0
-__all__ = ['check_case_dir', 'shard_order', 'warp_patches', 'flip_batch', 'blur3d', 'augment_sample', 'augment_batch',
-           'resolve_sample_probs', 'needs_sampler', 'CentreSampler', 'sampler_of', 'patch_start', 'TrainLoader',
-           'make_train_loader', 'ValLoader', 'make_val_loader']
+__all__ = ['check_case_dir', 'check_dtm', 'shard_order', 'warp_patches', 'flip_batch', 'blur3d', 'augment_sample',
+           'augment_batch', 'resolve_sample_probs', 'needs_sampler', 'CentreSampler', 'sampler_of', 'patch_start',
+           'TrainLoader', 'make_train_loader', 'ValLoader', 'make_val_loader']
 
 # %% ../nbs/06_loader.ipynb #3f2e869c
 def _npy_shape(p:Path):
@@ -54,6 +54,24 @@ def _check_cases(case_dirs, need_label=True) -> int:
     c = None
     for d in case_dirs: c = check_case_dir(d, need_label, c)[0]
     return c
+
+
+
+# %% ../nbs/06_loader.ipynb #d630873a
+def check_dtm(d, # a folder `<exp>/preprocessed/<id>`
+              plan:Plan, # the plan (one map per output: its regions, or its labels)
+             ) -> tuple[int, ...]:
+    "Check a case's distance maps `dtm.npy`: float32 (L, X, Y, Z), one map per network output, on the image's grid; returns its shape."
+    d, n = Path(d), len(plan.labels.regions) if plan.labels.regions else len(plan.labels.labels)
+    if not (d/"dtm.npy").exists():
+        raise SegcookError(f"case {d.name}: {d/'dtm.npy'} is missing; the loss reads distance maps: set preprocess.distance_maps "
+                           "to true in config.json and run `segcook preprocess --overwrite`")
+    sh, dt = _npy_shape(d/"dtm.npy")
+    want = (n, *_npy_shape(d/"image.npy")[0][1:])
+    if sh != want or dt != np.float32:
+        raise SegcookError(f"case {d.name}: {d/'dtm.npy'} should be float32 {want} (one map per output), got {dt} {sh}; "
+                           "run `segcook preprocess --overwrite`")
+    return tuple(sh)
 
 # %% ../nbs/06_loader.ipynb #32cae20e
 def shard_order(n:int, # number of cases
@@ -115,30 +133,29 @@ def _affine(anc, ps, aug:Augment, rot, zoom):
     off = fn.cast(fn.stack(anc[3], anc[2], anc[1]), dtype=types.FLOAT) + types.Constant(np.array(c, np.float32))
     return fn.transforms.translation(m, offset=off)
 
-def _warp(img, lbl, anc, ps, aug:Augment, rot, zoom):
-    "Rotated/zoomed patch of `img` (linear) and `lbl` (nearest) at `anc`."
+def _warp(xs, anc, ps, aug:Augment, rot, zoom):
+    "Rotated/zoomed patches at `anc` of image, label and distance maps `xs` (linear, nearest, linear / zoom)."
     fn, types, _, _ = _dali()
     m = _affine(anc, ps, aug, rot, zoom)
-    x = fn.reshape(fn.transpose(img, perm=[1, 2, 3, 0]), layout="DHWC")
-    y = fn.reshape(fn.transpose(lbl, perm=[1, 2, 3, 0]), layout="DHWC")
-    x = fn.warp_affine(x, matrix=m, size=list(ps), fill_value=0, interp_type=types.INTERP_LINEAR)
-    y = fn.warp_affine(y, matrix=m, size=list(ps), fill_value=0, interp_type=types.INTERP_NN)
-    return (fn.reshape(fn.transpose(x, perm=[3, 0, 1, 2]), layout="CDHW"),
-            fn.reshape(fn.transpose(y, perm=[3, 0, 1, 2]), layout="CDHW"))
+    def one(x, interp):
+        x = fn.reshape(fn.transpose(x, perm=[1, 2, 3, 0]), layout="DHWC")
+        x = fn.warp_affine(x, matrix=m, size=list(ps), fill_value=0, interp_type=interp)
+        return fn.reshape(fn.transpose(x, perm=[3, 0, 1, 2]), layout="CDHW")
+    out = [one(xs[0], types.INTERP_LINEAR), one(xs[1], types.INTERP_NN)]
+    if len(xs) > 2: out.append(one(xs[2], types.INTERP_LINEAR) / zoom)    # zoomed anatomy: distances in mm scale too
+    return out
 
-def _cut(img, lbl, anc, ps, nc:int):
-    "Patch of `img` and `lbl` at `anc`, padded with 0 outside the volume."
+def _cut(xs, anc, ps):
+    "Patches at `anc` of image, label (and distance maps) `xs`, padded with 0 outside the volume."
     fn, _, _, _ = _dali()
-    x = fn.slice(img, anc, [nc, *ps], axes=[0, 1, 2, 3], out_of_bounds_policy="pad", fill_values=0)
-    y = fn.slice(lbl, anc, [1, *ps], axes=[0, 1, 2, 3], out_of_bounds_policy="pad", fill_values=0)
-    return fn.reshape(x, layout="CDHW"), fn.reshape(y, layout="CDHW")
+    return [fn.reshape(fn.slice(x, anc[1:], list(ps), axes=[1, 2, 3], out_of_bounds_policy="pad", fill_values=0), layout="CDHW") for x in xs]
 
-def _flip(img, lbl, aug:Augment):
-    "Mirror image and label together along each allowed axis with probability `p_flip`."
+def _flip(xs, aug:Augment):
+    "Mirror image, label (and distance maps) `xs` together along each allowed axis with probability `p_flip`."
     fn, _, _, _ = _dali()
     f = [fn.random.coin_flip(probability=aug.p_flip if a in aug.flip_axes else 0.) for a in range(3)]
     kw = dict(depthwise=f[0], vertical=f[1], horizontal=f[2])
-    return fn.flip(img, **kw), fn.flip(lbl, **kw)
+    return [fn.flip(x, **kw) for x in xs]
 
 # %% ../nbs/06_loader.ipynb #65683916
 def _uniform(lo:float, hi:float):
@@ -156,22 +173,22 @@ def _spatial_draws(aug:Augment):
     z, dz = _uniform(*aug.scale), fn.cast(do_zoom, dtype=types.FLOAT)
     return rot, 1.0 / (z * dz + 1.0 - dz), do_rot | do_zoom
 
-def _train_graph(img_files, lbl_files, ps, classes, p_fg, aug:Augment, nc:int, gpu:bool, warp:str="dali", anchors=None):
-    "The DALI graph: read, place the patch (DALI, or `anchors(sample_info)`), cut or warp, flip; returns (image, label) or the torch-warp outputs."
+def _train_graph(img_files, lbl_files, ps, classes, p_fg, aug:Augment, gpu:bool, warp:str="dali", anchors=None, dtm_files=None):
+    "The DALI graph: read, place the patch (DALI, or `anchors(sample_info)`), cut or warp, flip; returns [image, label(, dtm)] or the torch-warp outputs."
     fn, types, _, _ = _dali()
-    img = fn.readers.numpy(files=img_files, name="img", random_shuffle=False, dont_use_mmap=False)
-    lbl = fn.readers.numpy(files=lbl_files, name="lbl", random_shuffle=False, dont_use_mmap=False)
-    if anchors is None: anc = _patch_anchor(lbl, ps, classes, p_fg)
+    read = lambda files, name: fn.readers.numpy(files=files, name=name, random_shuffle=False, dont_use_mmap=False)
+    xs = [read(img_files, "img"), read(lbl_files, "lbl")] + ([read(dtm_files, "dtm")] if dtm_files else [])
+    if anchors is None: anc = _patch_anchor(xs[1], ps, classes, p_fg)
     else: anc = fn.external_source(source=anchors, batch=False, dtype=types.INT32, ndim=1)
-    if gpu: img, lbl = img.gpu(), lbl.gpu()
-    if aug.spatial and warp == "torch": return _region(img, lbl, anc, ps, *_spatial_draws(aug))
+    if gpu: xs = [x.gpu() for x in xs]
+    if aug.spatial and warp == "torch": return _region(xs, anc, ps, *_spatial_draws(aug))
     if aug.spatial:
         rot, zoom, do = _spatial_draws(aug)
-        if do: img, lbl = _warp(img, lbl, anc, ps, aug, rot, zoom)
-        else: img, lbl = _cut(img, lbl, anc, ps, nc)
-    else: img, lbl = _cut(img, lbl, anc, ps, nc)
-    if aug.enabled and aug.p_flip > 0: img, lbl = _flip(img, lbl, aug)
-    return img, lbl
+        if do: xs = _warp(xs, anc, ps, aug, rot, zoom)
+        else: xs = _cut(xs, anc, ps)
+    else: xs = _cut(xs, anc, ps)
+    if aug.enabled and aug.p_flip > 0: xs = _flip(xs, aug)
+    return tuple(xs)
 
 # %% ../nbs/06_loader.ipynb #c5686b99
 def _linear(rot, zoom):
@@ -181,8 +198,8 @@ def _linear(rot, zoom):
     for i, ax in enumerate(([1., 0, 0], [0, 1., 0], [0, 0, 1.])): m = fn.transforms.rotation(m, angle=rot[i], axis=ax)
     return m
 
-def _region(img, lbl, anc, ps, rot, zoom, do):
-    "Boxes of `img`/`lbl` covering each (rotated, zoomed) patch, padded to one shape per batch, and how to warp them."
+def _region(xs, anc, ps, rot, zoom, do):
+    "Boxes of image, label (and distance maps) `xs` covering each (rotated, zoomed) patch, padded to one shape per batch, and how to warp them."
     fn, types, dmath, _ = _dali()
     lin = _linear(rot, zoom)
     w = types.Constant(np.tile(np.array([*ps[::-1], 0], np.float32), (3, 1)))
@@ -192,7 +209,7 @@ def _region(img, lbl, anc, ps, rot, zoom, do):
     size = fn.stack(ext[2], ext[1], ext[0]) * d + types.Constant(np.array(ps, np.int32)) * (1 - d)
     start = anc[1:] + types.Constant(np.array(ps, np.int32) // 2) - size // 2
     cut = lambda x: fn.pad(fn.slice(x, start, size, axes=[1, 2, 3], out_of_bounds_policy="pad", fill_values=0), axes=[1, 2, 3], fill_value=0)
-    return cut(img), cut(lbl), anc[1:] - start, lin, d
+    return (*[cut(x) for x in xs], anc[1:] - start, lin, d)
 
 def _grid(a:torch.Tensor, # (3, 3) patch -> box map, (x, y, z) order
           off, ps, box) -> torch.Tensor:
@@ -203,33 +220,39 @@ def _grid(a:torch.Tensor, # (3, 3) patch -> box map, (x, y, z) order
     norm = 2 * src / (torch.tensor(box, dtype=torch.float32) - 1) - 1
     return norm.flip(-1)[None]                                                          # grid_sample wants (z, y, x)
 
-def warp_patches(b:dict, # DALI outputs: image/label boxes, roff (B,3), mat (B,3,4), do (B,)
+def _sample(x, g, mode):
+    "`x` (1, C, ...) resampled on grid `g`, in `x`'s dtype."
+    return F.grid_sample(x.float(), g, mode=mode, padding_mode="zeros", align_corners=True)[0].to(x.dtype)
+
+def warp_patches(b:dict, # DALI outputs: image/label (and dtm) boxes, roff (B,3), mat (B,3,4), do (B,)
                  ps, # patch size, voxels (x, y, z)
                 ) -> dict:
-    "Patches of size `ps` from their boxes: a crop, or linear (image) / nearest (label) resampling."
-    img, lbl, out_i, out_l = b["image"], b["label"], [], []
-    for i in range(img.shape[0]):
+    "Patches of size `ps` from their boxes: a crop, or linear (image, distance maps: scaled by the zoom) / nearest (label) resampling."
+    keys = [k for k in ("image", "label", "dtm") if k in b]
+    out = {k: [] for k in keys}
+    for i in range(b["image"].shape[0]):
         o = [int(v) for v in b["roff"][i].tolist()]
         if not int(b["do"][i]):
             sl = (slice(None),) + tuple(slice(v, v + p) for v, p in zip(o, ps))
-            out_i.append(img[i][sl])
-            out_l.append(lbl[i][sl])
+            for k in keys: out[k].append(b[k][i][sl])
             continue
         a = b["mat"][i][:, :3].float().flip(0).flip(1)
-        g = _grid(a, o, ps, img.shape[2:]).to(img.device)
-        out_i.append(F.grid_sample(img[i:i + 1], g, mode="bilinear", padding_mode="zeros", align_corners=True)[0])
-        out_l.append(F.grid_sample(lbl[i:i + 1].float(), g, mode="nearest", padding_mode="zeros", align_corners=True)[0].to(lbl.dtype))
-    return {"image": torch.stack(out_i), "label": torch.stack(out_l)}
+        g = _grid(a, o, ps, b["image"].shape[2:]).to(b["image"].device)
+        for k in keys: out[k].append(_sample(b[k][i:i + 1], g, "nearest" if k == "label" else "bilinear"))
+        if "dtm" in b: out["dtm"][-1] = out["dtm"][-1] / float(torch.linalg.det(a)) ** (1 / 3)   # the zoom of the coordinates
+    return {k: torch.stack(v) for k, v in out.items()}
 
-def flip_batch(b:dict, # {"image": (B,C,X,Y,Z), "label": (B,1,X,Y,Z)}
+def flip_batch(b:dict, # {"image": (B,C,X,Y,Z), "label": (B,1,X,Y,Z)}, and "dtm" (B,L,X,Y,Z) when loaded
                aug:Augment, # augmentation settings
                g:torch.Generator, # random generator
               ) -> dict:
-    "Mirror each patch's image and label together along each allowed axis with probability `p_flip`."
+    "Mirror each patch's image, label (and distance maps) together along each allowed axis with probability `p_flip`."
     f = (torch.rand(b["image"].shape[0], 3, generator=g, device=g.device) < aug.p_flip).tolist()
     for i, fi in enumerate(f):
         dims = [d + 1 for d in range(3) if fi[d] and d in aug.flip_axes]
-        if dims: b["image"][i], b["label"][i] = b["image"][i].flip(dims), b["label"][i].flip(dims)
+        if dims:
+            for k in ("image", "label", "dtm"):
+                if k in b: b[k][i] = b[k][i].flip(dims)
     return b
 
 # %% ../nbs/06_loader.ipynb #b3be4fe7
@@ -432,9 +455,13 @@ class TrainLoader:
                  aug:Augment|None=None, # augmentation; None: the plan's (`plan.augment`), `Augment.off()`: none
                  num_threads:int|None=None, # DALI CPU threads (default min(4, cores))
                  warp:str="auto", # rotation/zoom resampling: 'dali' (warp_affine), 'torch' (grid_sample); auto: dali on GPU
+                 dtm:bool=False, # also yield each patch's distance maps `dtm.npy` (B, L, X, Y, Z), augmented as its label
                 ):
         self.dirs = [Path(d) for d in case_dirs]
         self.nc = _check_cases(self.dirs, need_label=True)
+        self.dtm = bool(dtm)
+        if self.dtm:
+            for d in self.dirs: check_dtm(d, plan)
         if plan.spatial.patch_size is None: raise SegcookError("plan.spatial.patch_size is not set; run `segcook analyze` first")
         self.ps = [int(p) for p in plan.spatial.patch_size]
         self.plan, self.bs, self.seed, self.steps = plan, int(batch_size), int(seed), steps
@@ -475,10 +502,12 @@ def _pipeline(self:TrainLoader, epoch:int):
     "The DALI pipeline of `epoch` for this shard."
     fn, types, _, pipeline_def = _dali()
     idx = shard_order(len(self.dirs), self.seed, epoch, self.shard_id, self.num_shards, min_len=(self.steps or 1) * self.bs)
-    imgs, lbls = [str(self.dirs[i]/"image.npy") for i in idx], [str(self.dirs[i]/"label.npy") for i in idx]
+    files = lambda n: [str(self.dirs[i]/n) for i in idx]
     anchors = self._anchors(idx, epoch) if self.sampled else None
+    dtms = files("dtm.npy") if self.dtm else None
     @pipeline_def(enable_conditionals=True)
-    def pipe(): return _train_graph(imgs, lbls, self.ps, self.classes, self.p_fg, self.aug, self.nc, self.device_id is not None, self.warp, anchors)
+    def pipe(): return _train_graph(files("image.npy"), files("label.npy"), self.ps, self.classes, self.p_fg, self.aug,
+                                    self.device_id is not None, self.warp, anchors, dtms)
     p = pipe(batch_size=self.bs, num_threads=self.threads, device_id=self.device_id,
              seed=_seed32(self.seed, epoch, self.shard_id), prefetch_queue_depth=2)
     p.build()
@@ -513,7 +542,7 @@ def _torch_threads(n:int|None):
 def _batches(self:TrainLoader, epoch:int):
     "Yield this epoch's batches as torch tensors (intensity augmentation applied)."
     from nvidia.dali.plugin.pytorch import DALIGenericIterator
-    names = ["image", "label", "roff", "mat", "do"] if self.torch_warp else ["image", "label"]
+    names = ["image", "label"] + (["dtm"] if self.dtm else []) + (["roff", "mat", "do"] if self.torch_warp else [])
     it = DALIGenericIterator(self._pipeline(epoch), names, size=-1, auto_reset=False)
     dev = torch.device("cpu" if self.device_id is None else f"cuda:{self.device_id}")
     g = torch.Generator(device=dev)
@@ -524,7 +553,7 @@ def _batches(self:TrainLoader, epoch:int):
             b = next(it)[0]
             with _torch_threads(1 if self.device_id is None else None):
                 if self.torch_warp: b = flip_batch(warp_patches(b, self.ps), self.aug, g)
-                out = augment_batch({"image": b["image"], "label": b["label"]}, self.aug, g)
+                out = augment_batch({k: b[k] for k in ("image", "label", "dtm") if k in b}, self.aug, g)
             yield out
             k += 1
     finally: del it
@@ -547,9 +576,10 @@ def make_train_loader(case_dirs:list, # folders `<exp>/preprocessed/<id>` (finis
                       aug:Augment|None=None, # augmentation; None: the plan's (`plan.augment`), `Augment.off()`: none
                       num_threads:int|None=None, # DALI CPU threads (default min(4, cores))
                       warp:str="auto", # rotation/zoom resampling: 'dali' (warp_affine), 'torch' (grid_sample); auto: dali on GPU
+                      dtm:bool=False, # also yield the patches' distance maps (`dtm`), for distance-map losses
                      ) -> TrainLoader:
-    "Iterable of random augmented patch batches `{'image', 'label'}`; `set_epoch(e)` reshuffles."
-    return TrainLoader(case_dirs, plan, batch_size, seed, shard_id, num_shards, device_id, steps, aug, num_threads, warp)
+    "Iterable of random augmented patch batches `{'image', 'label'}` (and `'dtm'`); `set_epoch(e)` reshuffles."
+    return TrainLoader(case_dirs, plan, batch_size, seed, shard_id, num_shards, device_id, steps, aug, num_threads, warp, dtm)
 
 # %% ../nbs/06_loader.ipynb #0e1f71ba
 class ValLoader:

@@ -19,7 +19,7 @@ from .core import SegcookError, LOSSES, register_loss, Plan, cli_parser, run_cli
 __all__ = ['Prepared', 'SegLoss', 'soft_dice', 'DiceLoss', 'CELoss', 'FocalLoss', 'MSELoss', 'DiceCELoss', 'DiceFocalLoss',
            'soft_skeleton', 'ClDiceLoss', 'distance_maps', 'BoundaryLoss', 'HausdorffDTLoss', 'GSLoss',
            'grad_magnitude', 'EdgeLoss', 'scheduled', 'CompoundLoss', 'DeepSupervisionLoss', 'loss_kwargs',
-           'build_loss', 'cli_losses']
+           'build_loss', 'needs_dtm', 'cli_losses']
 
 # %% ../nbs/05_losses.ipynb #da89ee85
 @dataclass
@@ -388,6 +388,12 @@ def build_loss(plan:Plan, # the experiment plan
     ds_mode = kw.pop("ds_mode", "nearest")
     loss = LOSSES[plan.train.loss](**kw)
     return DeepSupervisionLoss(loss, ds_mode) if plan.train.deep_supervision > 0 else loss
+
+# %% ../nbs/05_losses.ipynb #bc512450
+def needs_dtm(loss:nn.Module, # a loss (compound, deep-supervised or plain)
+             ) -> bool:
+    "Whether `loss`, or any term inside it, reads distance maps of the target (boundary, HD-DT, GSL)."
+    return any(isinstance(m, _DTMLoss) for m in loss.modules())
 
 # %% ../nbs/05_losses.ipynb #d60b9ba5
 def cli_losses(argv:list[str]|None=None, # command-line arguments (None: `sys.argv[1:]`)

@@ -275,13 +275,14 @@ def _sign(col):
     m = next(m for m in sorted(METRICS.names(), key=len, reverse=True) if col.endswith("_" + m))
     return 1.0 if METRICS[m].higher_is_better else -1.0
 
-def _gain(new:pd.DataFrame, cur:pd.DataFrame) -> pd.DataFrame:
-    "Per case and metric column, how much better `new` is than `cur` (positive: better, whatever the metric's direction)."
-    return pd.DataFrame({k: _sign(k) * (new[k] - cur[k]) for k in cur.columns})
+def _gain(new, cur):
+    "How much better `new` is than `cur` per metric column (positive: better, whatever the metric's direction): per case for DataFrames, per mean for Series."
+    keys = cur.columns if isinstance(cur, pd.DataFrame) else cur.index
+    return (new[keys] - cur[keys]) * pd.Series({k: _sign(k) for k in keys})
 
 def _no_worse(new:pd.Series, cur:pd.Series, tol:float) -> bool:
     "No mean metric of `new` is worse than `cur` by more than `tol` (relative, times max(1, |value|))."
-    return bool((pd.Series({k: _sign(k) * (new[k] - cur[k]) for k in cur.index}) >= -tol * np.maximum(1, np.abs(cur))).all())
+    return bool((_gain(new, cur) >= -tol * np.maximum(1, np.abs(cur))).all())
 
 def _prune(cases, kept, cur, classes, metrics, tol_mm, tol):
     "Drop, last first, every kept step whose removal leaves every mean metric as good: the minimal chain."

@@ -23,8 +23,8 @@ from .analysis import _read_xyz, _n_nonfinite
 __all__ = ['N4_THREADS', 'MIND_CHANNELS', 'META_FORMAT', 'label_values', 'read_case', 'crop_box', 'crop', 'n4_correct',
            'sitk_code', 'orientation_of', 'reorient', 'coarse_axis', 'bspline_axis', 'nearest_axis', 'resample_image',
            'resample_label', 'normalize', 'rescale_2_98', 'hist_match', 'mind_ssc', 'distance_map', 'distance_maps',
-           'case_spacing', 'preprocess_case', 'to_native', 'read_cases_csv', 'case_dir', 'is_done', 'run_case',
-           'histmatch_reference', 'preprocess', 'cli_preprocess']
+           'geometry_meta', 'case_spacing', 'preprocess_case', 'to_native', 'read_cases_csv', 'case_dir', 'is_done',
+           'run_case', 'histmatch_reference', 'preprocess', 'cli_preprocess']
 
 # %% ../nbs/03_preprocess.ipynb #1876b547
 def _case_err(cid, path, msg) -> SegcookError:
@@ -413,13 +413,13 @@ def _diagonal_mm(shape, spacing) -> float:
 def distance_map(mask:np.ndarray, # boolean (x, y, z)
                  spacing=(1., 1., 1.), # mm per axis
                 ) -> np.ndarray:
-    "Signed distance to the boundary of `mask` in mm: negative inside, 0 on the boundary, positive outside."
+    "Signed distance in mm from each voxel to the nearest voxel on the other side of `mask`'s boundary: negative inside, positive outside."
     mask = np.asarray(mask, bool)
     if not mask.any(): return np.full(mask.shape, _diagonal_mm(mask.shape, spacing), np.float32)
     if mask.all(): return np.full(mask.shape, -_diagonal_mm(mask.shape, spacing), np.float32)
-    img = from_xyz(mask.astype(np.uint8), spacing=spacing)
-    d = sitk.SignedMaurerDistanceMap(img, insideIsPositive=False, squaredDistance=False, useImageSpacing=True)
-    return to_xyz(d).astype(np.float32)
+    dist = lambda m: to_xyz(sitk.SignedMaurerDistanceMap(from_xyz(m.astype(np.uint8), spacing=spacing), insideIsPositive=False,
+                                                          squaredDistance=False, useImageSpacing=True))
+    return np.where(mask, -dist(~mask), dist(mask)).astype(np.float32)     # each side: the distance to the other one
 
 def _channel_masks(lbl:np.ndarray, plan:Plan):
     "One mask per network output: each region (if the plan has regions) or each label."
@@ -463,6 +463,20 @@ def _mind_channels(arrs:list[np.ndarray], names:list[str], how:str|None):
     return (arrs + marrs, names + mn) if how == "extra" else (marrs, mn)
 
 # %% ../nbs/03_preprocess.ipynb #4765d39c
+def geometry_meta(original:dict, # the scan's geometry (a `Geometry` dict)
+                  start, # crop start, voxels (x, y, z) of the scan
+                  stop, # crop stop (exclusive)
+                  orientation:tuple[str, str], # (the scan's orientation code, the training orientation code)
+                  reoriented:dict, # geometry after crop and reorientation
+                  anisotropic_axis:int|None, # the coarse axis of the scan (None: none)
+                  resampled:dict, # the training grid's geometry
+                 ) -> dict:
+    "The geometry record of a case's `meta`: what `to_native` needs to go back to the scan's grid."
+    return {"original": original, "crop": {"start": [int(v) for v in start], "stop": [int(v) for v in stop]},
+            "orientation": {"original": orientation[0], "target": orientation[1]}, "reoriented": reoriented,
+            "anisotropic_axis": anisotropic_axis, "resampled": resampled}
+
+# %% ../nbs/03_preprocess.ipynb #83878e47
 def case_spacing(plan:Plan, # the experiment plan (spatial.target_spacing, spatial.config, spatial.slice_axis)
                  spacing, # the case's spacing, mm (x, y, z), in the training orientation
                 ) -> list[float]|None:
@@ -475,32 +489,30 @@ def case_spacing(plan:Plan, # the experiment plan (spatial.target_spacing, spati
 
 def _spatial(imgs:list, lbl, plan:Plan, n4:bool, cid, box=None):
     "Crop (to `box` when given), N4, reorient and resample the images and label of one case; returns them and the geometry record."
-    meta = {"original": _geom(imgs[0])}
-    start, stop = [0, 0, 0], list(imgs[0].GetSize())
+    original, size = _geom(imgs[0]), list(imgs[0].GetSize())
+    start, stop = [0, 0, 0], size
     if plan.spatial.crop_to_foreground: start, stop = box if box is not None else crop_box(imgs, lbl)
-    meta["crop"] = {"start": [int(s) for s in start], "stop": [int(s) for s in stop]}
-    if meta["crop"] != {"start": [0, 0, 0], "stop": list(imgs[0].GetSize())}:
+    if [int(s) for s in start] != [0, 0, 0] or [int(s) for s in stop] != size:
         imgs = [crop(i, start, stop) for i in imgs]
         lbl = crop(lbl, start, stop) if lbl is not None else None
     if n4: imgs = [n4_correct(i) if c.modality == "mr" else i for i, c in zip(imgs, plan.channels)]
     code = plan.spatial.orientation
-    meta["orientation"] = {"original": orientation_of(imgs[0]), "target": code.upper()}
+    orientation = (orientation_of(imgs[0]), code.upper())
     imgs = [reorient(i, code) for i in imgs]
     lbl = reorient(lbl, code) if lbl is not None else None
-    meta["reoriented"] = _geom(imgs[0])
+    reoriented = _geom(imgs[0])
     nz = None
     if any(c.use_nonzero and c.norm == "zscore" for c in plan.channels):
         nz = sitk.GetImageFromArray(np.any([sitk.GetArrayViewFromImage(i) != 0 for i in imgs], 0).astype(np.uint8))
         nz.CopyInformation(imgs[0])
     sp = case_spacing(plan, imgs[0].GetSpacing())
     if sp is None: raise SegcookError("the plan has no spatial.target_spacing; run `segcook analyze` or set it in config.json")
-    meta["anisotropic_axis"] = coarse_axis(imgs[0].GetSpacing())
+    aniso = coarse_axis(imgs[0].GetSpacing())
     imgs = [resample_image(i, sp) for i in imgs]
     lbl = resample_label(lbl, sp) if lbl is not None else None
     if nz is not None: nz = to_xyz(_resample(nz, _grid(nz, sp), sitk.sitkNearestNeighbor, sitk.sitkUInt8)).astype(bool) \
                             if not _same_grid(nz, _grid(nz, sp)) else to_xyz(nz).astype(bool)
-    meta["resampled"] = _geom(imgs[0])
-    return imgs, lbl, nz, meta
+    return imgs, lbl, nz, geometry_meta(original, start, stop, orientation, reoriented, aniso, _geom(imgs[0]))
 
 def _intensity(imgs:list, nz, plan:Plan, reference:dict|None, cid) -> list[np.ndarray]:
     "Histogram matching (if planned), normalisation and the 2-98 rescale, per channel."
@@ -548,12 +560,10 @@ def _numpy_case(arrs:list[np.ndarray], lab, g:Geometry, box, plan:Plan, cid) -> 
         normalize(x, ch, nz, cid, inplace=True)
         if how == "zscore_rescale" and ch.norm == "zscore": x[...] = rescale_2_98(x, nz if ch.use_nonzero else None)
     g1 = _cropped(g, start, stop).to_dict()
-    meta = {"original": _cropped(g, [0, 0, 0], g.size).to_dict(), "crop": {"start": [int(s) for s in start], "stop": [int(s) for s in stop]},
-            "orientation": {"original": _orientation(g.direction), "target": plan.spatial.orientation.upper()},
-            "reoriented": g1, "anisotropic_axis": coarse_axis(g.spacing), "resampled": g1}
-    return image, lab, meta
+    orientation = (_orientation(g.direction), plan.spatial.orientation.upper())
+    return image, lab, geometry_meta(_cropped(g, [0, 0, 0], g.size).to_dict(), start, stop, orientation, g1, coarse_axis(g.spacing), g1)
 
-# %% ../nbs/03_preprocess.ipynb #c4e85a0a
+# %% ../nbs/03_preprocess.ipynb #d4a3dc0a
 def preprocess_case(images:dict, # channel name -> image path, in the plan's channel order
                     plan:Plan, # the experiment plan
                     label=None, # label path (None for unlabelled cases)
@@ -584,9 +594,8 @@ def preprocess_case(images:dict, # channel name -> image path, in the plan's cha
     del arrs
     lbl = _image(lab, geoms[-1]) if lab is not None else None
     if plan.preprocess.skip:
-        g = _geom(imgs[0])
-        meta = {"original": g, "crop": {"start": [0, 0, 0], "stop": g["size"]}, "reoriented": g, "resampled": g,
-                "orientation": {"original": orientation_of(imgs[0]), "target": orientation_of(imgs[0])}, "anisotropic_axis": None}
+        g, o = _geom(imgs[0]), orientation_of(imgs[0])
+        meta = geometry_meta(g, [0, 0, 0], g["size"], (o, o), g, None, g)
         arrs = [to_xyz(i) for i in imgs]
     else:
         imgs, lbl, nz, meta = _spatial(imgs, lbl, plan, n4, cid, box)

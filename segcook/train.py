@@ -15,18 +15,20 @@ import torch
 from torch import nn
 import torch.distributed as dist
 from .core import (SegcookError, Plan, Channel, Train, load_plan, save_plan, override, plan_to_dict, plan_from_dict,
-                          read_json, write_json, write_text, atomic_path, progress, log, cli_parser, run_cli, read_image, to_xyz)
+                          read_json, write_json, write_text, atomic_path, progress, log, cli_parser, run_cli, read_image, to_xyz,
+                          OPTIMIZERS, SCHEDULES, _one_of)
 from .nets import build_net
 from .analysis import kfold, split_folds
 from .preprocess import _save_npy
-from .losses import build_loss
+from .losses import build_loss, needs_dtm
 from .transfer import load_pretrained, freeze, param_groups, unfreeze, check_finetune
+from .checkpoint import save_checkpoint, load_checkpoint, load_model, _unwrap
 
 # %% auto #0
 __all__ = ['LOG_FIELDS', 'BRANCH_FILES', 'toy_experiment', 'GlobalBatchLoader', 'make_loader', 'make_optimizer', 'warmup_epochs',
            'lr_factor', 'make_scheduler', 'penalty', 'class_masks', 'dice_scores', 'case_logits', 'score_cases',
-           'rng_state', 'set_rng_state', 'save_checkpoint', 'load_checkpoint', 'load_model', 'write_log', 'plot_curves',
-           'show_curves', 'Run', 'fold_ids', 'fold_start', 'FoldLock', 'run_overrides', 'train', 'cli_train', 'branch']
+           'rng_state', 'set_rng_state', 'write_log', 'plot_curves', 'show_curves', 'Run', 'fold_ids', 'fold_start',
+           'FoldLock', 'run_overrides', 'train', 'cli_train', 'branch']
 
 # %% ../nbs/07_train.ipynb #9030754a
 def _zscore(a:np.ndarray) -> np.ndarray:
@@ -86,9 +88,13 @@ class GlobalBatchLoader:
                  num_shards:int=1, # number of ranks (DDP world size)
                  device_id=None, # not used: batches stay on the CPU (accepted like `make_train_loader`'s)
                  steps:int|None=None, # batches per epoch (None: `plan.train.steps_per_epoch`)
+                 dtm:bool=False, # also yield each patch's distance maps (`dtm.npy`), cut like its label
                 ):
         self.dirs = sorted(Path(d) for d in case_dirs)
         if not self.dirs: raise SegcookError("no training cases for this fold; check folds.json")
+        from segcook.loader import check_dtm
+        self.files = ["image.npy", "label.npy"] + (["dtm.npy"] if dtm else [])
+        for d in self.dirs if dtm else []: check_dtm(d, plan)
         self.ps, self.p_fg = list(plan.spatial.patch_size), plan.train.oversampling
         self.bs, self.seed, self.rank, self.world = batch_size, seed, shard_id, num_shards
         self.steps, self.epoch, self._fg = steps or plan.train.steps_per_epoch, 0, {}
@@ -103,20 +109,21 @@ class GlobalBatchLoader:
         return self._fg[i]
 
     def _patch(self, i, fg, u):
-        img = np.load(self.dirs[i]/"image.npy", mmap_mode="r")
-        lbl = np.load(self.dirs[i]/"label.npy", mmap_mode="r")
-        shape = img.shape[1:]
+        shape = np.load(self.dirs[i]/"label.npy", mmap_mode="r").shape[1:]
         hi = [max(0, n - p) for n, p in zip(shape, self.ps)]
         if self.sampled:                                              # class probabilities, or 2d annotated slices
             c = self._sampler(i).draw(np.random.default_rng([self.seed, self.epoch, int(u[0] * 2**31)]), 1)[0]
-            start = [min(max(0, x - p // 2), h) for x, p, h in zip(c, self.ps, hi)]
-            return _crop(img, start, self.ps), _crop(lbl, start, self.ps)
+            return self._crops(i, [min(max(0, x - p // 2), h) for x, p, h in zip(c, self.ps, hi)])
         vox = self._fg_voxels(i)
         if fg and len(vox):
             c = vox[min(int(u[0] * len(vox)), len(vox) - 1)]
             start = [min(max(0, x - p // 2), h) for x, p, h in zip(c, self.ps, hi)]
         else: start = [int(v * (h + 1)) for v, h in zip(u[1:], hi)]
-        return _crop(img, start, self.ps), _crop(lbl, start, self.ps)
+        return self._crops(i, start)
+
+    def _crops(self, i, start):
+        "The patch at `start` of case `i`'s image, label (and distance maps)."
+        return [_crop(np.load(self.dirs[i]/f, mmap_mode="r"), start, self.ps) for f in self.files]
 
     def _sampler(self, i):
         if i not in self._samplers:
@@ -129,8 +136,10 @@ class GlobalBatchLoader:
         for _ in range(self.steps):
             draws = [(int(rng.integers(len(self.dirs))), rng.random() < self.p_fg, rng.random(4)) for _ in range(self.bs * self.world)]
             mine = [self._patch(*d) for d in draws[self.rank * self.bs:(self.rank + 1) * self.bs]]
-            yield {"image": torch.from_numpy(np.stack([m[0] for m in mine]).astype(np.float32)),
-                   "label": torch.from_numpy(np.stack([m[1] for m in mine]).astype(np.int64))}
+            b = {"image": torch.from_numpy(np.stack([m[0] for m in mine]).astype(np.float32)),
+                 "label": torch.from_numpy(np.stack([m[1] for m in mine]).astype(np.int64))}
+            if len(self.files) > 2: b["dtm"] = torch.from_numpy(np.stack([m[2] for m in mine]))
+            yield b
 
 # %% ../nbs/07_train.ipynb #a76f9ed6
 def _dali_available() -> bool:
@@ -148,24 +157,25 @@ def make_loader(kind:str, # 'dali', 'global' or 'auto'
                 world:int, # number of processes
                 device_id, # GPU index (None: CPU)
                 steps:int, # batches per epoch
+                dtm:bool=False, # batches carry the patches' distance maps (`dtm`) too
                ):
     "The training loader `kind` ('dali', 'global' or 'auto': DALI when installed)."
     if kind == "auto": kind = "dali" if _dali_available() else "global"
-    if kind == "global": return GlobalBatchLoader(case_dirs, plan, batch_size, seed, rank, world, device_id, steps)
+    if kind == "global": return GlobalBatchLoader(case_dirs, plan, batch_size, seed, rank, world, device_id, steps, dtm)
     if kind == "dali":
         from segcook.loader import make_train_loader
-        return make_train_loader(case_dirs, plan, batch_size, seed=seed, shard_id=rank, num_shards=world, device_id=device_id, steps=steps)
+        return make_train_loader(case_dirs, plan, batch_size, seed=seed, shard_id=rank, num_shards=world, device_id=device_id,
+                                 steps=steps, dtm=dtm)
     raise SegcookError(f"unknown loader '{kind}'; use 'dali', 'global' or 'auto'")
 
 # %% ../nbs/07_train.ipynb #da2c48b4
 def make_optimizer(params, # parameters (or parameter groups) to optimise
                    t:Train, # training settings (`plan.train`)
                   ) -> torch.optim.Optimizer:
-    "The optimiser `t.optimizer` at learning rate `t.lr`."
-    if t.optimizer == "adam": return torch.optim.Adam(params, lr=t.lr)
-    if t.optimizer == "adamw": return torch.optim.AdamW(params, lr=t.lr)
-    if t.optimizer == "sgd": return torch.optim.SGD(params, lr=t.lr, momentum=0.99, nesterov=True)
-    raise SegcookError(f"train.optimizer should be adam, adamw or sgd, got '{t.optimizer}'")
+    "The optimiser `t.optimizer` at learning rate `t.lr` (names and options: `segcook.core.OPTIMIZERS`)."
+    if t.optimizer not in OPTIMIZERS: raise SegcookError(f"train.optimizer should be {_one_of(OPTIMIZERS)}, got '{t.optimizer}'")
+    cls, kw = OPTIMIZERS[t.optimizer]
+    return getattr(torch.optim, cls)(params, lr=t.lr, **kw)
 
 def warmup_epochs(t:Train, # training settings (`plan.train`)
                  ) -> int:
@@ -180,14 +190,11 @@ def lr_factor(epoch:int, # 0-based epoch
               t:Train, # training settings (`plan.train`)
               warmup:int|None=None, # warmup epochs (None: `warmup_epochs(t)`)
              ) -> float:
-    "Multiplier of `t.lr` during `epoch` (0-based): warmup, then constant, cosine or poly."
+    "Multiplier of `t.lr` during `epoch` (0-based): warmup, then the schedule `t.scheduler` (`segcook.core.SCHEDULES`)."
+    if t.scheduler not in SCHEDULES: raise SegcookError(f"train.scheduler should be {_one_of(SCHEDULES)}, got '{t.scheduler}'")
     w = warmup_epochs(t) if warmup is None else warmup
     if epoch < w: return (epoch + 1) / (w + 1)
-    x = (epoch - w) / max(1, t.epochs - w)
-    if t.scheduler == "cosine": return 0.5 * (1 + math.cos(math.pi * x))
-    if t.scheduler == "poly": return (1 - x) ** 0.9
-    if t.scheduler == "constant": return 1.0
-    raise SegcookError(f"train.scheduler should be constant, cosine or poly, got '{t.scheduler}'")
+    return SCHEDULES[t.scheduler]((epoch - w) / max(1, t.epochs - w))
 
 def make_scheduler(opt, # the optimiser
                    t:Train, # training settings (`plan.train`)
@@ -210,7 +217,7 @@ def penalty(net:nn.Module, # the network
 # %% ../nbs/07_train.ipynb #25a46593
 def _sliding_window(net, img, plan:Plan):
     "Validation uses inference's sliding window (the same Gaussian blending as prediction)."
-    from segcook.inference import sliding_window   # lazily: inference imports this module's checkpoints
+    from segcook.inference import sliding_window   # at first use: importing segcook.train leaves the inference chapter out
     inf = plan.infer
     return sliding_window(net, img, list(plan.spatial.patch_size), overlap=inf.overlap, sigma=inf.sigma, sw_batch_size=inf.sw_batch_size)
 
@@ -291,69 +298,6 @@ def set_rng_state(s:dict, # as returned by `rng_state`
     np.random.set_state(("MT19937", s["numpy"].numpy().astype(np.uint32), s["numpy_pos"], *s["numpy_gauss"]))
     torch.set_rng_state(s["torch"])
     if "cuda" in s and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s["cuda"])
-
-def _unwrap(net): return net.module if hasattr(net, "module") else net
-
-def save_checkpoint(path, # checkpoint file
-                    net, # the network (DDP-wrapped or not)
-                    opt, # optimiser
-                    sched, # scheduler
-                    scaler, # gradient scaler
-                    plan:Plan, # the plan the run uses (with its overrides)
-                    epoch:int, # epochs done
-                    best_score:float, # best validation Dice so far
-                    fold:int, # fold trained
-                    rngs:list, # RNG states (`rng_state`)
-                    history:list, # one dict per epoch (log.csv rows)
-                    run:dict, # run options recorded with it
-                   ):
-    "Write a checkpoint atomically (format 'segcook-ckpt-1')."
-    ck = {"format": "segcook-ckpt-1", "plan": plan_to_dict(plan), "model": _unwrap(net).state_dict(), "epoch": int(epoch),
-          "best_score": float(best_score), "fold": int(fold), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-          "scaler": scaler.state_dict(), "rng": rngs, "history": history, "run": run}
-    buf = io.BytesIO()
-    torch.save(ck, buf)                 # then one plain write: a full disk is an OSError (ENOSPC) with the path
-    with atomic_path(path) as tmp: Path(tmp).write_bytes(buf.getbuffer())
-
-def _check_device(device) -> torch.device:
-    "`device` as a `torch.device`, once it is known to exist on this machine (else a `SegcookError` about the device)."
-    try: d = torch.device(device)
-    except (RuntimeError, TypeError) as e: raise SegcookError(f"device {device!r} is not a torch device ({e}); use cpu or cuda[:<index>]") from None
-    if d.type == "cuda":
-        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if not n: raise SegcookError(f"device {device!r}: no CUDA GPU is visible on this machine; use --device cpu")
-        if (d.index or 0) >= n: raise SegcookError(f"device {device!r}: this machine has {n} CUDA GPU(s), cuda:0 to cuda:{n - 1}")
-    return d
-
-def _first_line(e:BaseException) -> str:
-    "The first sentence of an exception's message, else its type."
-    return next((l.strip().split(". ")[0][:200] for l in str(e).splitlines() if l.strip()), type(e).__name__)
-
-def load_checkpoint(path, # checkpoint file
-                    device="cpu", # where tensors are mapped
-                   ) -> dict:
-    "A checkpoint read with `weights_only=True`; a bad file is a `SegcookError` naming it."
-    path, device = Path(path), _check_device(device)
-    if not path.exists(): raise SegcookError(f"{path}: checkpoint not found")
-    if path.stat().st_size == 0: raise SegcookError(f"{path}: empty checkpoint file (0 bytes: a copy or a write that did not finish); copy it again or retrain the fold")
-    try: ck = torch.load(path, map_location=device, weights_only=True)
-    except Exception as e: raise SegcookError(f"{path}: not a readable segcook checkpoint, truncated or corrupt ({_first_line(e)}); copy it again or retrain the fold") from None
-    if not isinstance(ck, dict) or ck.get("format") != "segcook-ckpt-1":
-        raise SegcookError(f"{path}: not a segcook checkpoint (format {ck.get('format') if isinstance(ck, dict) else type(ck).__name__!r})")
-    return ck
-
-def load_model(path, # checkpoint file
-               device="cpu", # where the network goes
-              ) -> tuple[nn.Module, Plan]:
-    "The network of a checkpoint, rebuilt from its plan, with its weights, in eval mode; and the plan."
-    ck = load_checkpoint(path, device)
-    try: plan = plan_from_dict(ck["plan"])
-    except SegcookError as e: raise SegcookError(f"{path}: the checkpoint's plan is invalid: {str(e).replace('config.json: ', '', 1)}") from None
-    net = build_net(plan)
-    try: net.load_state_dict(ck["model"])
-    except (RuntimeError, KeyError) as e: raise SegcookError(f"{path}: the weights do not fit the network its plan describes ({_first_line(e)})") from None
-    net.segcook_overrides = dict((ck.get("run") or {}).get("overrides") or {})     # what the run changed from config.json
-    return net.to(device).eval(), plan
 
 # %% ../nbs/07_train.ipynb #0001ef96
 LOG_FIELDS = ["epoch", "lr", "train_loss", "val_dice", "best_dice", "seconds"]
@@ -501,7 +445,8 @@ def _step(r:Run, net, loss_fn, opt, batch) -> float:
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=t.amp and r.device.type == "cuda"):
         out = net(x)
     out = [o.float() for o in out] if isinstance(out, (list, tuple)) else out.float()
-    loss = loss_fn(out, y)
+    dtm = batch["dtm"].to(r.device, non_blocking=True).float() if "dtm" in batch else None
+    loss = loss_fn(out, y) if dtm is None else loss_fn(out, y, dtm)       # a plugin loss need not take maps
     aux = getattr(_unwrap(net), "aux_loss", None)
     if aux is not None: loss = loss + aux
     loss = loss + penalty(net, t)
@@ -523,6 +468,14 @@ def _epoch(r:Run, fold, e, net, loss_fn, opt, dl) -> float:
     s, k = r.all_sum([tot, n])
     return s / k
 
+def _loads_dtm(r:Run, loss_fn) -> bool:
+    "Whether the loader reads `dtm.npy` for the loss: it needs distance maps and preprocessing wrote them (else the loss computes them)."
+    if not needs_dtm(loss_fn): return False
+    if not r.plan.preprocess.distance_maps and r.main:
+        log.info(f"loss '{r.plan.train.loss}' computes its distance maps on the CPU at every step; set preprocess.distance_maps "
+                 "to true in config.json and preprocess again to read them from dtm.npy instead")
+    return r.plan.preprocess.distance_maps
+
 def _fit_fold(r:Run, fold:int, ck:dict|None) -> float:
     "Train fold `fold` from scratch or from checkpoint `ck`; returns the best validation Dice."
     ids, t, d = fold_ids(r.exp, fold), r.plan.train, r.fold_dir(fold)
@@ -534,7 +487,7 @@ def _fit_fold(r:Run, fold:int, ck:dict|None) -> float:
         start, best, hist = ck["epoch"], ck["best_score"], list(ck["history"])
         for g, b in zip(opt.param_groups, sched.base_lrs): g["lr"] = b * sched.lr_lambdas[0](start)   # new length when extending
     dl = make_loader(r.loader, [r.exp/"preprocessed"/i for i in ids["train"]], r.plan, t.batch_size, t.seed + fold,
-                     r.rank, r.world, r.local_rank if r.device.type == "cuda" else None, t.steps_per_epoch)
+                     r.rank, r.world, r.local_rank if r.device.type == "cuda" else None, t.steps_per_epoch, _loads_dtm(r, loss_fn))
     if r.main and not ids["val"]: log.warning(f"fold {fold}: no validation cases; the best checkpoint is chosen by training loss")
     run = {"world_size": r.world, "loader": r.loader, "overrides": r.overrides, "device": r.device.type}
     if r.main: write_json(d/"run.json", {**run, "resumed_from_epoch": start, "plan": plan_to_dict(r.plan)})

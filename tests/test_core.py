@@ -1,6 +1,7 @@
 "Core helpers that every stage relies on."
 import os, stat, subprocess, sys
 from pathlib import Path
+import pytest
 
 
 def test_atomic_writes_follow_the_umask(tmp_path):
@@ -23,3 +24,37 @@ def test_progress_in_a_log_writes_lines_not_redraws():
     assert "\r" not in r.stderr
     lines = [l for l in r.stderr.splitlines() if l.startswith("steps:")]
     assert len(lines) == 10 and lines[0].startswith("steps: 4/40 (10%)") and lines[-1].endswith("done")
+
+
+def test_plugin_variable_is_named_once():
+    "The registry reads the plugin list through `PLUGIN_ENV`: the variable's name is spelled in one place (issue 16)."
+    import segcook.core as core
+    src = Path(core.__file__).read_text()
+    assert src.count('"SEGCOOK_PLUGINS"') == 1, "spell the variable as PLUGIN_ENV"
+
+
+def test_validator_accepts_exactly_the_optimisers_and_schedules_train_builds():
+    "Every name `validate_plan` accepts builds in training, and every other name is refused by both (issue 16)."
+    import dataclasses, torch
+    from segcook.core import Plan, OPTIMIZERS, SCHEDULES, validate_plan, SegcookError
+    from segcook.train import make_optimizer, lr_factor
+    ps = [torch.nn.Parameter(torch.zeros(2))]
+    kinds = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+    for name in ["adam", "adamw", "sgd", "rmsprop", "Adam"]:
+        plan = Plan()
+        plan.train = dataclasses.replace(plan.train, optimizer=name)
+        ok = not [m for m in validate_plan(plan) if m.startswith("train.optimizer")]
+        assert ok == (name in OPTIMIZERS) == (name in kinds), name
+        if ok: assert type(make_optimizer(ps, plan.train)) is kinds[name]
+        else:
+            with pytest.raises(SegcookError, match="train.optimizer"): make_optimizer(ps, plan.train)
+    assert make_optimizer(ps, dataclasses.replace(Plan().train, optimizer="sgd")).defaults["nesterov"]
+    want = {"constant": 1.0, "cosine": 0.5, "poly": 0.5 ** 0.9}                       # by hand, at half the run
+    for name in ["constant", "cosine", "poly", "step", "linear"]:
+        t = dataclasses.replace(Plan().train, scheduler=name, epochs=10, warmup_epochs=0)
+        plan = Plan(); plan.train = t
+        ok = not [m for m in validate_plan(plan) if m.startswith("train.scheduler")]
+        assert ok == (name in SCHEDULES) == (name in want), name
+        if ok: assert lr_factor(5, t) == pytest.approx(want[name])
+        else:
+            with pytest.raises(SegcookError, match="train.scheduler"): lr_factor(5, t)

@@ -315,3 +315,85 @@ def test_case_without_foreground(tmp_path):
     d = write_case(tmp_path, "empty", np.ones((1, 30, 30, 30), np.float32), np.zeros((1, 30, 30, 30), np.uint8))
     b = next(iter(make_train_loader([d], plan_for((16, 16, 16), labels=(0, 1, 2), oversampling=1.0), 3, steps=1)))
     assert b["label"].sum() == 0 and b["image"].shape == (3, 1, 16, 16, 16)
+
+
+# ---------------------------------------------------------------- distance maps from the loader (issue 16)
+def _edt_maps(y:np.ndarray, n:int, sp=(1., 1., 1.)) -> np.ndarray:
+    "Signed distance maps of label map `y` by hand (scipy): outside, distance to the class; inside, minus the distance to the rest."
+    out = []
+    for c in range(n):
+        m = y == c
+        out.append(ndi.distance_transform_edt(~m, sampling=sp) * ~m - ndi.distance_transform_edt(m, sampling=sp) * m)
+    return np.stack(out)
+
+
+@pytest.fixture(scope="module")
+def dtm_cases(tmp_path_factory):
+    "Two cases with two nested balls and the distance maps preprocessing writes (`segcook.preprocess.distance_maps`)."
+    from segcook.preprocess import distance_maps
+    root, sh, sp = tmp_path_factory.mktemp("dtm"), (24, 20, 16), [1., 1., 2.]
+    plan = override(plan_for(sh, labels=(0, 1, 2)), **{"spatial.target_spacing": sp, "preprocess.distance_maps": True})
+    g = np.stack(np.meshgrid(*[np.arange(n) for n in sh], indexing="ij"), -1).astype(float)
+    dirs = []
+    for k in range(2):
+        lbl = np.zeros(sh, np.uint8)
+        lbl[(((g - [12, 10, 8]) * sp) ** 2).sum(-1) < 40] = 1
+        lbl[(((g - [11 + k, 10, 8]) * sp) ** 2).sum(-1) < 9] = 2
+        img = 1 + 0.1 * np.random.default_rng(k).standard_normal((1, *sh))       # > 0 in the volume, 0 where a patch pads
+        d = write_case(root, f"c{k}", img, lbl[None])
+        np.save(d/"dtm.npy", distance_maps(lbl, plan, sp))
+        dirs.append(d)
+    return dirs, plan, sp
+
+
+def _flips_only():
+    return Augment(enabled=True, p_flip=0.5, p_rotate=0., p_scale=0., p_noise=0., p_blur=0., p_brightness=0., p_contrast=0.,
+                   p_lowres=0., p_gamma=0.)
+
+
+@pytest.mark.parametrize("kind", ["dali", "torch", "global"])
+def test_loader_maps_equal_maps_of_the_patch_label(dtm_cases, kind):
+    "Without rotation/zoom, each patch's map (cut and flipped with it) is the distance map of the patch's own label, and the loss gives the same value with it."
+    from segcook.train import GlobalBatchLoader
+    from segcook.losses import build_loss
+    dirs, plan, sp = dtm_cases
+    if kind == "global": dl = GlobalBatchLoader(dirs, plan, 2, steps=2, dtm=True)
+    else: dl = make_train_loader(dirs, plan, 2, steps=3, aug=_flips_only(), dtm=True, warp=kind)
+    flipped = 0
+    for b in dl:
+        assert b["dtm"].shape == (2, 3, *plan.spatial.patch_size) and b["dtm"].dtype == torch.float32
+        for i in range(2):
+            y = b["label"][i, 0].numpy()
+            np.testing.assert_allclose(b["dtm"][i].numpy(), _edt_maps(y, 3, sp), atol=1e-4)
+            flipped += int(y[:12].sum() != y[12:].sum())
+        x = torch.randn(2, 3, *plan.spatial.patch_size, generator=torch.Generator().manual_seed(0))
+        for loss in ("boundary", "hausdorff_dt", "gsl"):
+            fn = build_loss(override(plan, **{"train.loss": loss}))
+            assert fn(x, b["label"].long(), b["dtm"]).item() == pytest.approx(fn(x, b["label"].long()).item(), rel=1e-5), loss
+    assert kind == "global" or flipped                      # some patches were mirrored (the balls are off-centre in x)
+
+
+@pytest.mark.parametrize("warp", ["dali", "torch"])
+def test_warped_maps_follow_the_warped_label(dtm_cases, warp):
+    "Patches turned in the (isotropic) x-y plane and zoomed x 0.7 or x 1.4: the map warped with the patch (linear, scaled by the zoom) stays close to the map of the warped label."
+    dirs, plan, sp = dtm_cases
+    for scale in ([0.7, 0.72], [1.38, 1.4]):
+        aug = Augment(enabled=True, p_flip=0., p_rotate=1., rotate_axes=[2], rotate_deg=20., p_scale=1., scale=scale, p_noise=0.,
+                      p_blur=0., p_brightness=0., p_contrast=0., p_lowres=0., p_gamma=0.)
+        b = next(iter(make_train_loader(dirs, plan, 2, steps=1, aug=aug, dtm=True, warp=warp)))
+        for i in range(2):
+            inside = ndi.binary_erosion(b["image"][i, 0].numpy() > 0.5, iterations=2)      # voxels that come from the volume
+            ref, got = _edt_maps(b["label"][i, 0].numpy(), 3, sp)[1][inside], b["dtm"][i, 1].numpy()[inside]
+            fit = (got * ref).sum() / (got * got).sum()             # unscaled maps would need x 1/0.71 or x 1/1.39
+            assert inside.sum() > 500 and 0.85 < fit < 1.15, (scale, fit)
+            assert np.abs(got - ref).mean() < 0.25 * np.abs(ref).mean()   # the rest: half a voxel of label aliasing
+
+
+def test_missing_maps_are_named(tmp_path, dtm_cases):
+    "A loss that reads maps on cases preprocessed without them: the case, the file and the fix."
+    from segcook.loader import check_dtm
+    dirs, plan, _ = dtm_cases
+    d = write_case(tmp_path, "nomaps", np.zeros((1, 8, 8, 8)), np.zeros((1, 8, 8, 8)))
+    with pytest.raises(SegcookError, match="nomaps.*dtm.npy is missing.*preprocess.distance_maps"): check_dtm(d, plan)
+    np.save(d/"dtm.npy", np.zeros((2, 8, 8, 8), np.float32))
+    with pytest.raises(SegcookError, match=r"should be float32 \(3, 8, 8, 8\)"): check_dtm(d, plan)

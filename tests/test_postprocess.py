@@ -114,3 +114,17 @@ def test_select_from_an_experiment_without_final_classes(tmp_path):
     cmp = pd.read_csv(tmp_path / "sel" / "comparison.csv")
     assert {"1_dice before", "2_dice before"} <= set(cmp.columns)
     assert json.loads((tmp_path / "sel" / "strategy.json").read_text())["steps"]
+
+
+def test_gain_is_one_rule_for_cases_and_means():
+    "`_no_worse` judges the means with the same signed gain `_gain` gives per case (Dice up is better, HD95 down is better; issue 16)."
+    from segcook.postprocess import _gain, _no_worse
+    cur = pd.DataFrame({"WT_dice": [0.8, 0.6], "WT_haus95": [5.0, 9.0]})
+    new = pd.DataFrame({"WT_dice": [0.9, 0.6], "WT_haus95": [4.0, 11.0]})
+    g = _gain(new, cur)
+    assert list(g.columns) == ["WT_dice", "WT_haus95"]
+    assert g.to_numpy().ravel().tolist() == pytest.approx([0.1, 1.0, 0.0, -2.0])
+    gm = _gain(new.mean(), cur.mean())                                    # the same rule on the means
+    assert gm.to_dict() == pytest.approx({"WT_dice": 0.05, "WT_haus95": -0.5})
+    assert not _no_worse(new.mean(), cur.mean(), tol=0.01)                # mean HD95 7 -> 7.5 mm: worse by more than 1% of 7
+    assert _no_worse(new.mean(), cur.mean(), tol=0.1)                     # within 10% of 7 mm

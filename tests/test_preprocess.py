@@ -177,11 +177,13 @@ def test_distance_map_signs_and_values_by_hand():
     sp = (1.0, 2.0, 3.0)
     d = distance_map(m, sp)
     inner = ndi.binary_erosion(m)                                      # face-connected interior
-    assert (d[m & ~inner] == 0).all()                                  # boundary voxels: 0
-    assert (d[inner] < 0).all() and (d[~m] > 0).all()
-    assert d[5, 4, 3] == pytest.approx(-2.0)                           # 2 voxels (x, 1 mm) from the x faces
+    assert set(np.unique(d[m & ~inner]).tolist()) <= {-1.0, -2.0, -3.0}  # boundary voxels: one step (1, 2 or 3 mm) from outside
+    assert (d[m] < 0).all() and (d[~m] > 0).all() and not (d == 0).any()
+    assert d[5, 4, 3] == pytest.approx(-3.0)                           # 3 voxels (x, 1 mm) from the outside, the nearest way
     edt = ndi.distance_transform_edt(~m, sampling=sp)                  # outside: distance to the nearest object voxel
     assert np.allclose(d[~m], edt[~m], atol=1e-4)
+    edt_in = ndi.distance_transform_edt(m, sampling=sp)                # inside: minus the distance to the nearest outside voxel
+    assert np.allclose(d[m], -edt_in[m], atol=1e-4)
     diag = np.sqrt(12**2 + 20**2 + 24**2)
     assert np.allclose(distance_map(np.zeros_like(m), sp), diag)       # absent label: the image diagonal everywhere
     plan = Plan(labels=Labels(labels=[0, 1, 2]))
@@ -349,3 +351,25 @@ def test_mni_template_tissues_round_trip(shared, tmp_path):
     assert _vol_mm3(lab[0] > 0, (1.5,) * 3) == pytest.approx(_vol_mm3(l > 0, (1,) * 3), rel=0.02)   # brain tissue volume
     back = to_xyz(to_native(lab[0], meta))
     for v in (1, 2): assert _dice(back == v, l == v) >= 0.95
+
+
+def test_one_builder_of_the_geometry_meta(tmp_path):
+    "The numpy shortcut, the SimpleITK path and `skip` write the same meta keys, built by `geometry_meta` alone (issue 16)."
+    import segcook.preprocess as pre
+    exp, ds = _exp(tmp_path, n=2, size=(20, 20, 10), spacing=(1., 1., 1.))
+    c, ref = ds.cases()[0], {k: str(v) for k, v in ds.cases()[1].images.items()}
+    base = Plan(channels=[Channel(name=ch, use_nonzero=True) for ch, _ in ds.channels], labels=Labels(labels=[0, 1, 2, 3]),
+                spatial=Spatial(target_spacing=[1.0, 1.0, 1.0], crop_to_foreground=True))
+    _, _, fast = preprocess_case(c.images, base, c.label)                   # on target already: numpy crop only
+    hm = Plan(**{**base.__dict__, "preprocess": Preprocess(intensity="histmatch")})
+    _, _, slow = preprocess_case(c.images, hm, c.label, reference=ref)      # histogram matching: the SimpleITK path
+    _, _, skip = preprocess_case(c.images, Plan(**{**base.__dict__, "preprocess": Preprocess(skip=True)}), c.label)
+    geo = ["anisotropic_axis", "crop", "orientation", "original", "reoriented", "resampled"]
+    assert set(fast) == set(slow) == set(skip) and set(geo) <= set(fast)
+    flat = lambda m: {f"{k}.{j}": v for k in geo for j, v in (m[k].items() if isinstance(m[k], dict) else [("", m[k])])}
+    a, b = flat(fast), flat(slow)
+    assert a.keys() == b.keys()
+    for k in a: assert a[k] == (pytest.approx(b[k]) if not isinstance(b[k], str) and b[k] is not None else b[k]), k
+    assert fast["crop"]["stop"] != fast["original"]["size"]                 # the crop was taken (a real test of the record)
+    src = Path(pre.__file__).read_text()
+    assert src.count('"anisotropic_axis"') == 1, "the geometry record is written in one place: geometry_meta"

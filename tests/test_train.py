@@ -221,3 +221,40 @@ def test_auto_loader_falls_back_when_dali_does_not_import(exp, monkeypatch):
     monkeypatch.setitem(sys.modules, "nvidia.dali", None)
     assert not _dali_available()
     assert isinstance(make_loader("auto", dirs, plan, 2, 0, 0, 1, None, 1), GlobalBatchLoader)
+
+
+@pytest.mark.slow
+def test_two_nodes_on_one_filesystem_lock_once(exp):
+    "Two 'nodes' (each its own LOCAL_RANK 0, global ranks 0 and 1) train one fold on a shared folder: only global rank 0 takes the fold lock, so neither refuses the other (issue 16)."
+    from segcook.train import _free_port
+    port, bin_ = _free_port(), Path(sys.executable).parent
+    cmd = [str(bin_/"segcook"), "train", "--exp", str(exp), "--folds", "0", "--epochs", "1", "--steps-per-epoch", "1", "--loader", "global"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1",
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    ps = [subprocess.Popen(cmd, env={**env, "RANK": str(r), "GROUP_RANK": str(r)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+          for r in (0, 1)]
+    outs = [p.communicate(timeout=300) for p in ps]
+    assert [p.returncode for p in ps] == [0, 0], [o[1][-1500:] for o in outs]
+    assert "being trained by another process" not in outs[1][1]
+    assert load_checkpoint(exp/"models/fold_0/last.pt")["run"]["world_size"] == 2
+    assert not (exp/"models/fold_0/train.lock").exists()                  # released by the rank that took it
+
+
+@pytest.mark.slow
+def test_maps_are_read_only_when_the_loss_needs_them(exp):
+    "With preprocess.distance_maps on, a Dice loss never opens dtm.npy; the boundary loss reads it (here: missing, so named; issue 16)."
+    opts = dict(folds=[0], epochs=1, steps_per_epoch=1, loader="global", overwrite=True, **{"preprocess.distance_maps": True})
+    assert not list(exp.glob("preprocessed/*/dtm.npy"))
+    train(exp, loss="dice_ce", **opts)
+    with pytest.raises(SegcookError, match=r"dtm.npy is missing.*preprocess.distance_maps"): train(exp, loss="boundary", **opts)
+
+
+@pytest.mark.slow
+def test_boundary_loss_trains_on_loaded_maps(exp):
+    "The boundary loss trains from the maps preprocessing wrote, through the DALI loader (issue 16)."
+    from segcook.preprocess import distance_maps
+    plan = load_plan(exp)
+    for d in exp.glob("preprocessed/*"):
+        np.save(d/"dtm.npy", distance_maps(np.load(d/"label.npy")[0], plan, plan.spatial.target_spacing))
+    train(exp, folds=[0], epochs=1, steps_per_epoch=2, loader="dali", loss="boundary", **{"preprocess.distance_maps": True})
+    assert np.isfinite(float(log_rows(exp)[0]["train_loss"]))
