@@ -19,6 +19,7 @@ __all__ = ['FIT_FIELDS', 'save_checkpoint', 'load_checkpoint', 'load_model', 'ch
 # %% ../nbs/04a_checkpoint.ipynb #693f7617
 def _unwrap(net): return net.module if hasattr(net, "module") else net
 
+# %% ../nbs/04a_checkpoint.ipynb #693f7617-1
 def save_checkpoint(path, # checkpoint file
                     net, # the network (DDP-wrapped or not)
                     opt, # optimiser
@@ -51,6 +52,7 @@ def _check_device(device) -> torch.device:
         if (d.index or 0) >= n: raise SegcookError(f"device {device!r}: this machine has {n} CUDA GPU(s), cuda:0 to cuda:{n - 1}")
     return d
 
+# %% ../nbs/04a_checkpoint.ipynb #8067543e-1
 def _first_line(e:BaseException) -> str:
     "The first sentence of an exception's message, else its type."
     return next((l.strip().split(". ")[0][:200] for l in str(e).splitlines() if l.strip()), type(e).__name__)
@@ -87,6 +89,7 @@ def load_model(path, # checkpoint file
 FIT_FIELDS = {"channels": lambda p: [c.name for c in p.channels], "labels.labels": lambda p: p.labels.labels,
               "labels.regions": lambda p: p.labels.regions, "spatial.patch_size": lambda p: p.spatial.patch_size}
 
+# %% ../nbs/04a_checkpoint.ipynb #6fd38f91-1
 def check_fits(mine:Plan, # the experiment's plan
                theirs:Plan, # the checkpoint's plan
                mine_at, # where `mine` comes from (for the message)

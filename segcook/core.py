@@ -40,9 +40,11 @@ def _suffix(p: Path) -> str:
     "Full extension, so that `.nii.gz` stays `.nii.gz`."
     return "".join(p.suffixes[-2:]) if p.name.endswith((".nii.gz", ".tar.gz")) else p.suffix
 
+# %% ../nbs/00_core.ipynb #fdf76c80-1
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)     # read once: os.umask can only be read by setting it
 
+# %% ../nbs/00_core.ipynb #fdf76c80-2
 @contextlib.contextmanager
 def atomic_path(path, # final file name
                ):
@@ -62,13 +64,18 @@ def atomic_path(path, # final file name
                                              f"free space in {path.parent} (or raise the file size limit) and run again") from None
         raise
 
+# %% ../nbs/00_core.ipynb #fdf76c80-3
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+# %% ../nbs/00_core.ipynb #fdf76c80-4
 def _disk_full(e:BaseException) -> bool:
     "Whether `e` says the disk (or a quota, or the file size limit) is full, including numpy's short-write message."
     return isinstance(e, OSError) and (e.errno in _FULL or ("requested" in str(e) and "written" in str(e)))
 
+# %% ../nbs/00_core.ipynb #fdf76c80-5
 def _first(e:BaseException) -> str: return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
 
+# %% ../nbs/00_core.ipynb #fdf76c80-6
 def write_text(path, # file to write (its folder must exist)
                text:str, # the whole content
               ):
@@ -76,6 +83,7 @@ def write_text(path, # file to write (its folder must exist)
     with atomic_path(path) as tmp: Path(tmp).write_text(text)
     return Path(path)
 
+# %% ../nbs/00_core.ipynb #fdf76c80-7
 def write_json(path, # file to write
                obj, # anything `json` can serialise (plus numpy scalars/arrays and paths)
                indent=2, # spaces per indentation level
@@ -83,12 +91,14 @@ def write_json(path, # file to write
     "Write `obj` as JSON to `path` atomically (numpy scalars and paths are converted)."
     return write_text(path, json.dumps(obj, indent=indent, default=_json_default) + "\n")
 
+# %% ../nbs/00_core.ipynb #fdf76c80-8
 def _json_default(o):
     if isinstance(o, np.generic): return o.item()
     if isinstance(o, np.ndarray): return o.tolist()
     if isinstance(o, Path): return str(o)
     raise TypeError(f"cannot write {type(o).__name__} to JSON")
 
+# %% ../nbs/00_core.ipynb #fdf76c80-9
 def read_json(path, # JSON file
              ):
     "Read JSON from `path`, naming the file when it is missing or malformed."
@@ -100,6 +110,7 @@ def read_json(path, # JSON file
 # %% ../nbs/00_core.ipynb #c2711e2b
 PROGRESS_STEP = 0.1   # in a log (not a terminal or notebook): one line per this fraction of the loop
 
+# %% ../nbs/00_core.ipynb #c2711e2b-1
 def _interactive(stream) -> bool:
     "A terminal or a notebook kernel: somewhere a redrawn bar is read, not stored."
     if getattr(stream, "isatty", lambda: False)(): return True
@@ -107,6 +118,7 @@ def _interactive(stream) -> bool:
     shell = ip.get_ipython() if ip is not None and hasattr(ip, "get_ipython") else None
     return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
 
+# %% ../nbs/00_core.ipynb #c2711e2b-2
 def _lines(it:Iterable, desc:str, total:int|None, stream, step:float):
     "Progress as plain lines: one per `step` of `total` (and the last); without a total, only the last."
     import time
@@ -121,6 +133,7 @@ def _lines(it:Iterable, desc:str, total:int|None, stream, step:float):
         if every and (n % every == 0 or n == total) and n != total: say()
     say(" done")
 
+# %% ../nbs/00_core.ipynb #c2711e2b-3
 def progress(it:Iterable, # what to loop over
              desc:str='', # label in front of the bar
              total:int|None=None, # number of items (default: `len(it)` when known)
@@ -137,10 +150,12 @@ def progress(it:Iterable, # what to loop over
 # %% ../nbs/00_core.ipynb #2cef9ac7
 PLUGIN_ENV = "SEGCOOK_PLUGINS"   # comma-separated plugin modules, inherited by worker processes (see Plugins below)
 
+# %% ../nbs/00_core.ipynb #2cef9ac7-1
 def _origin(obj) -> str:
     "The module an object was defined in (for instances, their class's)."
     return getattr(obj, "__module__", None) or type(obj).__module__
 
+# %% ../nbs/00_core.ipynb #2cef9ac7-2
 class Registry:
     "Named builders of one kind (`arch`, `loss`, ...); a miss lists what is available."
     def __init__(self,
@@ -195,6 +210,7 @@ def load_plugins(modules:Iterable[str]|None=None, # module names to import (plus
     if names: os.environ[PLUGIN_ENV] = ",".join(names)
     return names
 
+# %% ../nbs/00_core.ipynb #643f8180-1
 def _main_defined(obj) -> bool:
     "Defined in `__main__` (a notebook or a script): a worker process cannot import it."
     return _origin(obj) == "__main__"
@@ -236,6 +252,7 @@ class Augment:
 # %% ../nbs/00_core.ipynb #ca070f44
 SCHEMA_VERSION = 1
 
+# %% ../nbs/00_core.ipynb #ca070f44-1
 @dataclass
 class DatasetInfo:
     "Where the data came from."
@@ -244,6 +261,7 @@ class DatasetInfo:
     modality: str = "mr"               # dataset-level modality: 'mr', 'ct' or 'other'
     n_cases: int = 0                   # training cases analysed (after exclusions)
 
+# %% ../nbs/00_core.ipynb #ca070f44-2
 @dataclass
 class Channel:
     "One input channel: its modality and the normalisation analysis chose for it."
@@ -256,6 +274,7 @@ class Channel:
     std: float | None = None           # CT: dataset std inside the foreground, after windowing
     by_modality: dict[str, dict] | None = None  # mixed CT/MR datasets: modality -> that modality's norm fields (norm, use_nonzero, window, mean, std)
 
+# %% ../nbs/00_core.ipynb #ca070f44-3
 @dataclass
 class Labels:
     "What the label maps contain and what the network predicts."
@@ -271,6 +290,7 @@ class Labels:
         if self.final_classes: return {k: list(v) for k, v in self.final_classes.items()}
         return {str(l): [l] for l in self.labels if l != 0 and l != self.ignore_label}
 
+# %% ../nbs/00_core.ipynb #ca070f44-4
 @dataclass
 class Spatial:
     "Geometry of the training space."
@@ -284,6 +304,7 @@ class Spatial:
     config: str = "3d"  # '3d' (volumes) or '2d' (single slices along `slice_axis`: patch size 1 and kernels 1 there)
     slice_axis: int | None = None  # 2d: the axis (0 = x, 1 = y, 2 = z, RAI) the slices are cut across; None in 3d
 
+# %% ../nbs/00_core.ipynb #ca070f44-5
 @dataclass
 class Preprocess:
     "Options of the preprocessing stage."
@@ -295,6 +316,7 @@ class Preprocess:
     histmatch_reference: str | None = None  # case id used as reference for 'histmatch'
     mind: str | None = None           # None, 'extra' or 'replace': MIND descriptors as channels
 
+# %% ../nbs/00_core.ipynb #ca070f44-6
 @dataclass
 class Train:
     "Training settings; a recipe or command may override them in memory."
@@ -329,6 +351,7 @@ class Train:
     stem_adapt: str = "repeat"         # first convolution for other input channels: 'repeat' (STU-Net) or 'average'
     unfreeze_after: int = 0            # gradual unfreezing: the frozen part trains too from this epoch on (0: never)
 
+# %% ../nbs/00_core.ipynb #ca070f44-7
 @dataclass
 class Infer:
     "Inference settings."
@@ -339,12 +362,14 @@ class Infer:
     fast: bool = False                 # no TTA, argmax on logits, resampling in torch
     sw_batch_size: int = 1  # windows per network call
 
+# %% ../nbs/00_core.ipynb #ca070f44-8
 @dataclass
 class Evaluate:
     "Evaluation settings."
     metrics: list[str] = field(default_factory=lambda: ["dice", "haus95"])  # metric names (`segcook.core.METRICS`)
     nsd_tolerance_mm: float = 1.0  # NSD tolerance, mm
 
+# %% ../nbs/00_core.ipynb #ca070f44-9
 @dataclass
 class Plan:
     "The experiment plan, serialised to `<exp>/config.json`."
@@ -364,6 +389,7 @@ class Plan:
 # %% ../nbs/00_core.ipynb #44a70383
 import typing
 
+# %% ../nbs/00_core.ipynb #44a70383-1
 def _type_ok(val, tp) -> bool:
     "Loose runtime check of `val` against an annotation such as `list[int] | None`."
     if tp is Any: return True
@@ -378,6 +404,7 @@ def _type_ok(val, tp) -> bool:
     if isinstance(tp, type): return isinstance(val, tp)
     return True
 
+# %% ../nbs/00_core.ipynb #44a70383-2
 def _from_dict(cls, d:dict, path:str):
     if not isinstance(d, dict): raise SegcookError(f"config.json: '{path or 'plan'}' should be an object, got {d!r}")
     hints = typing.get_type_hints(cls)
@@ -409,6 +436,7 @@ def plan_from_dict(d:dict, # as read from config.json
     if problems: raise SegcookError("config.json: " + "; ".join(problems))
     return plan
 
+# %% ../nbs/00_core.ipynb #1b3a86d5-1
 def plan_to_dict(plan:Plan, # the plan to serialise
                 ) -> dict:
     "`plan` as plain dicts and lists (what config.json holds)."
@@ -421,6 +449,7 @@ SCHEDULES = {"constant": lambda x: 1.0,                          # train.schedul
              "cosine": lambda x: 0.5 * (1 + math.cos(math.pi * x)),
              "poly": lambda x: (1 - x) ** 0.9}
 
+# %% ../nbs/00_core.ipynb #d0ca7aca-1
 def _one_of(names) -> str:
     "'a, b or c' for the keys of `names`."
     ns = list(names)
@@ -440,12 +469,14 @@ NORMS = ("zscore", "ct")           # channel normalisations preprocessing implem
 ACT_FLOATS = 300                   # floats per patch voxel and sample a U-Net keeps for its backward pass (rough)
 MAX_TRAIN_GIB = 1024               # no node has more device memory: a larger estimate is a mistake
 
+# %% ../nbs/00_core.ipynb #4fd8a6f8-1
 def train_memory_gib(plan:Plan, # the plan (spatial.patch_size, train.batch_size, channels)
                     ) -> float:
     "Rough memory one training step needs: batch x patch voxels x (channels + `ACT_FLOATS`) x 4 bytes, GiB."
     if not plan.spatial.patch_size: return 0.0
     return plan.train.batch_size * math.prod(plan.spatial.patch_size) * (len(plan.channels) + ACT_FLOATS) * 4 / 2**30
 
+# %% ../nbs/00_core.ipynb #4fd8a6f8-2
 def _memory_problem(plan:Plan, limit_gib:float, where:str) -> str|None:
     "A message when the training step of `plan` does not fit in `limit_gib`, naming the largest batch size that does."
     need = train_memory_gib(plan)
@@ -455,6 +486,7 @@ def _memory_problem(plan:Plan, limit_gib:float, where:str) -> str|None:
             f"needs about {need:,.0f} GiB per training step ({where}: {limit_gib:,.0f} GiB); allowed: 1 to {max(fits, 1)}"
             + ("" if fits else "; the patch size is too large even for batch 1"))
 
+# %% ../nbs/00_core.ipynb #4fd8a6f8-3
 def _ranges(p:Plan) -> list[str]:
     "Problems with the numeric fields and the names the later stages read."
     get = lambda k: getattr(getattr(p, k.split(".")[0]), k.split(".")[1])
@@ -475,6 +507,7 @@ def _ranges(p:Plan) -> list[str]:
     if not out and (m := _memory_problem(p, MAX_TRAIN_GIB, "the most any machine has")): out.append(m)
     return out
 
+# %% ../nbs/00_core.ipynb #4fd8a6f8-4
 def sample_keys(labels:Labels, # the plan's labels
                ) -> dict[str, int|str]:
     "Keys `train.sample_probs` accepts -> what they select: a label value, 'background' (0) or 'unannotated' (the ignore label)."
@@ -484,6 +517,7 @@ def sample_keys(labels:Labels, # the plan's labels
     if labels.ignore_label is not None: keys["unannotated"] = "unannotated"
     return keys
 
+# %% ../nbs/00_core.ipynb #4fd8a6f8-5
 def sample_probs_problems(probs:dict|None, # {key: probability}, as `train.sample_probs`
                           labels:Labels, # the plan's labels (names, values, ignore label)
                          ) -> list[str]:
@@ -499,8 +533,10 @@ def sample_probs_problems(probs:dict|None, # {key: probability}, as `train.sampl
     elif not sum(vals) > 0: out.append(f"train.sample_probs: the probabilities sum to 0, got {probs}; give at least one of {sorted(valid)} a positive value")
     return out
 
+# %% ../nbs/00_core.ipynb #4fd8a6f8-6
 CONFIGS = ("3d", "2d")            # spatial.config: networks on volumes, or on single slices along spatial.slice_axis
 
+# %% ../nbs/00_core.ipynb #4fd8a6f8-7
 def _config_problems(s:Spatial) -> list[str]:
     "Problems with `spatial.config` and `spatial.slice_axis`."
     if s.config not in CONFIGS: return [f"spatial.config should be one of {list(CONFIGS)}, got '{s.config}'"]
@@ -511,11 +547,13 @@ def _config_problems(s:Spatial) -> list[str]:
         return [f"spatial.patch_size {s.patch_size} should be 1 on the slice axis {s.slice_axis} ({'xyz'[s.slice_axis]}) in 2d"]
     return []
 
+# %% ../nbs/00_core.ipynb #4fd8a6f8-8
 def _positive3(x, name):
     if x is None: return []
     if len(x) != 3 or any(v <= 0 for v in x): return [f"{name} should be three positive numbers (x, y, z), got {x}"]
     return []
 
+# %% ../nbs/00_core.ipynb #4fd8a6f8-9
 def validate_plan(plan:Plan, # the plan to check
                  ) -> list[str]:
     "Every problem with `plan`, as messages naming the field (empty when valid)."
@@ -554,6 +592,7 @@ def validate_plan(plan:Plan, # the plan to check
     if p.preprocess.mind not in (None, "extra", "replace"): out.append(f"preprocess.mind should be null, 'extra' or 'replace', got '{p.preprocess.mind}'")
     return out + _ranges(p) + _augment_problems(p.augment)
 
+# %% ../nbs/00_core.ipynb #4fd8a6f8-10
 def _augment_problems(a:Augment) -> list[str]:
     "Probabilities in [0, 1], ranges [low, high] with low <= high, axes among 0, 1, 2."
     out = [f"augment.{f.name} is a probability in [0, 1], got {getattr(a, f.name)}"
@@ -575,6 +614,7 @@ def save_plan(plan:Plan, # the plan to write (validated first)
     if problems: raise SegcookError(f"{path}: refusing to save an invalid plan: " + "; ".join(problems))
     return write_json(path, plan_to_dict(plan))
 
+# %% ../nbs/00_core.ipynb #c9338c94-1
 def load_plan(path, # config.json or the experiment folder holding it
              ) -> Plan:
     "Read and validate a plan; `path` is config.json or the experiment folder holding it."
@@ -620,6 +660,7 @@ def channel_for(ch:Channel, # a channel of the plan
                            "re-analyse with cases of that modality or give the right modality")
     return dataclasses.replace(ch, modality=modality, by_modality=None, **ch.by_modality[modality])
 
+# %% ../nbs/00_core.ipynb #e2719c40-1
 def plan_for(plan:Plan, # the experiment plan
              modality:str|None, # the case's modality (None: the plan has to be single-modality)
              cid:str="case", # case id, for messages
@@ -631,11 +672,13 @@ def plan_for(plan:Plan, # the experiment plan
 # %% ../nbs/00_core.ipynb #6313b3df
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 
+# %% ../nbs/00_core.ipynb #6313b3df-1
 def is_image_file(p, # a file name or path
                  ) -> bool:
     "Whether `p` has an image extension segcook reads."
     return str(p).lower().endswith(IMAGE_SUFFIXES)
 
+# %% ../nbs/00_core.ipynb #6313b3df-2
 def read_image(path, # NIfTI, NRRD, MHA, ... file
                dtype=None, # SimpleITK pixel type to read as (None: as stored)
               ) -> sitk.Image:
@@ -647,12 +690,14 @@ def read_image(path, # NIfTI, NRRD, MHA, ... file
     except RuntimeError as e: raise SegcookError(f"{path}: unreadable image ({_itk_reason(e, path)})") from None
     return img
 
+# %% ../nbs/00_core.ipynb #6313b3df-3
 def _itk_reason(e:RuntimeError, path) -> str:
     "The last line of an ITK error without the file name, which the message names already (once)."
     line = (str(e).strip().splitlines() or ["unknown ITK error"])[-1]
     for p in {str(path), str(Path(path).resolve())}: line = line.replace(f' for "{p}"', "").replace(f'"{p}"', "the file").replace(p, "the file")
     return line.replace("sitk::ERROR: ", "")[:200]
 
+# %% ../nbs/00_core.ipynb #6313b3df-4
 def write_image(img:sitk.Image, # the image to write
                 path, # destination; the extension chooses the format
                 compress:bool=True, # compress (e.g. gzip for .nii.gz)
@@ -663,6 +708,7 @@ def write_image(img:sitk.Image, # the image to write
         _check_written(tmp, img, compress)
     return Path(path)
 
+# %% ../nbs/00_core.ipynb #6313b3df-5
 def _check_written(tmp:Path, img:sitk.Image, compress:bool):
     "ITK's NIfTI writer reports a short write on stderr only: check the file holds every voxel (raises ENOSPC)."
     import gzip, zlib
@@ -696,6 +742,7 @@ def to_xyz(img:sitk.Image, # a 3D SimpleITK image
     "The voxels of a 3D image as a C-contiguous array with axes (x, y, z)."
     return np.ascontiguousarray(sitk.GetArrayFromImage(img).transpose(2, 1, 0))
 
+# %% ../nbs/00_core.ipynb #38875ea2-1
 def from_xyz(arr:np.ndarray, # (x, y, z) array
              ref:sitk.Image|None=None, # image to copy the geometry from
              spacing=None, # mm (x, y, z), when no `ref`
@@ -749,8 +796,10 @@ class Geometry:
 
     def to_dict(self): return asdict(self)
 
+# %% ../nbs/00_core.ipynb #4cc1102b-1
 def _fmt(v): return "(" + ", ".join(f"{x:.4g}" for x in v) + ")"
 
+# %% ../nbs/00_core.ipynb #4cc1102b-2
 def compare_headers(a, # an image or image file
                     b, # the other image or image file
                     **tol, # tolerances overriding the defaults (e.g. `spacing_rtol`)
@@ -769,6 +818,7 @@ def cli_parser(prog:str, # e.g. 'segcook check'
     return argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter,
                                    epilog="example:\n  " + example)
 
+# %% ../nbs/00_core.ipynb #2d23dfc1-1
 def run_cli(fn:Callable, # the command function
             *args, # its positional arguments
             **kwargs, # its keyword arguments

@@ -62,14 +62,17 @@ def _pad_to(x:torch.Tensor, ps) -> tuple[torch.Tensor, list[slice]]:
     pad = [v for l, h in zip(reversed(lo), reversed(hi)) for v in (l, h)]
     return F.pad(x, pad), crop
 
+# %% ../nbs/09_inference.ipynb #7e64de3e-1
 def _net_device(net) -> torch.device:
     p = next(iter(net.parameters()), None)
     return p.device if p is not None else torch.device("cpu")
 
+# %% ../nbs/09_inference.ipynb #7e64de3e-2
 def _first(out):
     "The full-resolution output (a deep-supervision list gives its first element)."
     return out[0] if isinstance(out, (list, tuple)) else out
 
+# %% ../nbs/09_inference.ipynb #7e64de3e-3
 def _activate(x:torch.Tensor, act:str|None) -> torch.Tensor:
     if act is None: return x
     if act == "softmax": return torch.softmax(x, 1)
@@ -113,6 +116,7 @@ def sliding_window(net:torch.nn.Module, # returns (B, out, *window) logits
     out /= count
     return _activate(out[(slice(None), slice(None), *crop)], act)
 
+# %% ../nbs/09_inference.ipynb #9268fabe-1
 def _count_map(size, ps, grid, w) -> torch.Tensor:
     "The summed weights of all windows at each voxel."
     c = torch.zeros(tuple(size), dtype=w.dtype, device=w.device)
@@ -155,6 +159,7 @@ def predict_volume(nets:Sequence[torch.nn.Module]|torch.nn.Module, # one model o
 # %% ../nbs/09_inference.ipynb #642dcf80
 BRATS_THRESHOLDS = {"WT": 0.45, "TC": 0.4, "ET": 0.45}
 
+# %% ../nbs/09_inference.ipynb #642dcf80-1
 def region_thresholds(regions:dict[str, list[int]], # name -> labels
                       thresholds:dict[str, float]|None=None, # given thresholds by region name (others: default)
                      ) -> dict[str, float]:
@@ -162,6 +167,7 @@ def region_thresholds(regions:dict[str, list[int]], # name -> labels
     thresholds = thresholds or {}
     return {r: float(thresholds.get(r, BRATS_THRESHOLDS.get(r.upper(), 0.5))) for r in regions}
 
+# %% ../nbs/09_inference.ipynb #642dcf80-2
 def _region_order(regions:dict) -> list[tuple[str, str|None, int]]:
     "(region, enclosing region or None, label it paints), largest region first."
     names = sorted(regions, key=lambda r: -len(set(regions[r])))
@@ -193,6 +199,7 @@ def regions_to_labels(probs, # (R, X, Y, Z) sigmoid outputs, one per region, in 
         lbl[m] = val
     return lbl.cpu().numpy()
 
+# %% ../nbs/09_inference.ipynb #dbe96f5e-1
 def labels_of(out:torch.Tensor, # (K, X, Y, Z) probabilities or logits (argmax is the same)
               labels:Sequence[int], # label value of each channel
              ) -> np.ndarray:
@@ -216,6 +223,7 @@ def _parse_thresholds(t) -> dict[str, float]:
     if bad: raise SegcookError(f"thresholds {bad}: must lie in [0, 1]")
     return {k: float(v) for k, v in d.items()}
 
+# %% ../nbs/09_inference.ipynb #39b674bc-1
 def with_thresholds(plan, # the plan (not modified)
                     thresholds, # None, `{region: t}`, 'WT=0.5,TC=0.4,ET=0.3', or a strategy JSON with "thresholds"
                    ):
@@ -229,6 +237,7 @@ def with_thresholds(plan, # the plan (not modified)
     p.labels.region_thresholds = {**(plan.labels.region_thresholds or {}), **t}
     return p
 
+# %% ../nbs/09_inference.ipynb #39b674bc-2
 def _record_thresholds(out:Path, plan, overwrite:bool):
     "Write the thresholds used to `<out>/thresholds.json`; refuse to mix them with earlier predictions made otherwise."
     t, p = region_thresholds(plan.labels.regions, plan.labels.region_thresholds), out/"thresholds.json"
@@ -244,6 +253,7 @@ def _axis_coords(n_out:int, s_out:float, n_in:int, s_in:float, device) -> torch.
     j = torch.arange(n_out, dtype=torch.float64, device=device)
     return ((j - (n_out - 1) / 2) * s_out / s_in + (n_in - 1) / 2).float()
 
+# %% ../nbs/09_inference.ipynb #554d9e5a-1
 def _resample_axis(t:torch.Tensor, c:torch.Tensor, dim:int) -> torch.Tensor:
     "Linear interpolation of `t` along `dim` at source coordinates `c` (edges replicated)."
     n = t.shape[dim]
@@ -253,6 +263,7 @@ def _resample_axis(t:torch.Tensor, c:torch.Tensor, dim:int) -> torch.Tensor:
     w = (c - i0).view([-1 if d == dim else 1 for d in range(t.ndim)])
     return t.index_select(dim, i0) * (1 - w) + t.index_select(dim, i1) * w
 
+# %% ../nbs/09_inference.ipynb #554d9e5a-2
 def resample_torch(t:torch.Tensor, # (C, X, Y, Z)
                    sp_in:Sequence[float], # spacing of `t`, mm (x, y, z)
                    size_out:Sequence[int], # voxels of the new grid (x, y, z)
@@ -270,12 +281,14 @@ def _vector_to_xyz(img) -> np.ndarray:
     a = sitk.GetArrayFromImage(img)
     return a.transpose(3, 2, 1, 0) if a.ndim == 4 else a.transpose(2, 1, 0)[None]
 
+# %% ../nbs/09_inference.ipynb #36e7cdd3-1
 def native_probs(probs:torch.Tensor, # (C, X, Y, Z) on the training grid
                  meta:dict, # the case's meta (from preprocessing)
                 ) -> np.ndarray:
     "Probabilities on the input's voxels (C, x, y, z), linear per channel (accurate path)."
     return _vector_to_xyz(to_native(probs.float().cpu().numpy(), meta, is_label=False))
 
+# %% ../nbs/09_inference.ipynb #36e7cdd3-2
 def native_fast(out:torch.Tensor, # (C, X, Y, Z) logits (or probabilities) on the training grid
                 meta:dict, # the case's meta (from preprocessing)
                ) -> torch.Tensor:
@@ -283,6 +296,7 @@ def native_fast(out:torch.Tensor, # (C, X, Y, Z) logits (or probabilities) on th
     r, g = meta["resampled"], meta["reoriented"]
     return resample_torch(out.float(), r["spacing"], g["size"], g["spacing"])
 
+# %% ../nbs/09_inference.ipynb #36e7cdd3-3
 def _unreorient_label(lbl:np.ndarray, meta:dict):
     "A label map on the reoriented input grid back to the input's voxels (reorient, un-crop)."
     return to_native(lbl, {**meta, "resampled": meta["reoriented"]}, is_label=True)
@@ -296,6 +310,7 @@ def available_folds(exp, # experiment folder
     ks = [int(p.name.split("_", 1)[1]) for p in root.glob("fold_*") if (p/ckpt).exists() and p.name.split("_", 1)[1].isdigit()]
     return sorted(ks)
 
+# %% ../nbs/09_inference.ipynb #f6af775b-1
 def load_models(exp, # experiment folder
                 folds:Sequence[int]|None=None, # None: every fold with a checkpoint
                 device="cpu", # where the networks go
@@ -329,12 +344,14 @@ def _csv_inputs(p:Path, names:list[str]) -> list[tuple[str, dict]]:
         out.append((r["id"], {n: res(r[n].strip()) for n in names}))
     return out
 
+# %% ../nbs/09_inference.ipynb #71125530-1
 def _dataset_inputs(ds, names:list[str]) -> list[tuple[str, dict]]:
     if ds.channel_names != names:
         raise SegcookError(f"{ds.path}: channels {ds.channel_names} differ from the plan's {names}; the model needs the same channels in order")
     cases, _ = find_cases(ds, "test")
     return [(c.id, dict(c.images)) for c in cases]
 
+# %% ../nbs/09_inference.ipynb #71125530-2
 def _flat_inputs(folder:Path, names:list[str]) -> list[tuple[str, dict]]:
     files = sorted(f for f in folder.iterdir() if f.is_file() and is_image_file(f))
     stem = lambda f: f.name[:-len(_suffix(f))]
@@ -350,6 +367,7 @@ def _flat_inputs(folder:Path, names:list[str]) -> list[tuple[str, dict]]:
                            "or give one folder per patient, or a paths.csv")
     return [(stem(f), {names[0]: f}) for f in files]
 
+# %% ../nbs/09_inference.ipynb #71125530-3
 def find_inputs(src, # paths.csv, dataset.json or a folder
                 plan, # the experiment's plan (its channel names)
                ) -> list[tuple[str, dict[str, Path]]]:
@@ -377,6 +395,7 @@ def _labels(out:torch.Tensor|np.ndarray, plan, is_prob:bool) -> np.ndarray:
     if L.regions: return regions_to_labels(out if is_prob else torch.sigmoid(out), L.regions, L.region_thresholds)
     return labels_of(out, L.labels)
 
+# %% ../nbs/09_inference.ipynb #fdc0e368-1
 def predict_case(nets:Sequence[torch.nn.Module], # the ensemble (eval mode)
                  image:np.ndarray|torch.Tensor, # (C, X, Y, Z) preprocessed
                  meta:dict, # from `preprocess_case`
@@ -405,6 +424,7 @@ def predict_case(nets:Sequence[torch.nn.Module], # the ensemble (eval mode)
     img = from_xyz(_labels(probs, plan, True), spacing=o["spacing"], origin=o["origin"], direction=o["direction"])
     return img, probs if with_probs else None
 
+# %% ../nbs/09_inference.ipynb #fdc0e368-2
 def _unreorient_probs(p:np.ndarray, meta:dict):
     return to_native(p, {**meta, "resampled": meta["reoriented"]}, is_label=False)
 
@@ -450,8 +470,10 @@ class MemoryCurve:
 # %% ../nbs/09_inference.ipynb #fa00dbe9
 TIMING_FIELDS = ["id", "seconds", "peak_rss_mib", "peak_gpu_mib", "models", "tta_passes", "fast", "mem_area_mib_s", "mem_source"]
 
+# %% ../nbs/09_inference.ipynb #fa00dbe9-1
 def _peak_rss_mib() -> float: return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
+# %% ../nbs/09_inference.ipynb #fa00dbe9-2
 def _record_timing(out:Path, row:dict):
     "Add (or replace) the row of one case in `<out>/timing.csv`, atomically."
     p, rows = out/"timing.csv", []
@@ -463,12 +485,14 @@ def _record_timing(out:Path, row:dict):
         w.writeheader()
         w.writerows(rows)
 
+# %% ../nbs/09_inference.ipynb #fa00dbe9-3
 def _out_names(plan) -> list[str]:
     L = plan.labels
     if L.regions: return list(L.regions)
     inv = {v: k for k, v in L.names.items()}
     return [inv.get(l, "background" if l == 0 else str(l)) for l in L.labels]
 
+# %% ../nbs/09_inference.ipynb #fa00dbe9-4
 def _write_probs(out:Path, cid:str, probs:np.ndarray, fmt:str, ref, names:list[str]):
     "Probabilities as `<id>_probs.npz` or one NIfTI per channel, atomically."
     if fmt == "npz":
@@ -476,6 +500,7 @@ def _write_probs(out:Path, cid:str, probs:np.ndarray, fmt:str, ref, names:list[s
     else:
         for c, n in enumerate(names): write_image(ref.apply(from_xyz(probs[c].astype(np.float32))), out/f"{cid}_prob_{n}.nii.gz")
 
+# %% ../nbs/09_inference.ipynb #fa00dbe9-5
 def _probs_done(out:Path, cid:str, fmt:str|None, names) -> bool:
     if not fmt: return True
     return (out/f"{cid}_probs.npz").exists() if fmt == "npz" else all((out/f"{cid}_prob_{n}.nii.gz").exists() for n in names)
@@ -487,6 +512,7 @@ def _check_header(img, ref, cid:str, path):
     if diff: raise SegcookError(f"case {cid}: prediction grid differs from the input {path}: {'; '.join(diff)}")
     return ref.apply(img)
 
+# %% ../nbs/09_inference.ipynb #6662894a-1
 def _prepare(cid:str, images:dict, plan, exp=None, reference=None, modality=None):
     "(image, meta) of a case: from `<exp>/preprocessed` when finished there with the same inputs, else preprocessed now."
     d = Path(exp)/"preprocessed"/cid if exp is not None else None
@@ -497,6 +523,7 @@ def _prepare(cid:str, images:dict, plan, exp=None, reference=None, modality=None
     image, _, meta = preprocess_case({k: str(v) for k, v in images.items()}, plan, cid=cid, reference=reference, modality=modality)
     return image, meta
 
+# %% ../nbs/09_inference.ipynb #6662894a-2
 def _refuse_inside(out:Path, cases, extra=()):
     "Never write into a dataset: refuse an output folder inside an input's folder."
     roots = {Path(p).parent for _, ims in cases for p in ims.values()} | {Path(e) for e in extra}
@@ -556,12 +583,14 @@ def run_cases(nets, # the ensemble (eval mode)
     _record_failed(out, failed, [c for c, _ in cases])
     return done
 
+# %% ../nbs/09_inference.ipynb #d51d44e4-1
 def _case_error(cid, e) -> str:
     "One line: the case and what went wrong."
     if isinstance(e, SegcookError): return str(e) if cid in str(e) else f"case {cid}: {e}"
     msg = str(e).strip().splitlines()[-1][:300] if str(e).strip() else ""
     return f"case {cid}: {type(e).__name__}: {msg}"
 
+# %% ../nbs/09_inference.ipynb #d51d44e4-2
 def _record_failed(out:Path, failed:dict, ids:list):
     "Keep `<out>/failed.json` ({id: reason}) true: this call's failures added, its successes removed; no file when none failed."
     f = out/"failed.json"
@@ -577,16 +606,19 @@ def _settings(plan, fast, tta):
     use_tta = (plan.infer.tta if tta is None else bool(tta)) and not fast
     return fast, (list(plan.infer.tta_axes) if use_tta else None)
 
+# %% ../nbs/09_inference.ipynb #3565c89d-1
 def _probs_fmt(probs) -> str|None:
     if probs in (None, False): return None
     if probs is True: return "npz"
     if probs in ("npz", "nifti"): return probs
     raise SegcookError(f"probs should be False, True, 'npz' or 'nifti', got {probs!r}")
 
+# %% ../nbs/09_inference.ipynb #3565c89d-2
 def _reference_of(exp, plan):
     if plan.preprocess.intensity != "histmatch": return None
     return _reference(read_cases_csv(exp, plan), plan)
 
+# %% ../nbs/09_inference.ipynb #3565c89d-3
 def input_modalities(input, # what `predict` was given: a paths.csv, a dataset.json, a folder
                      cases:list, # [(id, images)] from `find_inputs`
                      plan, # the plan
@@ -609,6 +641,7 @@ def input_modalities(input, # what `predict` was given: a paths.csv, a dataset.j
                                 "add a 'modality' column (ct or mr) to the CSV, or give --modality")
     return out
 
+# %% ../nbs/09_inference.ipynb #3565c89d-4
 def predict(exp, # experiment folder (config.json, models/fold_<k>/best.pt)
             input, # a folder, a paths.csv or a dataset.json (its test cases)
             out, # output folder: <id>.nii.gz, timing.csv

@@ -27,6 +27,7 @@ def _npy_shape(p:Path):
     except (OSError, ValueError) as e: raise SegcookError(f"{p}: unreadable .npy file ({e}); re-run `segcook preprocess --overwrite`") from None
     return a.shape, a.dtype
 
+# %% ../nbs/06_loader.ipynb #3f2e869c-1
 def check_case_dir(d, # a folder `<exp>/preprocessed/<id>`
                    need_label:bool=True, # label.npy must exist
                    n_channels:int|None=None, # expected image channels (None: any)
@@ -48,14 +49,13 @@ def check_case_dir(d, # a folder `<exp>/preprocessed/<id>`
             raise SegcookError(f"case {d.name}: {d/'label.npy'} should be uint8 {(1, *ish[1:])} to match image.npy, got {ldt} {lsh}")
     return tuple(ish)
 
+# %% ../nbs/06_loader.ipynb #3f2e869c-2
 def _check_cases(case_dirs, need_label=True) -> int:
     "Check all case folders; returns their common number of channels."
     if not len(case_dirs): raise SegcookError("no cases given to the loader; is the fold's case list empty?")
     c = None
     for d in case_dirs: c = check_case_dir(d, need_label, c)[0]
     return c
-
-
 
 # %% ../nbs/06_loader.ipynb #d630873a
 def check_dtm(d, # a folder `<exp>/preprocessed/<id>`
@@ -101,10 +101,12 @@ def _dali():
         raise SegcookError(f"NVIDIA DALI is not installed ({e}); install segcook on Linux with `pip install nvidia-dali-cuda120`") from None
     return fn, types, dmath, pipeline_def
 
+# %% ../nbs/06_loader.ipynb #240fad51-1
 def _i32(x):
     fn, types, _, _ = _dali()
     return fn.cast(x, dtype=types.INT32)
 
+# %% ../nbs/06_loader.ipynb #240fad51-2
 def _patch_anchor(lbl, # (1, X, Y, Z) uint8 DataNode
                   ps, classes, p_fg:float):
     "Start (c, x, y, z) of a patch of size `ps` that holds foreground with probability `p_fg`."
@@ -133,6 +135,7 @@ def _affine(anc, ps, aug:Augment, rot, zoom):
     off = fn.cast(fn.stack(anc[3], anc[2], anc[1]), dtype=types.FLOAT) + types.Constant(np.array(c, np.float32))
     return fn.transforms.translation(m, offset=off)
 
+# %% ../nbs/06_loader.ipynb #204a2cc6-1
 def _warp(xs, anc, ps, aug:Augment, rot, zoom):
     "Rotated/zoomed patches at `anc` of image, label and distance maps `xs` (linear, nearest, linear / zoom)."
     fn, types, _, _ = _dali()
@@ -145,11 +148,13 @@ def _warp(xs, anc, ps, aug:Augment, rot, zoom):
     if len(xs) > 2: out.append(one(xs[2], types.INTERP_LINEAR) / zoom)    # zoomed anatomy: distances in mm scale too
     return out
 
+# %% ../nbs/06_loader.ipynb #204a2cc6-2
 def _cut(xs, anc, ps):
     "Patches at `anc` of image, label (and distance maps) `xs`, padded with 0 outside the volume."
     fn, _, _, _ = _dali()
     return [fn.reshape(fn.slice(x, anc[1:], list(ps), axes=[1, 2, 3], out_of_bounds_policy="pad", fill_values=0), layout="CDHW") for x in xs]
 
+# %% ../nbs/06_loader.ipynb #204a2cc6-3
 def _flip(xs, aug:Augment):
     "Mirror image, label (and distance maps) `xs` together along each allowed axis with probability `p_flip`."
     fn, _, _, _ = _dali()
@@ -163,6 +168,7 @@ def _uniform(lo:float, hi:float):
     fn, types, _, _ = _dali()
     return fn.random.uniform(range=[float(lo), float(hi)]) if hi > lo else types.Constant(float(lo), dtype=types.FLOAT)
 
+# %% ../nbs/06_loader.ipynb #65683916-1
 def _spatial_draws(aug:Augment):
     "Per-sample DALI draws: rotation angles (3, degrees), zoom of the coordinates, and whether to warp."
     fn, types, _, _ = _dali()
@@ -173,6 +179,7 @@ def _spatial_draws(aug:Augment):
     z, dz = _uniform(*aug.scale), fn.cast(do_zoom, dtype=types.FLOAT)
     return rot, 1.0 / (z * dz + 1.0 - dz), do_rot | do_zoom
 
+# %% ../nbs/06_loader.ipynb #65683916-2
 def _train_graph(img_files, lbl_files, ps, classes, p_fg, aug:Augment, gpu:bool, warp:str="dali", anchors=None, dtm_files=None):
     "The DALI graph: read, place the patch (DALI, or `anchors(sample_info)`), cut or warp, flip; returns [image, label(, dtm)] or the torch-warp outputs."
     fn, types, _, _ = _dali()
@@ -198,6 +205,7 @@ def _linear(rot, zoom):
     for i, ax in enumerate(([1., 0, 0], [0, 1., 0], [0, 0, 1.])): m = fn.transforms.rotation(m, angle=rot[i], axis=ax)
     return m
 
+# %% ../nbs/06_loader.ipynb #c5686b99-1
 def _region(xs, anc, ps, rot, zoom, do):
     "Boxes of image, label (and distance maps) `xs` covering each (rotated, zoomed) patch, padded to one shape per batch, and how to warp them."
     fn, types, dmath, _ = _dali()
@@ -211,6 +219,7 @@ def _region(xs, anc, ps, rot, zoom, do):
     cut = lambda x: fn.pad(fn.slice(x, start, size, axes=[1, 2, 3], out_of_bounds_policy="pad", fill_values=0), axes=[1, 2, 3], fill_value=0)
     return (*[cut(x) for x in xs], anc[1:] - start, lin, d)
 
+# %% ../nbs/06_loader.ipynb #c5686b99-2
 def _grid(a:torch.Tensor, # (3, 3) patch -> box map, (x, y, z) order
           off, ps, box) -> torch.Tensor:
     "grid_sample grid (1, *ps, 3) sampling a patch of size `ps` from a box of size `box`, patch start `off` in it."
@@ -220,10 +229,12 @@ def _grid(a:torch.Tensor, # (3, 3) patch -> box map, (x, y, z) order
     norm = 2 * src / (torch.tensor(box, dtype=torch.float32) - 1) - 1
     return norm.flip(-1)[None]                                                          # grid_sample wants (z, y, x)
 
+# %% ../nbs/06_loader.ipynb #c5686b99-3
 def _sample(x, g, mode):
     "`x` (1, C, ...) resampled on grid `g`, in `x`'s dtype."
     return F.grid_sample(x.float(), g, mode=mode, padding_mode="zeros", align_corners=True)[0].to(x.dtype)
 
+# %% ../nbs/06_loader.ipynb #c5686b99-4
 def warp_patches(b:dict, # DALI outputs: image/label (and dtm) boxes, roff (B,3), mat (B,3,4), do (B,)
                  ps, # patch size, voxels (x, y, z)
                 ) -> dict:
@@ -242,6 +253,7 @@ def warp_patches(b:dict, # DALI outputs: image/label (and dtm) boxes, roff (B,3)
         if "dtm" in b: out["dtm"][-1] = out["dtm"][-1] / float(torch.linalg.det(a)) ** (1 / 3)   # the zoom of the coordinates
     return {k: torch.stack(v) for k, v in out.items()}
 
+# %% ../nbs/06_loader.ipynb #c5686b99-5
 def flip_batch(b:dict, # {"image": (B,C,X,Y,Z), "label": (B,1,X,Y,Z)}, and "dtm" (B,L,X,Y,Z) when loaded
                aug:Augment, # augmentation settings
                g:torch.Generator, # random generator
@@ -260,12 +272,14 @@ def _u(g, lo, hi, n=1):
     "`n` uniform draws in [lo, hi) from generator `g` (a python list)."
     return (torch.rand(n, generator=g, device=g.device) * (hi - lo) + lo).tolist()
 
+# %% ../nbs/06_loader.ipynb #b3be4fe7-1
 def _gauss_kernel(sigma:float, dev):
     r = max(1, int(3 * sigma + 0.5))                     # as scipy.ndimage (truncate=3)
     x = torch.arange(-r, r + 1, dtype=torch.float32, device=dev)
     k = torch.exp(-x**2 / (2 * sigma**2))
     return k / k.sum()
 
+# %% ../nbs/06_loader.ipynb #b3be4fe7-2
 def _conv_axis(x:torch.Tensor, k:torch.Tensor, d:int) -> torch.Tensor:
     "1D convolution of `x` along axis `d` with the odd kernel `k`, edges replicated (shifted weighted sums)."
     r, n = len(k) // 2, x.shape[d]
@@ -275,6 +289,7 @@ def _conv_axis(x:torch.Tensor, k:torch.Tensor, d:int) -> torch.Tensor:
     for i in range(1, len(k)): out.add_(xp.narrow(d, i, n), alpha=float(k[i]))
     return out
 
+# %% ../nbs/06_loader.ipynb #b3be4fe7-3
 def blur3d(x:torch.Tensor, # (C, X, Y, Z)
            sigma:float, # standard deviation, voxels
           ) -> torch.Tensor:
@@ -294,6 +309,7 @@ def _gamma(x, g, invert:bool, eps=1e-7):
     y = (y - y.mean(dim=dims, keepdim=True)) / (y.std(dim=dims, keepdim=True) + 1e-8) * s + m
     return -y if invert else y
 
+# %% ../nbs/06_loader.ipynb #6f7682e4-1
 def _lowres(x, zoom:float):
     "Nearest-neighbour downsampling by `zoom`, trilinear back to the original size."
     sz = x.shape[1:]
@@ -301,6 +317,7 @@ def _lowres(x, zoom:float):
     y = F.interpolate(x[None], size=small, mode="nearest")
     return F.interpolate(y, size=sz, mode="trilinear", align_corners=False)[0]
 
+# %% ../nbs/06_loader.ipynb #6f7682e4-2
 def augment_sample(x:torch.Tensor, # one image patch (C, X, Y, Z), changed in place
                    aug:Augment, # augmentation settings
                    g:torch.Generator, # random generator
@@ -322,6 +339,7 @@ def augment_sample(x:torch.Tensor, # one image patch (C, X, Y, Z), changed in pl
     if do["gamma"]: x = _gamma(x, _u(g, *aug.gamma)[0], do["inv"])
     return x
 
+# %% ../nbs/06_loader.ipynb #6f7682e4-3
 def augment_batch(batch:dict, # {"image": (B,C,X,Y,Z), "label": ...}
                   aug:Augment|Plan|None, # settings (a Plan: its `augment`; None: the defaults)
                   generator:torch.Generator, # random generator
@@ -345,11 +363,13 @@ def resolve_sample_probs(plan:Plan, # the plan (train.sample_probs, labels)
     for k, v in probs.items(): out[keys[str(k)]] = out.get(keys[str(k)], 0.0) + float(v)
     return {k: v for k, v in out.items() if v > 0}
 
+# %% ../nbs/06_loader.ipynb #65e3205d-1
 def needs_sampler(plan:Plan, # the plan
                  ) -> bool:
     "Whether patch centres need `CentreSampler`: class probabilities set, or a 2d plan with an ignore label."
     return plan.train.sample_probs is not None or (plan.spatial.config == "2d" and plan.labels.ignore_label is not None)
 
+# %% ../nbs/06_loader.ipynb #65e3205d-2
 class CentreSampler:
     "Patch centres in one label volume: by class probabilities or foreground oversampling; annotated slices only in 2d with an ignore label."
     def __init__(self,
@@ -418,6 +438,7 @@ class CentreSampler:
             out.append(np.unravel_index(f, self.shape))
         return np.array(out, np.int64).reshape(n, 3)
 
+# %% ../nbs/06_loader.ipynb #65e3205d-3
 def sampler_of(lbl:np.ndarray, # (X, Y, Z) label volume
                plan:Plan, # the plan (train.sample_probs or train.oversampling, labels, spatial.config)
               ) -> CentreSampler:
@@ -425,6 +446,7 @@ def sampler_of(lbl:np.ndarray, # (X, Y, Z) label volume
     return CentreSampler(lbl, _fg_classes(plan), plan.train.oversampling, resolve_sample_probs(plan), plan.labels.ignore_label,
                          plan.spatial.slice_axis if plan.spatial.config == "2d" else None)
 
+# %% ../nbs/06_loader.ipynb #65e3205d-4
 def patch_start(centre, # voxel (x, y, z) the patch must contain
                 shape, # volume size (x, y, z)
                 ps, # patch size (x, y, z)
@@ -432,6 +454,7 @@ def patch_start(centre, # voxel (x, y, z) the patch must contain
     "Start of a patch of size `ps` centred on `centre` as far as the volume allows; where the volume is smaller, centred on the volume (negative: padded)."
     return [-((p - n) // 2) if p >= n else min(max(0, int(c) - p // 2), n - p) for c, n, p in zip(centre, shape, ps)]
 
+# %% ../nbs/06_loader.ipynb #65e3205d-5
 def _fg_classes(plan:Plan) -> list[int]:
     "Foreground label values patches are balanced over (labels other than 0 and the ignore label)."
     return [int(l) for l in plan.labels.labels[1:] if l != plan.labels.ignore_label]
@@ -441,6 +464,7 @@ def _seed32(*xs) -> int:
     "A 31-bit seed from integers (DALI wants a non-negative int32)."
     return int(np.random.default_rng(list(xs)).integers(0, 2**31 - 1))
 
+# %% ../nbs/06_loader.ipynb #2a8ff911-1
 class TrainLoader:
     "Random augmented patches from preprocessed cases, via a DALI pipeline; see `make_train_loader`."
     def __init__(self,
@@ -513,12 +537,14 @@ def _pipeline(self:TrainLoader, epoch:int):
     p.build()
     return p
 
+# %% ../nbs/06_loader.ipynb #1430f2ba-1
 @patch
 def _sampler(self:TrainLoader, i:int) -> CentreSampler:
     "The (cached) centre sampler of case `i`."
     if i not in self._samplers: self._samplers[i] = sampler_of(np.load(self.dirs[i]/"label.npy", mmap_mode="r")[0], self.plan)
     return self._samplers[i]
 
+# %% ../nbs/06_loader.ipynb #1430f2ba-2
 @patch
 def _anchors(self:TrainLoader, idx:list[int], epoch:int):
     "DALI external-source callback: the (c, x, y, z) start of sample `info.idx_in_epoch`, which reads case `idx[k % len(idx)]`."
@@ -530,6 +556,7 @@ def _anchors(self:TrainLoader, idx:list[int], epoch:int):
         return np.array([0, *patch_start(c, smp.shape, self.ps)], np.int32)
     return anchor
 
+# %% ../nbs/06_loader.ipynb #1430f2ba-3
 @contextlib.contextmanager
 def _torch_threads(n:int|None):
     "Run a block with `n` torch threads (None: unchanged), restoring the previous number after."
@@ -538,6 +565,7 @@ def _torch_threads(n:int|None):
     try: yield
     finally: torch.set_num_threads(old)
 
+# %% ../nbs/06_loader.ipynb #1430f2ba-4
 @patch
 def _batches(self:TrainLoader, epoch:int):
     "Yield this epoch's batches as torch tensors (intensity augmentation applied)."
@@ -558,6 +586,7 @@ def _batches(self:TrainLoader, epoch:int):
             k += 1
     finally: del it
 
+# %% ../nbs/06_loader.ipynb #1430f2ba-5
 @patch
 def __iter__(self:TrainLoader):
     "This epoch's batches; once all are read, the next iteration reads the next epoch."
@@ -565,6 +594,7 @@ def __iter__(self:TrainLoader):
     yield from self._batches(e)
     self.epoch = e + 1
 
+# %% ../nbs/06_loader.ipynb #1430f2ba-6
 def make_train_loader(case_dirs:list, # folders `<exp>/preprocessed/<id>` (finished cases)
                       plan:Plan, # patch size (spatial.patch_size), oversampling (train.oversampling), labels
                       batch_size:int, # patches per batch on this rank
@@ -614,6 +644,7 @@ class ValLoader:
         it = DALIGenericIterator(p, ["image", "label"], reader_name="img", auto_reset=False)
         for d, b in zip(self.dirs, it): yield d.name, b[0]["image"], b[0]["label"]
 
+# %% ../nbs/06_loader.ipynb #0e1f71ba-1
 def make_val_loader(case_dirs:list, # folders `<exp>/preprocessed/<id>`
                     plan:Plan, # the experiment plan
                     shard_id:int=0, # this rank

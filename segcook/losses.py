@@ -32,6 +32,7 @@ class Prepared:
     idx: torch.Tensor | None     # softmax mode: class index per voxel (B, ...), -100 where ignored
     region: bool                 # True: sigmoid region outputs; False: softmax over labels
 
+# %% ../nbs/05_losses.ipynb #da89ee85-1
 class SegLoss(nn.Module):
     "Base of segcook losses: label values -> one-hot or region masks, ignore mask, channel checks."
     def __init__(self, labels:Sequence[int]=(0, 1), # label values, background first
@@ -95,6 +96,7 @@ class SegLoss(nn.Module):
 # %% ../nbs/05_losses.ipynb #4590cc9d
 def _spatial(x): return list(range(2, x.dim()))
 
+# %% ../nbs/05_losses.ipynb #4590cc9d-1
 def soft_dice(p, # probabilities (B, C, ...)
               y, # targets, same shape
               m=None, # voxel mask (None: every voxel)
@@ -108,6 +110,7 @@ def soft_dice(p, # probabilities (B, C, ...)
     inter, den = (p * y).sum(dims), p.sum(dims) + y.sum(dims)
     return 1 - (2 * inter + smooth_nr) / (den + smooth_dr)
 
+# %% ../nbs/05_losses.ipynb #4590cc9d-2
 class DiceLoss(SegLoss):
     "Soft Dice on softmax (labels) or sigmoid (regions) probabilities."
     def __init__(self,
@@ -129,6 +132,7 @@ def _masked_mean(x, m):
     if m is None: return x.mean()
     return (x * m).sum() / (m.sum() * x.shape[1]).clamp_min(1)
 
+# %% ../nbs/05_losses.ipynb #eaf6a4a5-1
 class CELoss(SegLoss):
     "Cross-entropy: softmax CE over labels, binary CE per region."
     def ce(self, b:Prepared):
@@ -136,6 +140,7 @@ class CELoss(SegLoss):
         return F.cross_entropy(b.logits, b.idx, ignore_index=-100) if b.m is None or b.m.sum() > 0 else b.logits.sum() * 0
     def compute(self, b, dtm=None): return self.ce(b)
 
+# %% ../nbs/05_losses.ipynb #eaf6a4a5-2
 class FocalLoss(SegLoss):
     "Focal loss: cross-entropy weighted by `(1 - p_t)^gamma`, averaged over voxels and channels."
     def __init__(self,
@@ -151,10 +156,12 @@ class FocalLoss(SegLoss):
         return _masked_mean(-(1 - logp.exp()).pow(self.gamma) * logp * b.y, b.m)
     def compute(self, b, dtm=None): return self.focal(b)
 
+# %% ../nbs/05_losses.ipynb #eaf6a4a5-3
 class MSELoss(SegLoss):
     "Mean squared error between probabilities and the one-hot (or region) target."
     def compute(self, b, dtm=None): return _masked_mean((b.p - b.y) ** 2, b.m)
 
+# %% ../nbs/05_losses.ipynb #eaf6a4a5-4
 class DiceCELoss(DiceLoss, CELoss):
     "Dice + cross-entropy (the nnU-Net / MIST default), each with its own weight."
     def __init__(self,
@@ -164,6 +171,7 @@ class DiceCELoss(DiceLoss, CELoss):
                 ): super().__init__(**kw); self.ld, self.lc = lambda_dice, lambda_ce
     def compute(self, b, dtm=None): return self.ld * self.dice(b) + self.lc * self.ce(b)
 
+# %% ../nbs/05_losses.ipynb #eaf6a4a5-5
 class DiceFocalLoss(DiceLoss, FocalLoss):
     "Dice + focal."
     def __init__(self,
@@ -184,17 +192,23 @@ def _erode(x):
     for q in pools[1:]: out = torch.min(out, q)
     return out
 
+# %% ../nbs/05_losses.ipynb #add6b2ea-1
 def _axis_kernels(n): return [tuple(3 if j == i else 1 for j in range(n)) for i in range(n)]
 
+# %% ../nbs/05_losses.ipynb #add6b2ea-2
 def _maxpool(x, n, k):
     fn = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[n]
     return fn(x, k, 1, tuple(kk // 2 for kk in k))
 
+# %% ../nbs/05_losses.ipynb #add6b2ea-3
 def _dilate(x):
     n = x.dim() - 2
     return _maxpool(x, n, (3,) * n)
+
+# %% ../nbs/05_losses.ipynb #add6b2ea-4
 def _open(x): return _dilate(_erode(x))
 
+# %% ../nbs/05_losses.ipynb #add6b2ea-5
 def soft_skeleton(x, # probabilities (B, C, ...)
                   iters:int=3, # erosions
                  ) -> torch.Tensor:
@@ -206,6 +220,7 @@ def soft_skeleton(x, # probabilities (B, C, ...)
         skel = skel + F.relu(d - skel * d)
     return skel
 
+# %% ../nbs/05_losses.ipynb #add6b2ea-6
 class ClDiceLoss(DiceLoss):
     "(1 - alpha) soft Dice + alpha soft clDice (topology-preserving, for tubular structures)."
     def __init__(self,
@@ -244,6 +259,7 @@ def distance_maps(y:torch.Tensor, # one-hot or region masks (B, C, ...)
                 out[b, c] = edt(~msk, sampling=spacing) * ~msk - edt(msk, sampling=spacing) * msk
     return torch.from_numpy(out).to(y.device)
 
+# %% ../nbs/05_losses.ipynb #d845b4b4-1
 class _DTMLoss(SegLoss):
     "A loss needing distance maps: takes `dtm` (B, C, ...) in mm or computes it from the target."
     def get_dtm(self, b:Prepared, dtm):
@@ -253,12 +269,14 @@ class _DTMLoss(SegLoss):
                                f"{tuple(b.p.shape)}")
         return dtm.to(b.p.dtype)
 
+# %% ../nbs/05_losses.ipynb #d845b4b4-2
 class BoundaryLoss(_DTMLoss):
     "Boundary loss (Kervadec et al.): mean of probability x signed distance (mm) over foreground channels."
     def compute(self, b, dtm=None):
         c, d = self.overlap_channels(b), self.get_dtm(b, dtm)
         return _masked_mean(b.p[:, c] * d[:, c], b.m)
 
+# %% ../nbs/05_losses.ipynb #d845b4b4-3
 class HausdorffDTLoss(_DTMLoss):
     "Hausdorff distance-transform loss (Karimi & Salcudean): `mean((p-y)^2 (d_p^a + d_y^a))`."
     def __init__(self,
@@ -271,6 +289,7 @@ class HausdorffDTLoss(_DTMLoss):
         dp = distance_maps((b.p[:, c] > 0.5).to(b.p.dtype), self.spacing).abs().to(b.p.dtype)
         return _masked_mean((b.p[:, c] - b.y[:, c]) ** 2 * (dp ** self.alpha + dy ** self.alpha), b.m)
 
+# %% ../nbs/05_losses.ipynb #d845b4b4-4
 class GSLoss(_DTMLoss):
     "Generalized surface loss (Celaya et al. 2023): `1 - sum((dtm (1-(y+p)))^2) / sum(dtm^2)`, per sample and channel."
     def compute(self, b, dtm=None):
@@ -288,6 +307,7 @@ def grad_magnitude(x:torch.Tensor, # tensor (B, C, ...)
     for d in range(2, x.dim()): g2 = g2 + torch.diff(x, dim=d, append=x.narrow(d, x.shape[d] - 1, 1)) ** 2
     return torch.sqrt(g2 + 1e-12)
 
+# %% ../nbs/05_losses.ipynb #c6ad4e4b-1
 class EdgeLoss(SegLoss):
     "MSE between gradient-magnitude maps of the probabilities and of the target."
     def compute(self, b, dtm=None):
@@ -308,6 +328,7 @@ def scheduled(w, # a number, or `{'start', 'end', 'schedule': 'linear'|'cosine'|
     else: raise SegcookError(f"unknown weight schedule '{kind}'; use 'linear', 'cosine' or 'step'")
     return a + (b - a) * f
 
+# %% ../nbs/05_losses.ipynb #6eeb402a-1
 class CompoundLoss(nn.Module):
     "Weighted sum of registered losses; weights fixed or scheduled over training (`set_progress`)."
     def __init__(self,
@@ -331,6 +352,7 @@ def _reg(name, cls, doc, **defaults):
     build.__doc__, build.__name__ = doc, name
     register_loss(name)(build)
 
+# %% ../nbs/05_losses.ipynb #fb2bfc94-1
 _reg("dice_ce", DiceCELoss, "Dice + cross-entropy (default; nnU-Net, MIST)")
 _reg("dice", DiceLoss, "soft Dice")
 _reg("ce", CELoss, "cross-entropy (softmax over labels, binary per region)")
@@ -380,6 +402,7 @@ def loss_kwargs(plan:Plan, # the experiment plan
     return dict(labels=list(plan.labels.labels), regions=plan.labels.regions, ignore_label=plan.labels.ignore_label,
                 spacing=list(plan.spatial.target_spacing) if plan.spatial.target_spacing else None)
 
+# %% ../nbs/05_losses.ipynb #19ddc427-1
 def build_loss(plan:Plan, # the experiment plan
                **overrides, # entries replacing `plan.train.loss_kwargs`
               ) -> nn.Module:

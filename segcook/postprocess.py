@@ -29,14 +29,17 @@ def _components(mask:np.ndarray):
     cc = cc3d.connected_components(np.ascontiguousarray(mask, dtype=np.uint8), connectivity=26)
     return cc, np.bincount(cc.ravel())
 
+# %% ../nbs/12_postprocess.ipynb #8a4f87fd-1
 def _groups(labels, per_label:bool):
     return [[l] for l in labels] if per_label else [list(labels)]
 
+# %% ../nbs/12_postprocess.ipynb #8a4f87fd-2
 def _min_voxels(min_size, unit, spacing):
     if unit == "voxels": return float(min_size)
     if unit == "mm3": return float(min_size) / float(np.prod(spacing))
     raise SegcookError(f"unit must be 'voxels' or 'mm3', got {unit!r}")
 
+# %% ../nbs/12_postprocess.ipynb #8a4f87fd-3
 @register_postprocessor("remove_small")
 def remove_small(lbl:np.ndarray, # label map (x, y, z)
                  labels:list, # labels of the group the operation acts on
@@ -58,6 +61,7 @@ def remove_small(lbl:np.ndarray, # label map (x, y, z)
         out[small[cc]] = replace_with
     return out
 
+# %% ../nbs/12_postprocess.ipynb #8a4f87fd-4
 @register_postprocessor("replace_small")
 def replace_small(lbl, # label map (x, y, z)
                   labels, # labels of the group the operation acts on
@@ -70,6 +74,7 @@ def replace_small(lbl, # label map (x, y, z)
     "Objects of the group smaller than `min_size` take the label `replace_with` (e.g. ET dust -> NCR)."
     return remove_small(lbl, labels, spacing, min_size, unit, per_label, replace_with)
 
+# %% ../nbs/12_postprocess.ipynb #8a4f87fd-5
 @register_postprocessor("keep_largest")
 def keep_largest(lbl:np.ndarray, # label map (x, y, z)
                  labels:list, # labels of the group the operation acts on
@@ -88,6 +93,7 @@ def keep_largest(lbl:np.ndarray, # label map (x, y, z)
         out[m & ~keep[cc]] = 0
     return out
 
+# %% ../nbs/12_postprocess.ipynb #8a4f87fd-6
 @register_postprocessor("fill_holes")
 def fill_holes(lbl:np.ndarray, # label map (x, y, z)
                labels:list, # labels of the group the operation acts on
@@ -104,8 +110,10 @@ def fill_holes(lbl:np.ndarray, # label map (x, y, z)
     out[holes] = labels[0] if fill_label is None else fill_label
     return out
 
+# %% ../nbs/12_postprocess.ipynb #8a4f87fd-7
 def _ball(r): return ndi.iterate_structure(ndi.generate_binary_structure(3, 1), int(r))
 
+# %% ../nbs/12_postprocess.ipynb #8a4f87fd-8
 @register_postprocessor("opening")
 def opening(lbl:np.ndarray, # label map (x, y, z)
             labels:list, # labels of the group the operation acts on
@@ -118,6 +126,7 @@ def opening(lbl:np.ndarray, # label map (x, y, z)
     out[m & ~ndi.binary_opening(m, _ball(radius))] = 0
     return out
 
+# %% ../nbs/12_postprocess.ipynb #8a4f87fd-9
 @register_postprocessor("closing")
 def closing(lbl:np.ndarray, # label map (x, y, z)
             labels:list, # labels of the group the operation acts on
@@ -134,6 +143,7 @@ def closing(lbl:np.ndarray, # label map (x, y, z)
     out[add] = labels[0] if fill_label is None else fill_label
     return out
 
+# %% ../nbs/12_postprocess.ipynb #8a4f87fd-10
 @register_postprocessor("brats_cascade")
 def brats_cascade(lbl:np.ndarray, # BraTS label map (x, y, z)
                   labels:list|None=None, # unused (the BraTS labels are `et`, `ncr`, `ed`)
@@ -157,6 +167,7 @@ _MIST = {"remove_small_objects": ("remove_small", {"small_object_threshold": "mi
          "fill_holes_with_label": ("fill_holes", {"fill_label": "fill_label"}),
          "replace_small_objects_with_label": ("replace_small", {"small_object_threshold": "min_size", "replacement_label": "replace_with"})}
 
+# %% ../nbs/12_postprocess.ipynb #b1a04e23-1
 def _from_mist(step):
     op, names = _MIST.get(step["transform"], (step["transform"], {}))
     kw = {names.get(k, k): v for k, v in step.get("kwargs", {}).items() if k in names or k not in ("apply_morphological_cleaning", "morph_cleanup_iterations")}
@@ -164,6 +175,7 @@ def _from_mist(step):
     return [{"op": op, "labels": g, "per_label": bool(step.get("per_label", False)), **kw} for g in groups] if op != "fill_holes" else \
            [{"op": op, "labels": g, **{k: v for k, v in kw.items() if k != "per_label"}} for g in groups]
 
+# %% ../nbs/12_postprocess.ipynb #b1a04e23-2
 def load_strategy(src, # a dict, a list of steps, or a JSON file (segcook or MIST format)
                  ) -> list[dict]:
     "The steps of a strategy (a dict, a list, or a JSON file; segcook or MIST format), checked."
@@ -186,6 +198,7 @@ def load_strategy(src, # a dict, a list of steps, or a JSON file (segcook or MIS
         out.append(dict(s))
     return out
 
+# %% ../nbs/12_postprocess.ipynb #b1a04e23-3
 _isint = lambda v: isinstance(v, int) and not isinstance(v, bool)
 _LABEL = ("a label >= 0", lambda v: _isint(v) and v >= 0)
 _STEP_ARGS = {"radius": ("an integer from 1 to 32 voxels", lambda v: _isint(v) and 1 <= v <= 32), "k": ("an integer >= 1", lambda v: _isint(v) and v >= 1),
@@ -193,6 +206,7 @@ _STEP_ARGS = {"radius": ("an integer from 1 to 32 voxels", lambda v: _isint(v) a
               **{n: _LABEL for n in ("replace_with", "et", "ncr", "ed")}, "fill_label": ("null or a label >= 1", lambda v: v is None or (_isint(v) and v >= 1)),
               "unit": ("'voxels' or 'mm3'", lambda v: v in ("voxels", "mm3"))}
 
+# %% ../nbs/12_postprocess.ipynb #b1a04e23-4
 def _step_problems(s:dict) -> list[str]:
     "What is out of range in one strategy step: its labels and its numeric arguments."
     out, ls = [], s["labels"]
@@ -200,6 +214,7 @@ def _step_problems(s:dict) -> list[str]:
         out.append(f"labels should be a non-empty list of foreground labels (integers >= 1), got {ls!r}")
     return out + [f"{k} should be {allowed}, got {s[k]!r}" for k, (allowed, ok) in _STEP_ARGS.items() if k in s and not ok(s[k])]
 
+# %% ../nbs/12_postprocess.ipynb #b1a04e23-5
 def apply_strategy(lbl:np.ndarray, # label map (x, y, z)
                    strategy, # steps, or anything `load_strategy` reads
                    spacing=(1., 1., 1.), # voxel size, mm (x, y, z)
@@ -218,6 +233,7 @@ def _apply_file(args):
     write_image(from_xyz(out.astype(to_xyz(img).dtype), ref=img), dst)
     return dst
 
+# %% ../nbs/12_postprocess.ipynb #9449c2ec-1
 def postprocess_folder(inp, # folder of predicted label maps (never modified)
                        out, # folder to write (must differ from `inp`)
                        strategy, # anything `load_strategy` reads
@@ -250,6 +266,7 @@ def default_candidates(classes:dict, # `{name: labels}`
         c += [{"op": "keep_largest", "labels": labels, "k": 1}, {"op": "fill_holes", "labels": labels}]
     return c
 
+# %% ../nbs/12_postprocess.ipynb #9bffa9ad-1
 def _load_case(args):
     cid, m, p = args
     g, pr = read_image(m), read_image(p)
@@ -263,6 +280,7 @@ def _load_case(args):
         gt, pd_ = gt[sl], pd_[sl]
     return cid, gt, pd_, sp, diag
 
+# %% ../nbs/12_postprocess.ipynb #9bffa9ad-2
 def _score(cases, steps, classes, metrics, tol_mm) -> pd.DataFrame:
     "Per-case metrics (rows: case ids) after applying `steps` to each prediction."
     rows = []
@@ -271,19 +289,23 @@ def _score(cases, steps, classes, metrics, tol_mm) -> pd.DataFrame:
         rows.append({"id": cid, **case_metrics(gt, x, classes, sp, metrics, tol_mm, diagonal_mm=diag)})
     return pd.DataFrame(rows).set_index("id")
 
+# %% ../nbs/12_postprocess.ipynb #9bffa9ad-3
 def _sign(col):
     m = next(m for m in sorted(METRICS.names(), key=len, reverse=True) if col.endswith("_" + m))
     return 1.0 if METRICS[m].higher_is_better else -1.0
 
+# %% ../nbs/12_postprocess.ipynb #9bffa9ad-4
 def _gain(new, cur):
     "How much better `new` is than `cur` per metric column (positive: better, whatever the metric's direction): per case for DataFrames, per mean for Series."
     keys = cur.columns if isinstance(cur, pd.DataFrame) else cur.index
     return (new[keys] - cur[keys]) * pd.Series({k: _sign(k) for k in keys})
 
+# %% ../nbs/12_postprocess.ipynb #9bffa9ad-5
 def _no_worse(new:pd.Series, cur:pd.Series, tol:float) -> bool:
     "No mean metric of `new` is worse than `cur` by more than `tol` (relative, times max(1, |value|))."
     return bool((_gain(new, cur) >= -tol * np.maximum(1, np.abs(cur))).all())
 
+# %% ../nbs/12_postprocess.ipynb #9bffa9ad-6
 def _prune(cases, kept, cur, classes, metrics, tol_mm, tol):
     "Drop, last first, every kept step whose removal leaves every mean metric as good: the minimal chain."
     rows = []
@@ -296,6 +318,7 @@ def _prune(cases, kept, cur, classes, metrics, tol_mm, tol):
             kept, cur = rest, new
     return kept, cur, rows
 
+# %% ../nbs/12_postprocess.ipynb #9bffa9ad-7
 def select_strategy(pairs:list, # [(id, mask_path, pred_path), ...]
                     classes:dict, # `{name: labels}`
                     metrics=("dice", "haus95"), # metric names to judge by
@@ -349,6 +372,7 @@ def read_probs(src, # an (R, x, y, z) array, `<id>_probs.npz`, or `{region: <id>
     if missing: raise SegcookError(f"{src}: no probabilities for region(s) {missing} (it has {have})")
     return z["probs"][[have.index(n) for n in names]].astype(np.float32, copy=False)
 
+# %% ../nbs/12_postprocess.ipynb #aef107eb-1
 def _gt_lesions(g, dil, vox, min_mm3):
     "Per ground-truth lesion (merged by dilation): (box, lesion in the box, its dilation, counted?)."
     gl, out = merge_by_dilation(g, dil), []
@@ -359,6 +383,7 @@ def _gt_lesions(g, dil, vox, min_mm3):
         out.append((sl, gk, _dilate(gk, dil), float(gk.sum()) * vox > min_mm3))
     return out
 
+# %% ../nbs/12_postprocess.ipynb #aef107eb-2
 def lesion_dice(g:np.ndarray, # ground-truth mask of one region (x, y, z)
                 p:np.ndarray, # predicted mask, same shape
                 spacing=(1., 1., 1.), # voxel size, mm (x, y, z)
@@ -384,6 +409,7 @@ def lesion_dice(g:np.ndarray, # ground-truth mask of one region (x, y, z)
 # %% ../nbs/12_postprocess.ipynb #cbd5c750
 _LO, _HI = 0.05, 0.95   # the range of thresholds searched
 
+# %% ../nbs/12_postprocess.ipynb #cbd5c750-1
 def _load_thr_case(args):
     "One case for the search: probabilities and ground truth cropped to where the rule can put labels."
     cid, m, src, names, margin = args
@@ -397,11 +423,13 @@ def _load_thr_case(args):
     sl = tuple(slice(max(s.start - margin, 0), s.stop + margin) for s in sl)
     return cid, gt[sl], np.ascontiguousarray(pr[(slice(None), *sl)]), sp
 
+# %% ../nbs/12_postprocess.ipynb #cbd5c750-2
 def _score_fn(metric):
     if metric == "lesion_dice": return lambda g, p, sp, les: lesion_dice(g, p, sp, lesions=les)
     if metric == "dice": return lambda g, p, sp, les: 1.0 if not (g.any() or p.any()) else 2.0 * (g & p).sum() / (g.sum() + p.sum())
     raise SegcookError(f"metric must be 'lesion_dice' or 'dice', got {metric!r}")
 
+# %% ../nbs/12_postprocess.ipynb #cbd5c750-3
 def _search(f, t0, trials, grid, seed, step=0.01, grid_step=0.05):
     "The threshold maximising `f`: TPE (seeded, `t0` first) or a grid; ties keep `t0`."
     if not grid:
@@ -418,6 +446,7 @@ def _search(f, t0, trials, grid, seed, step=0.01, grid_step=0.05):
     st.optimize(lambda tr: f(tr.suggest_float("t", _LO, _HI, step=step)), n_trials=max(int(trials), 1))
     return round(float(st.best_params["t"]), 4)
 
+# %% ../nbs/12_postprocess.ipynb #cbd5c750-4
 def _table(cases, regions, thr, fn, lesions):
     "Mean score of each region over the cases, from the label maps the rule makes with `thr`."
     from segcook.inference import regions_to_labels
@@ -427,12 +456,14 @@ def _table(cases, regions, thr, fn, lesions):
         for r, l in regions.items(): s[r].append(fn(np.isin(gt, l), np.isin(lbl, l), sp, les[r]))
     return {r: float(np.mean(v)) for r, v in s.items()}
 
+# %% ../nbs/12_postprocess.ipynb #cbd5c750-5
 def _ancestry(q, par):
     "`q` and the regions that enclose it, innermost first."
     out = [q]
     while par[out[-1]] is not None: out.append(par[out[-1]])
     return out
 
+# %% ../nbs/12_postprocess.ipynb #cbd5c750-6
 def _chain(pr, names, order, thr, sub, masks):
     "Masks of the regions in `sub` by the nested rule, on top of the fixed masks of their ancestors."
     m = dict(masks)
@@ -440,6 +471,7 @@ def _chain(pr, names, order, thr, sub, masks):
         if q in sub: m[q] = (pr[names.index(q)] >= thr[q]) & (m[par] if par else True)
     return m
 
+# %% ../nbs/12_postprocess.ipynb #cbd5c750-7
 def select_thresholds(pairs:list, # [(id, mask, probs), ...]: label map (file or array), `read_probs` source
                       regions:dict, # `{region: labels}` in the order of the probability channels
                       metric:str="lesion_dice", # 'lesion_dice' (BraTS 2023) or 'dice' (legacy)
@@ -507,6 +539,7 @@ def oof_prob_pairs(exp, # experiment folder (config.json, cases.csv, predictions
                            f"`segcook predict --exp {exp} --oof --probs` (finished labels are kept, only the probabilities are added)")
     return out
 
+# %% ../nbs/12_postprocess.ipynb #98ec9fba-1
 def save_thresholds(out, # folder of the strategy (`<out>/strategy.json`)
                     thresholds:dict, # `{region: threshold}`
                     info:dict|None=None, # how they were chosen (recorded as `thresholds_selection`)
@@ -538,6 +571,7 @@ def _cli_thresholds(a):
     print(f"thresholds {json.dumps(thr)} ({len(pairs)} case(s), {secs} s)\nwrote {p} and {out / 'thresholds.csv'}; apply with "
           f"`segcook predict --thresholds {p}`")
 
+# %% ../nbs/12_postprocess.ipynb #db01e700-1
 def cli_postprocess(argv:list[str]|None=None, # command-line arguments (None: `sys.argv[1:]`)
                    ) -> int:
     "segcook postprocess: apply or select postprocessing strategies"

@@ -30,6 +30,7 @@ __all__ = ['N4_THREADS', 'MIND_CHANNELS', 'META_FORMAT', 'label_values', 'read_c
 def _case_err(cid, path, msg) -> SegcookError:
     return SegcookError(f"case {cid}: {path}: {msg}")
 
+# %% ../nbs/03_preprocess.ipynb #1876b547-1
 def _read_arr(path, cid, float32:bool=True) -> tuple[np.ndarray, Geometry]:
     "Voxels (x, y, z) and header of one 3D file of case `cid` (NaN and infinities are an error naming the case and file)."
     if not Path(path).exists(): raise _case_err(cid, path, "file not found")
@@ -39,19 +40,23 @@ def _read_arr(path, cid, float32:bool=True) -> tuple[np.ndarray, Geometry]:
     if n: raise _case_err(cid, path, f"{n} voxels are NaN or infinite; fix or exclude this case")
     return (a.astype(np.float32, copy=False) if float32 else a), g
 
+# %% ../nbs/03_preprocess.ipynb #1876b547-2
 def _image(a:np.ndarray, g:Geometry) -> sitk.Image:
     "A SimpleITK image of the (x, y, z) voxels `a` with header `g`."
     return from_xyz(a, spacing=g.spacing, origin=g.origin, direction=g.direction)
 
+# %% ../nbs/03_preprocess.ipynb #1876b547-3
 def _read(path, cid, float32:bool=True) -> sitk.Image:
     "Read one 3D file of case `cid` (NaN and infinities are an error naming the case and file)."
     return _image(*_read_arr(path, cid, float32))
 
+# %% ../nbs/03_preprocess.ipynb #1876b547-4
 def _check_same_grid(ref, img, ref_path, path, cid):
     diff = compare_headers(ref, img)
     if diff: raise _case_err(cid, path, f"geometry disagrees with {Path(ref_path).name}: {'; '.join(diff)}; "
                                         "resample it onto the first channel's grid or exclude the case")
 
+# %% ../nbs/03_preprocess.ipynb #1876b547-5
 def _values(a:np.ndarray) -> list:
     "The distinct values of a label array (fast for small non-negative integers)."
     if a.dtype.kind in "ui" and a.size and a.min() >= 0 and a.max() < 4096:
@@ -59,11 +64,13 @@ def _values(a:np.ndarray) -> list:
     u = np.unique(a)
     return u.astype(int).tolist() if np.all(u == np.round(u)) else u.tolist()
 
+# %% ../nbs/03_preprocess.ipynb #1876b547-6
 def label_values(img:sitk.Image, # a label image
                 ) -> list[int]:
     "The distinct values of a label image (fast for small non-negative integers)."
     return _values(sitk.GetArrayViewFromImage(img))
 
+# %% ../nbs/03_preprocess.ipynb #1876b547-7
 def _bad_labels(a:np.ndarray, known:list|None) -> list:
     "Values of label array `a` that are not in `known` (when given), not integers or outside 0..255."
     if a.dtype.kind in "ui" and a.size:                   # every integer of [min, max] allowed: nothing to list
@@ -71,6 +78,7 @@ def _bad_labels(a:np.ndarray, known:list|None) -> list:
         if lo >= 0 and hi < 256 and (known is None or set(range(lo, hi + 1)) <= set(known)): return []
     return [v for v in _values(a) if (known is not None and v not in known) or not float(v).is_integer() or not 0 <= v < 256]
 
+# %% ../nbs/03_preprocess.ipynb #1876b547-8
 def _read_arrays(images:dict, label, plan:Plan|None, cid:str):
     "Channel -> (x, y, z) float32 voxels, the label's (uint8) or None, and each file's header (channels, then label); checked."
     if not images: raise SegcookError(f"case {cid}: no image files")
@@ -89,6 +97,7 @@ def _read_arrays(images:dict, label, plan:Plan|None, cid:str):
                                         "fix the label file or the plan's labels.labels")
     return arrs, lab.astype(np.uint8, copy=False), geoms + [g]
 
+# %% ../nbs/03_preprocess.ipynb #1876b547-9
 def read_case(images:dict, # channel name -> image path, in channel order
               label=None, # label path or None
               plan:Plan|None=None, # checks label values against plan.labels when given
@@ -104,12 +113,14 @@ def _xyz_view(img:sitk.Image) -> np.ndarray:
     "An (x, y, z) view of the voxels of `img` (no copy; valid while `img` lives)."
     return sitk.GetArrayViewFromImage(img).T
 
+# %% ../nbs/03_preprocess.ipynb #057c4726-1
 def _fg_box(arrs:list[np.ndarray], lab:np.ndarray|None=None, margin:int=0) -> tuple[list[int], list[int]]:
     "The foreground box (start, stop) of the (x, y, z) arrays of a case, labelled voxels included."
     m = foreground_mask(arrs)
     if lab is not None: m |= lab > 0
     return bbox_of(m, margin)
 
+# %% ../nbs/03_preprocess.ipynb #057c4726-2
 def crop_box(imgs:list[sitk.Image], # the channels of one case
              lbl:sitk.Image|None=None, # labelled voxels are kept inside the box
              margin:int=0, # voxels added on each side
@@ -117,6 +128,7 @@ def crop_box(imgs:list[sitk.Image], # the channels of one case
     "The foreground box (start, stop) in voxels (x, y, z) of a case."
     return _fg_box([_xyz_view(i) for i in imgs], _xyz_view(lbl) if lbl is not None else None, margin)
 
+# %% ../nbs/03_preprocess.ipynb #057c4726-3
 def crop(img:sitk.Image, # the image
          start, # first voxel (x, y, z)
          stop, # end voxel (x, y, z), exclusive
@@ -127,6 +139,7 @@ def crop(img:sitk.Image, # the image
 # %% ../nbs/03_preprocess.ipynb #f0d68b01
 N4_THREADS = 1   # ITK threads of N4: its sums depend on how the work is split, so a fixed count keeps results independent of --workers
 
+# %% ../nbs/03_preprocess.ipynb #f0d68b01-1
 def n4_correct(img:sitk.Image, # an MR image
                shrink:int=4, # fit the field on an image this many times smaller per axis
                iters=(50, 50, 30, 20), # iterations per fitting level
@@ -137,6 +150,7 @@ def n4_correct(img:sitk.Image, # an MR image
     try: return _n4(img, shrink, iters)
     finally: sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(old)
 
+# %% ../nbs/03_preprocess.ipynb #f0d68b01-2
 def _n4(img, shrink, iters):
     img = sitk.Cast(img, sitk.sitkFloat32)
     pos = sitk.Maximum(img, 0.0) + 1.0                              # N4 works on log intensities
@@ -151,6 +165,7 @@ def _n4(img, shrink, iters):
 # %% ../nbs/03_preprocess.ipynb #a9e5e3b2
 _FLIP = str.maketrans("RLAPIS", "LRPASI")
 
+# %% ../nbs/03_preprocess.ipynb #a9e5e3b2-1
 def sitk_code(code:str, # MIST/ITK orientation code, e.g. 'RAI'
              ) -> str:
     "SimpleITK's (DICOM, 'to') orientation code for a MIST/ITK ('from') code, e.g. RAI -> LPS."
@@ -159,14 +174,17 @@ def sitk_code(code:str, # MIST/ITK orientation code, e.g. 'RAI'
         raise SegcookError(f"orientation '{code}' should name each of R/L, A/P, I/S once, e.g. 'RAI'")
     return code.translate(_FLIP)
 
+# %% ../nbs/03_preprocess.ipynb #a9e5e3b2-2
 def _orientation(direction) -> str:
     return sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines([float(d) for d in direction]).translate(_FLIP)
 
+# %% ../nbs/03_preprocess.ipynb #a9e5e3b2-3
 def orientation_of(img:sitk.Image, # the image
                   ) -> str:
     "The MIST/ITK orientation code of `img` (identity direction: 'RAI')."
     return _orientation(img.GetDirection())
 
+# %% ../nbs/03_preprocess.ipynb #a9e5e3b2-4
 def reorient(img:sitk.Image, # the image
              code:str="RAI", # MIST/ITK orientation code
             ) -> sitk.Image:
@@ -184,21 +202,26 @@ def _grid_of(size, spacing, origin, direction, sp, axes=(0, 1, 2)):
     origin = np.array(origin) + d @ ((n0 - 1) * s0 / 2 - (n1 - 1) * s1 / 2)   # same centre
     return n1.tolist(), s1.tolist(), origin.tolist()
 
+# %% ../nbs/03_preprocess.ipynb #6984c2ae-1
 def _grid(img:sitk.Image, sp, axes=(0, 1, 2)):
     "Size, spacing and origin of a grid over `img`'s extent with spacing `sp` on `axes` (other axes unchanged)."
     return _grid_of(img.GetSize(), img.GetSpacing(), img.GetOrigin(), img.GetDirection(), sp, axes)
 
+# %% ../nbs/03_preprocess.ipynb #6984c2ae-2
 def _resample(img:sitk.Image, grid, interp, pixel=sitk.sitkFloat32) -> sitk.Image:
     "`img` on `grid` (size, spacing, origin; same direction) with interpolator `interp`."
     size, sp, origin = grid
     return sitk.Resample(img, [int(s) for s in size], sitk.Transform(), interp, [float(o) for o in origin],
                          [float(s) for s in sp], img.GetDirection(), 0, pixel)
 
+# %% ../nbs/03_preprocess.ipynb #6984c2ae-3
 def _same_size_spacing(size, spacing, grid) -> bool:
     return list(size) == list(grid[0]) and np.allclose(spacing, grid[1], rtol=1e-6, atol=0)
 
+# %% ../nbs/03_preprocess.ipynb #6984c2ae-4
 def _same_grid(img, grid) -> bool: return _same_size_spacing(img.GetSize(), img.GetSpacing(), grid)
 
+# %% ../nbs/03_preprocess.ipynb #6984c2ae-5
 def coarse_axis(sp, # spacing, mm (x, y, z)
                 ratio:float=3.0, # max/min spacing above which it counts as anisotropic
                ) -> int|None:
@@ -206,23 +229,28 @@ def coarse_axis(sp, # spacing, mm (x, y, z)
     sp = np.asarray(sp, float)
     return int(np.argmax(sp)) if sp.max() / sp.min() > ratio else None
 
+# %% ../nbs/03_preprocess.ipynb #6984c2ae-6
 def _steps_for(spacing):
     "The axes of each resampling step: all at once, or in-plane then the coarse axis when `spacing` is anisotropic."
     ax = coarse_axis(spacing)
     if ax is None: return [(0, 1, 2)], None
     return [tuple(i for i in range(3) if i != ax), (ax,)], ax
 
+# %% ../nbs/03_preprocess.ipynb #6984c2ae-7
 def _steps(img, sp): return _steps_for(img.GetSpacing())
 
+# %% ../nbs/03_preprocess.ipynb #6984c2ae-8
 def _on_target(size, g:Geometry, sp) -> bool:
     "Whether `resample_image` would leave an image of `size` voxels with `g`'s spacing as it is at target spacing `sp`."
     return all(_same_size_spacing(size, g.spacing, _grid_of(size, g.spacing, g.origin, g.direction, sp, axes))
                for axes in _steps_for(g.spacing)[0])
 
+# %% ../nbs/03_preprocess.ipynb #6984c2ae-9
 def _bspline_weights(t:np.ndarray) -> np.ndarray:
     "Cubic B-spline weights of the taps floor(x)-1 .. floor(x)+2 for fractional offsets `t` (n, 4)."
     return np.stack([(1 - t) ** 3, 3 * t**3 - 6 * t**2 + 4, -3 * t**3 + 3 * t**2 + 3 * t + 1, t**3], 1) / 6
 
+# %% ../nbs/03_preprocess.ipynb #6984c2ae-10
 def _mirror(i:np.ndarray, n:int) -> np.ndarray:
     "Indices reflected into 0..n-1 about the end samples (d c b | a b c d), ITK's B-spline boundary."
     if n == 1: return np.zeros_like(i)
@@ -230,6 +258,7 @@ def _mirror(i:np.ndarray, n:int) -> np.ndarray:
     i = np.abs(i) % p
     return np.where(i >= n, p - i, i)
 
+# %% ../nbs/03_preprocess.ipynb #6984c2ae-11
 def _axis_matrix(n0:int, x:np.ndarray):
     "Sparse (len(x), n0) matrix evaluating a cubic B-spline with n0 coefficients at positions `x` (index units)."
     from scipy import sparse
@@ -238,6 +267,7 @@ def _axis_matrix(n0:int, x:np.ndarray):
     w = _bspline_weights(x - f).astype(np.float32)
     return sparse.csr_matrix((w.ravel(), (np.repeat(np.arange(len(x)), 4), cols.ravel())), shape=(len(x), n0))
 
+# %% ../nbs/03_preprocess.ipynb #6984c2ae-12
 def bspline_axis(a:np.ndarray, # array (x, y, z)
                  ax:int, # axis to resample
                  n1:int, # new number of samples along axis `ax`
@@ -253,6 +283,7 @@ def bspline_axis(a:np.ndarray, # array (x, y, z)
     out = (_axis_matrix(n0, x) @ c.reshape(-1, n0).T).T                   # 4 taps per new sample
     return np.moveaxis(out.reshape(c.shape[:-1] + (n1,)), -1, ax)
 
+# %% ../nbs/03_preprocess.ipynb #6984c2ae-13
 def nearest_axis(img:sitk.Image, # the image
                  grid, # target grid (size, spacing, origin)
                  ax:int, # the axis that differs
@@ -263,6 +294,7 @@ def nearest_axis(img:sitk.Image, # the image
     idx = np.clip(np.floor(x + 0.5).astype(int), 0, n0 - 1)               # ITK rounds halves up
     return from_xyz(np.take(to_xyz(img), idx, axis=ax), spacing=grid[1], origin=grid[2], direction=img.GetDirection())
 
+# %% ../nbs/03_preprocess.ipynb #6984c2ae-14
 def resample_image(img:sitk.Image, # an intensity image
                    sp, # target spacing (x, y, z) mm
                   ) -> sitk.Image:
@@ -274,6 +306,7 @@ def resample_image(img:sitk.Image, # an intensity image
         return from_xyz(a.astype(np.float32), spacing=g[1], origin=g[2], direction=img.GetDirection())
     return _by_steps(sitk.Cast(img, sitk.sitkFloat32), sp, smooth)
 
+# %% ../nbs/03_preprocess.ipynb #6984c2ae-15
 def _by_steps(img:sitk.Image, sp, smooth) -> sitk.Image:
     "Resample `img` to `sp` in the steps of `_steps`: `smooth(img, grid, axes)` in-plane, whole slices along a coarse axis."
     steps, _ = _steps(img, sp)
@@ -304,6 +337,7 @@ def _onehot_resample(lbl:sitk.Image, ref_grid, direction=None, values=None) -> s
     out.SetDirection(lbl.GetDirection() if direction is None else direction)
     return out
 
+# %% ../nbs/03_preprocess.ipynb #8aeedfa0-1
 def resample_label(lbl:sitk.Image, # a label image
                    sp, # target spacing (x, y, z) mm
                   ) -> sitk.Image:
@@ -313,6 +347,7 @@ def resample_label(lbl:sitk.Image, # a label image
 # %% ../nbs/03_preprocess.ipynb #1c2ba3fa
 _BLOCK = 1 << 16   # voxels per block of the float64 arithmetic (stays in cache)
 
+# %% ../nbs/03_preprocess.ipynb #1c2ba3fa-1
 def _zscore_into(a:np.ndarray, lo, hi, mu:float, sd:float, m:np.ndarray|None, out:np.ndarray) -> np.ndarray:
     "`out` = float32((clip(a, lo, hi) - mu) / sd [* m]) with float64 arithmetic, block by block (`out` may be `a`)."
     if not (a.flags.c_contiguous and out.flags.c_contiguous and (m is None or m.flags.c_contiguous)):
@@ -331,6 +366,7 @@ def _zscore_into(a:np.ndarray, lo, hi, mu:float, sd:float, m:np.ndarray|None, ou
         of[i:i + _BLOCK] = t                                               # rounded to float32 once, as astype
     return out
 
+# %% ../nbs/03_preprocess.ipynb #1c2ba3fa-2
 def normalize(a:np.ndarray, # one channel (x, y, z), float32
               ch:Channel, # the plan's channel: norm, use_nonzero, window, mean, std
               mask:np.ndarray|None=None, # nonzero mask (for use_nonzero)
@@ -362,6 +398,7 @@ def normalize(a:np.ndarray, # one channel (x, y, z), float32
         return (a * m if m is not None else a).astype(np.float32)
     return _zscore_into(a, lo, hi, mu, sd, m, a if inplace else np.empty(a.shape, np.float32))
 
+# %% ../nbs/03_preprocess.ipynb #1c2ba3fa-3
 def rescale_2_98(a:np.ndarray, # one channel
                  mask:np.ndarray|None=None, # where the percentiles are taken (None: everywhere)
                 ) -> np.ndarray:
@@ -370,6 +407,7 @@ def rescale_2_98(a:np.ndarray, # one channel
     out = (a - lo) / max(float(hi - lo), 1e-8)
     return (out * mask if mask is not None else out).astype(np.float32)
 
+# %% ../nbs/03_preprocess.ipynb #1c2ba3fa-4
 def hist_match(img:sitk.Image, # image to change
                ref:sitk.Image, # reference image
                levels:int=1024, # histogram levels
@@ -381,14 +419,17 @@ def hist_match(img:sitk.Image, # image to change
 # %% ../nbs/03_preprocess.ipynb #34f8977a
 MIND_CHANNELS = 12
 
+# %% ../nbs/03_preprocess.ipynb #34f8977a-1
 def _six(d:int) -> list[tuple[int, int, int]]:
     return [tuple(s * d * (i == k) for i in range(3)) for k in range(3) for s in (1, -1)]
 
+# %% ../nbs/03_preprocess.ipynb #34f8977a-2
 def _ssc_pairs(d:int) -> list[tuple]:
     "The 12 pairs of six-neighbourhood offsets that are d*sqrt(2) apart."
     six = _six(d)
     return [(p, q) for i, p in enumerate(six) for q in six[i + 1:] if sum((a - b) ** 2 for a, b in zip(p, q)) == 2 * d * d]
 
+# %% ../nbs/03_preprocess.ipynb #34f8977a-3
 def mind_ssc(a:np.ndarray, # one channel (x, y, z)
              radius:int=1, # patch radius (box of 2r+1 voxels per axis)
              dilation:int=2, # distance of the six neighbours (voxels)
@@ -410,6 +451,7 @@ def mind_ssc(a:np.ndarray, # one channel (x, y, z)
 def _diagonal_mm(shape, spacing) -> float:
     return float(np.sqrt(np.sum((np.asarray(shape) * np.asarray(spacing, float)) ** 2)))
 
+# %% ../nbs/03_preprocess.ipynb #e6c9dffb-1
 def distance_map(mask:np.ndarray, # boolean (x, y, z)
                  spacing=(1., 1., 1.), # mm per axis
                 ) -> np.ndarray:
@@ -421,15 +463,18 @@ def distance_map(mask:np.ndarray, # boolean (x, y, z)
                                                           squaredDistance=False, useImageSpacing=True))
     return np.where(mask, -dist(~mask), dist(mask)).astype(np.float32)     # each side: the distance to the other one
 
+# %% ../nbs/03_preprocess.ipynb #e6c9dffb-2
 def _channel_masks(lbl:np.ndarray, plan:Plan):
     "One mask per network output: each region (if the plan has regions) or each label."
     if plan.labels.regions: return [np.isin(lbl, ls) for ls in plan.labels.regions.values()]
     return [lbl == l for l in plan.labels.labels]
 
+# %% ../nbs/03_preprocess.ipynb #e6c9dffb-3
 def _normalize_dtm(d:np.ndarray) -> np.ndarray:
     neg, pos = -d[d < 0].min(initial=0), d[d > 0].max(initial=0)
     return np.where(d < 0, d / max(neg, 1e-8), d / max(pos, 1e-8)).astype(np.float32)
 
+# %% ../nbs/03_preprocess.ipynb #e6c9dffb-4
 def distance_maps(lbl:np.ndarray, # label map (x, y, z)
                   plan:Plan, # the plan (labels or regions)
                   spacing, # mm per axis
@@ -443,17 +488,21 @@ def distance_maps(lbl:np.ndarray, # label map (x, y, z)
 # %% ../nbs/03_preprocess.ipynb #e62eb2f7
 META_FORMAT = "segcook-meta-1"
 
+# %% ../nbs/03_preprocess.ipynb #e62eb2f7-1
 def _geom(img) -> dict: return Geometry.of(img).to_dict()
 
+# %% ../nbs/03_preprocess.ipynb #e62eb2f7-2
 def _channel_plan(plan:Plan, images:dict, cid) -> list[Channel]:
     if len(images) != len(plan.channels):
         raise SegcookError(f"case {cid}: {len(images)} image(s) given but the plan has {len(plan.channels)} channel(s) "
                            f"{[c.name for c in plan.channels]}")
     return plan.channels
 
+# %% ../nbs/03_preprocess.ipynb #e62eb2f7-3
 @lru_cache(maxsize=8)
 def _reference_image(path:str) -> sitk.Image: return read_image(path, sitk.sitkFloat32)
 
+# %% ../nbs/03_preprocess.ipynb #e62eb2f7-4
 def _mind_channels(arrs:list[np.ndarray], names:list[str], how:str|None):
     "Image channels with MIND-SSC descriptors added ('extra') or instead ('replace')."
     if how is None: return arrs, names
@@ -487,6 +536,7 @@ def case_spacing(plan:Plan, # the experiment plan (spatial.target_spacing, spati
     sp[plan.spatial.slice_axis] = float(spacing[plan.spatial.slice_axis])
     return sp
 
+# %% ../nbs/03_preprocess.ipynb #83878e47-1
 def _spatial(imgs:list, lbl, plan:Plan, n4:bool, cid, box=None):
     "Crop (to `box` when given), N4, reorient and resample the images and label of one case; returns them and the geometry record."
     original, size = _geom(imgs[0]), list(imgs[0].GetSize())
@@ -514,6 +564,7 @@ def _spatial(imgs:list, lbl, plan:Plan, n4:bool, cid, box=None):
                             if not _same_grid(nz, _grid(nz, sp)) else to_xyz(nz).astype(bool)
     return imgs, lbl, nz, geometry_meta(original, start, stop, orientation, reoriented, aniso, _geom(imgs[0]))
 
+# %% ../nbs/03_preprocess.ipynb #83878e47-2
 def _intensity(imgs:list, nz, plan:Plan, reference:dict|None, cid) -> list[np.ndarray]:
     "Histogram matching (if planned), normalisation and the 2-98 rescale, per channel."
     out, how = [], plan.preprocess.intensity
@@ -528,12 +579,14 @@ def _intensity(imgs:list, nz, plan:Plan, reference:dict|None, cid) -> list[np.nd
         out.append(a)
     return out
 
+# %% ../nbs/03_preprocess.ipynb #83878e47-3
 def _numpy_ok(geoms:list[Geometry], plan:Plan, n4:bool) -> bool:
     "Whether N4, reorientation and histogram matching would leave this case as it is (all files on one grid)."
     g = geoms[0]
     return (not (n4 and any(c.modality == "mr" for c in plan.channels)) and plan.preprocess.intensity != "histmatch"
             and all(x == g for x in geoms[1:]) and _orientation(g.direction) == plan.spatial.orientation.upper())
 
+# %% ../nbs/03_preprocess.ipynb #83878e47-4
 def _cropped(g:Geometry, start, stop) -> Geometry:
     "The header of voxels `start:stop` of an image with header `g`, as SimpleITK gives it (`sitk.RegionOfInterest` moves the origin)."
     h = _image(np.zeros((1, 1, 1), np.uint8), g)                           # header only: ITK's index -> world mapping
@@ -541,6 +594,7 @@ def _cropped(g:Geometry, start, stop) -> Geometry:
     return Geometry([int(b - a) for a, b in zip(start, stop)], list(h.GetSpacing()),
                     list(h.TransformIndexToPhysicalPoint([int(a) for a in start]) if crop else h.GetOrigin()), list(h.GetDirection()))
 
+# %% ../nbs/03_preprocess.ipynb #83878e47-5
 def _numpy_case(arrs:list[np.ndarray], lab, g:Geometry, box, plan:Plan, cid) -> tuple[np.ndarray, np.ndarray|None, dict]:
     "`_spatial` + `_intensity` for a case that only needs cropping (see `_numpy_ok`, `_on_target`): numpy, in place."
     start, stop = box
@@ -605,6 +659,7 @@ def preprocess_case(images:dict, # channel name -> image path, in the plan's cha
     lab = to_xyz(lbl)[None].astype(np.uint8, copy=False) if lbl is not None else None
     return image, lab, _case_meta(meta, image, names, images, label, n4, plan, cid, modality)
 
+# %% ../nbs/03_preprocess.ipynb #d4a3dc0a-1
 def _case_meta(meta:dict, image, names, images, label, n4, plan:Plan, cid, modality=None) -> dict:
     "The whole meta of a case: what was done to it, then the geometry record `meta`."
     meta = {"format": META_FORMAT, "id": cid, "channels": names, "images": {k: str(v) for k, v in images.items()},
@@ -622,6 +677,7 @@ def _on_grid(img:sitk.Image, g:dict, is_label:bool) -> sitk.Image:
     if is_label: return _onehot_resample(img, grid)
     return _resample(img, grid, sitk.sitkLinear)
 
+# %% ../nbs/03_preprocess.ipynb #76ef2e54-1
 def _back_one(a:np.ndarray, meta:dict, is_label:bool) -> np.ndarray:
     "One (x, y, z) array from the training grid to the original image's voxels (x, y, z)."
     r = meta["resampled"]
@@ -636,6 +692,7 @@ def _back_one(a:np.ndarray, meta:dict, is_label:bool) -> np.ndarray:
     full[tuple(slice(s, b) for s, b in zip(c["start"], c["stop"]))] = sub
     return full
 
+# %% ../nbs/03_preprocess.ipynb #76ef2e54-2
 def to_native(arr:np.ndarray, # (x, y, z) label map, or (C, x, y, z) probabilities / maps on the training grid
               meta:dict, # from preprocess_case (or <exp>/preprocessed/<id>/meta.json)
               is_label:bool=True, # labels: one-hot + linear + argmax; else linear per channel (float32)
@@ -672,26 +729,31 @@ def read_cases_csv(exp, # experiment folder
     return [{"id": r["id"], "split": r.get("split", "train"), "images": {n: res(r[n]) for n in names},
              "label": res(r.get("label") or ""), "modality": (r.get("modality") or "").strip() or None} for r in rows]
 
+# %% ../nbs/03_preprocess.ipynb #ae58488b-1
 def case_dir(exp, # experiment folder
              cid:str, # case id
             ) -> Path:
     "The folder of case `cid`'s preprocessed arrays in `exp`."
     return Path(exp)/"preprocessed"/cid
 
+# %% ../nbs/03_preprocess.ipynb #ae58488b-2
 def is_done(exp, # experiment folder
             cid:str, # case id
            ) -> bool:
     "Whether case `cid` of `exp` is finished (its meta.json exists)."
     return (case_dir(exp, cid)/"meta.json").exists()
 
+# %% ../nbs/03_preprocess.ipynb #ae58488b-3
 def _save_npy(path:Path, a:np.ndarray):
     with atomic_path(path) as tmp: np.save(tmp, a)
 
+# %% ../nbs/03_preprocess.ipynb #ae58488b-4
 def _clean(d:Path):
     "Remove what an earlier, unfinished attempt left in case folder `d`."
     for f in d.glob("*"):
         if f.is_file(): f.unlink()
 
+# %% ../nbs/03_preprocess.ipynb #ae58488b-5
 def run_case(exp, # experiment folder
              row:dict, # a row of `read_cases_csv`
              plan:Plan, # the experiment plan
@@ -716,6 +778,7 @@ def _init_worker(threads:int):
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(max(1, threads))
     os.environ["SEGCOOK_QUIET"] = "1"
 
+# %% ../nbs/03_preprocess.ipynb #fd500aca-1
 def _safe_run(exp, row, plan, n4, reference) -> tuple[str, str|None]:
     "(case id, None) on success, (case id, reason) on failure: one bad case never stops the run."
     try: return run_case(exp, row, plan, n4, reference), None
@@ -723,6 +786,7 @@ def _safe_run(exp, row, plan, n4, reference) -> tuple[str, str|None]:
     except (RuntimeError, ValueError, OSError, MemoryError) as e:
         return row["id"], f"case {row['id']}: {type(e).__name__}: {str(e).strip().splitlines()[-1][:300] if str(e).strip() else ''}"
 
+# %% ../nbs/03_preprocess.ipynb #fd500aca-2
 def _reference(rows, plan:Plan) -> dict|None:
     "Image paths of the 'histmatch' reference case (plan's choice, else the first training case)."
     if plan.preprocess.intensity != "histmatch": return None
@@ -732,6 +796,7 @@ def _reference(rows, plan:Plan) -> dict|None:
     if not hit: raise SegcookError(f"histmatch reference case '{want}' is not in cases.csv")
     return {k: str(v) for k, v in hit[0]["images"].items()}
 
+# %% ../nbs/03_preprocess.ipynb #fd500aca-3
 def histmatch_reference(exp, # experiment folder
                         plan:Plan|None=None, # the plan (None: read from `exp`)
                        ) -> dict|None:
@@ -739,6 +804,7 @@ def histmatch_reference(exp, # experiment folder
     plan = plan or load_plan(exp)
     return _reference(read_cases_csv(exp, plan), plan) if plan.preprocess.intensity == "histmatch" else None
 
+# %% ../nbs/03_preprocess.ipynb #fd500aca-4
 def _shard(rows:list) -> list:
     "This rank's rows when launched under torchrun (RANK / WORLD_SIZE), else all."
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
@@ -758,6 +824,7 @@ def _run_all(exp, todo, plan, n4, ref, workers) -> list[tuple[str, str|None]]:
             except BrokenProcessPool: out.append((futs[f], f"case {futs[f]}: its worker process died (out of memory?)"))
     return out
 
+# %% ../nbs/03_preprocess.ipynb #7db29fe0-1
 def preprocess(exp, # experiment folder with config.json and cases.csv
                workers:int=2, # cases processed at once (each in its own process)
                overwrite:bool=False, # redo finished cases too

@@ -37,6 +37,7 @@ def _zscore(a:np.ndarray) -> np.ndarray:
     if not m.any(): return a.astype(np.float32)
     return np.where(m, (a - a[m].mean()) / (a[m].std() + 1e-8), 0).astype(np.float32)
 
+# %% ../nbs/07_train.ipynb #9030754a-1
 def toy_experiment(out, # experiment folder to create
                    cases:int=6, # phantom cases
                    size=(48, 48, 40), # phantom cases and their size (x, y, z)
@@ -77,6 +78,7 @@ def _crop(a:np.ndarray, start, ps) -> np.ndarray:
     pad = [(0, 0)] + [(0, p - n) for p, n in zip(ps, c.shape[1:])]
     return np.pad(c, pad) if any(p[1] for p in pad) else c
 
+# %% ../nbs/07_train.ipynb #82ba212b-1
 class GlobalBatchLoader:
     "Random patches (foreground oversampling, no augmentation); every rank draws one global batch and keeps its slice."
     def __init__(self,
@@ -148,6 +150,7 @@ def _dali_available() -> bool:
     except ImportError: return False
     return True
 
+# %% ../nbs/07_train.ipynb #a76f9ed6-1
 def make_loader(kind:str, # 'dali', 'global' or 'auto'
                 case_dirs, # preprocessed case folders
                 plan:Plan, # the experiment plan
@@ -177,6 +180,7 @@ def make_optimizer(params, # parameters (or parameter groups) to optimise
     cls, kw = OPTIMIZERS[t.optimizer]
     return getattr(torch.optim, cls)(params, lr=t.lr, **kw)
 
+# %% ../nbs/07_train.ipynb #da2c48b4-1
 def warmup_epochs(t:Train, # training settings (`plan.train`)
                  ) -> int:
     "`t.warmup_epochs`, clamped (with a warning) to leave at least one scheduled epoch."
@@ -186,6 +190,7 @@ def warmup_epochs(t:Train, # training settings (`plan.train`)
         w = max(0, t.epochs - 1)
     return w
 
+# %% ../nbs/07_train.ipynb #da2c48b4-2
 def lr_factor(epoch:int, # 0-based epoch
               t:Train, # training settings (`plan.train`)
               warmup:int|None=None, # warmup epochs (None: `warmup_epochs(t)`)
@@ -196,6 +201,7 @@ def lr_factor(epoch:int, # 0-based epoch
     if epoch < w: return (epoch + 1) / (w + 1)
     return SCHEDULES[t.scheduler]((epoch - w) / max(1, t.epochs - w))
 
+# %% ../nbs/07_train.ipynb #da2c48b4-3
 def make_scheduler(opt, # the optimiser
                    t:Train, # training settings (`plan.train`)
                   ) -> torch.optim.lr_scheduler.LambdaLR:
@@ -203,6 +209,7 @@ def make_scheduler(opt, # the optimiser
     w = warmup_epochs(t)
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda e: lr_factor(e, t, w))
 
+# %% ../nbs/07_train.ipynb #da2c48b4-4
 def penalty(net:nn.Module, # the network
             t:Train, # training settings (`plan.train`)
            ) -> torch.Tensor | float:
@@ -221,6 +228,7 @@ def _sliding_window(net, img, plan:Plan):
     inf = plan.infer
     return sliding_window(net, img, list(plan.spatial.patch_size), overlap=inf.overlap, sigma=inf.sigma, sw_batch_size=inf.sw_batch_size)
 
+# %% ../nbs/07_train.ipynb #25a46593-1
 def class_masks(logits:torch.Tensor, # (1, out, X, Y, Z)
                 lbl:torch.Tensor, # (1, 1, X, Y, Z) integer labels
                 plan:Plan, # the experiment plan
@@ -236,6 +244,7 @@ def class_masks(logits:torch.Tensor, # (1, out, X, Y, Z)
     return ({n: torch.isin(lab, torch.tensor(g)) for n, g in groups.items()},
             {n: torch.isin(t, torch.tensor(g)) for n, g in groups.items()})
 
+# %% ../nbs/07_train.ipynb #25a46593-2
 def dice_scores(logits, # (1, out, X, Y, Z) network output
                 lbl, # (1, 1, X, Y, Z) label map
                 plan:Plan, # the experiment plan
@@ -250,6 +259,7 @@ def dice_scores(logits, # (1, out, X, Y, Z) network output
         out[n] = 1.0 if s == 0 else 2 * int((p & y).sum()) / s
     return out
 
+# %% ../nbs/07_train.ipynb #25a46593-3
 @torch.no_grad()
 def case_logits(net:nn.Module, # the network (eval mode)
                  img:torch.Tensor, # (1, C, X, Y, Z) preprocessed case
@@ -265,6 +275,7 @@ def case_logits(net:nn.Module, # the network (eval mode)
     net.train(was)
     return out
 
+# %% ../nbs/07_train.ipynb #25a46593-4
 def score_cases(net, # the network (eval mode)
                 exp, # experiment folder
                 ids:Sequence[str], # preprocessed case ids
@@ -291,6 +302,7 @@ def rng_state() -> dict:
     if torch.cuda.is_available(): s["cuda"] = torch.cuda.get_rng_state_all()
     return s
 
+# %% ../nbs/07_train.ipynb #a1e354e7-1
 def set_rng_state(s:dict, # as returned by `rng_state`
                  ):
     "Restore a state from `rng_state`."
@@ -302,6 +314,7 @@ def set_rng_state(s:dict, # as returned by `rng_state`
 # %% ../nbs/07_train.ipynb #0001ef96
 LOG_FIELDS = ["epoch", "lr", "train_loss", "val_dice", "best_dice", "seconds"]
 
+# %% ../nbs/07_train.ipynb #0001ef96-1
 def write_log(path, # log.csv to write
               history:list[dict], # one dict per epoch (`LOG_FIELDS`)
              ):
@@ -312,6 +325,7 @@ def write_log(path, # log.csv to write
             w.writeheader()
             w.writerows(history)
 
+# %% ../nbs/07_train.ipynb #0001ef96-2
 def plot_curves(history:list[dict], # one dict per epoch (`LOG_FIELDS`)
                 path=None, # PNG to write (None: just return the figure)
                 title:str="", # figure title
@@ -334,6 +348,7 @@ def plot_curves(history:list[dict], # one dict per epoch (`LOG_FIELDS`)
         with atomic_path(path) as tmp: fig.savefig(tmp, format="png", dpi=90)
     return fig
 
+# %% ../nbs/07_train.ipynb #0001ef96-3
 def show_curves(exp, # experiment folder
                 fold:int=0, # fold whose curves to show
                ):
@@ -394,6 +409,7 @@ def fold_ids(exp, # experiment folder
                                    "are not preprocessed (no meta.json); run `segcook preprocess --exp ...` first")
     return {k: list(f.get(k, [])) for k in ("train", "val", "test")}
 
+# %% ../nbs/07_train.ipynb #e74112c5-1
 def _val_score(r:Run, net, ids) -> float:
     "Mean sliding-window Dice over this fold's validation cases, sharded over ranks."
     mine = ids[r.rank::r.world]
@@ -408,12 +424,14 @@ def _wrap(r:Run, net):
     from torch.nn.parallel import DistributedDataParallel as DDP
     return DDP(_unwrap(net), device_ids=[r.device.index] if r.device.type == "cuda" else None)
 
+# %% ../nbs/07_train.ipynb #f219fc98-1
 def _unfreeze(r:Run, net, opt, sched, e:int):
     "Gradual unfreezing at epoch `e`: the frozen part joins the optimiser; DDP is rebuilt around the new set."
     n = unfreeze(_unwrap(net), opt, sched)
     if r.main and n: log.info(f"epoch {e + 1}: unfroze '{r.plan.train.freeze}' ({n} values) at lr {opt.param_groups[-1]['lr']:.3g}")
     return _wrap(r, net) if n else net
 
+# %% ../nbs/07_train.ipynb #f219fc98-2
 def _build(r:Run, fold:int, pretrained:bool=True):
     "Net (DDP-wrapped when distributed), loss, optimiser, scheduler, scaler for `r.plan`."
     t = r.plan.train
@@ -430,6 +448,7 @@ def _build(r:Run, fold:int, pretrained:bool=True):
     opt = make_optimizer(param_groups(_unwrap(net), t.lr, t.head_lr_mult) if tune else net.parameters(), t)
     return net, build_loss(r.plan).to(r.device), opt, make_scheduler(opt, t), torch.amp.GradScaler("cuda", enabled=False)
 
+# %% ../nbs/07_train.ipynb #f219fc98-3
 def _restore(r:Run, ck:dict, net, opt, sched, scaler):
     "Load a checkpoint's states into the freshly built objects (this rank's RNG state)."
     _unwrap(net).load_state_dict(ck["model"])
@@ -438,6 +457,7 @@ def _restore(r:Run, ck:dict, net, opt, sched, scaler):
     scaler.load_state_dict(ck["scaler"])
     set_rng_state(ck["rng"][r.rank % len(ck["rng"])])
 
+# %% ../nbs/07_train.ipynb #f219fc98-4
 def _step(r:Run, net, loss_fn, opt, batch) -> float:
     "One optimisation step; returns the loss."
     t = r.plan.train
@@ -468,6 +488,7 @@ def _epoch(r:Run, fold, e, net, loss_fn, opt, dl) -> float:
     s, k = r.all_sum([tot, n])
     return s / k
 
+# %% ../nbs/07_train.ipynb #2f4e0b96-1
 def _loads_dtm(r:Run, loss_fn) -> bool:
     "Whether the loader reads `dtm.npy` for the loss: it needs distance maps and preprocessing wrote them (else the loss computes them)."
     if not needs_dtm(loss_fn): return False
@@ -476,6 +497,7 @@ def _loads_dtm(r:Run, loss_fn) -> bool:
                  "to true in config.json and preprocess again to read them from dtm.npy instead")
     return r.plan.preprocess.distance_maps
 
+# %% ../nbs/07_train.ipynb #2f4e0b96-2
 def _fit_fold(r:Run, fold:int, ck:dict|None) -> float:
     "Train fold `fold` from scratch or from checkpoint `ck`; returns the best validation Dice."
     ids, t, d = fold_ids(r.exp, fold), r.plan.train, r.fold_dir(fold)
@@ -516,6 +538,7 @@ def _same(a:Plan, b:Plan, but=()) -> list[str]:
     da, db = plan_to_dict(a), plan_to_dict(b)
     return [f"{s}.{k}" for s in da if isinstance(da[s], dict) for k in da[s] if f"{s}.{k}" not in but and da[s][k] != db[s].get(k)]
 
+# %% ../nbs/07_train.ipynb #88deb0b5-1
 def fold_start(r:Run, # the run
                fold:int, # fold number
               ) -> tuple[Plan, dict|None]:
@@ -544,6 +567,7 @@ def fold_start(r:Run, # the run
     if new.train.epochs <= done: raise SegcookError(f"--extend needs --epochs larger than the {done} already trained (got {new.train.epochs})")
     return new, ck
 
+# %% ../nbs/07_train.ipynb #88deb0b5-2
 def _run_folds(r:Run, folds:list[int]) -> dict[int, float]:
     "Train every fold in `folds` in this process."
     out, base = {}, r.plan
@@ -569,6 +593,7 @@ def _pid_alive(pid:int) -> bool:
     except ProcessLookupError: return False
     except PermissionError: return True                   # alive, someone else's
 
+# %% ../nbs/07_train.ipynb #cab9e1f0-1
 class FoldLock:
     "Context manager: hold `<fold dir>/train.lock` while training a fold; refuse when a live process holds it."
     def __init__(self,
@@ -625,6 +650,7 @@ def _free_port() -> int:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
+# %% ../nbs/07_train.ipynb #30af3a2c-1
 def _worker(local_rank:int, world:int, port:int|None, kw:dict, rank:int|None=None) -> dict[int, float]:
     "One training process: join the process group, train the folds, leave."
     rank = local_rank if rank is None else rank
@@ -643,6 +669,7 @@ def _worker(local_rank:int, world:int, port:int|None, kw:dict, rank:int|None=Non
 # %% ../nbs/07_train.ipynb #7114c587
 _SHORT = {f.name for f in fields(Train)}
 
+# %% ../nbs/07_train.ipynb #7114c587-1
 def run_overrides(epochs=None, # train.epochs
                   steps_per_epoch=None, # train.steps_per_epoch
                   arch=None, # train.arch
@@ -658,6 +685,7 @@ def run_overrides(epochs=None, # train.epochs
         out[k if "." in k else f"train.{k}"] = v
     return out
 
+# %% ../nbs/07_train.ipynb #7114c587-2
 def _check_gpus(gpus:int, procs:int):
     if gpus < 0 or procs < 1: raise SegcookError(f"gpus must be >= 0 and procs >= 1, got gpus={gpus}, procs={procs}")
     if gpus > 0 and procs > 1: raise SegcookError("procs is the number of CPU processes (gpus=0); with GPUs, one process per GPU is started")
@@ -665,6 +693,7 @@ def _check_gpus(gpus:int, procs:int):
     if gpus > n: raise SegcookError(f"asked for {gpus} GPU(s) but this machine has {n}" + (" (no CUDA device visible)" if n == 0 else "")
                                     + f"; use --gpus {n}" + (" to train on the CPU" if n == 0 else ""))
 
+# %% ../nbs/07_train.ipynb #7114c587-3
 def _precheck(kw:dict):
     "Fail in the launching process (one clear message) on unpreprocessed cases or a wrong flag for an existing run."
     r = Run(kw["exp"], kw["plan"], loader=kw["loader"], resume=kw["resume"], extend=kw["extend"], overwrite=kw["overwrite"], overrides=kw["overrides"])
@@ -674,6 +703,7 @@ def _precheck(kw:dict):
         fold_start(r, k)
     _check_memory(kw["plan"], kw["gpus"])
 
+# %% ../nbs/07_train.ipynb #7114c587-4
 def _check_memory(plan:Plan, gpus:int):
     "Refuse a batch whose training step cannot fit in this machine's memory (CPU) or in its GPUs (the batch is split over them)."
     from segcook.core import _memory_problem
@@ -683,6 +713,7 @@ def _check_memory(plan:Plan, gpus:int):
     else: m = _memory_problem(plan, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, "this machine's memory")
     if m: raise SegcookError(m)
 
+# %% ../nbs/07_train.ipynb #7114c587-5
 def _folds(plan:Plan, exp:Path, folds) -> list[int]:
     fj = read_json(exp/"folds.json")
     want = folds if folds is not None else plan.train.folds if plan.train.folds is not None else sorted(int(k) for k in fj)
@@ -747,6 +778,7 @@ def _tune_overrides(a) -> dict:
              warmup_epochs=a.warmup, sample_probs=_sample_probs_arg(a.sample_probs))
     return {k: v for k, v in d.items() if v is not None}
 
+# %% ../nbs/07_train.ipynb #b72d6dce-1
 def _sample_probs_arg(items:list[str]|None) -> dict|None:
     "`--sample-probs liver=0.5 tumour=0.3 background=0.2` as a dict (keys are checked against the plan later)."
     if not items: return None
@@ -758,6 +790,7 @@ def _sample_probs_arg(items:list[str]|None) -> dict|None:
         if not eq or not k: raise SegcookError(f"--sample-probs: '{it}' should be KEY=PROBABILITY, e.g. liver=0.5")
     return out
 
+# %% ../nbs/07_train.ipynb #b72d6dce-2
 def cli_train(argv:list[str]|None=None, # command-line arguments (None: `sys.argv[1:]`)
              ) -> int:
     "segcook train: train the folds of an experiment on CPU or GPUs (DDP)."
@@ -796,6 +829,7 @@ def cli_train(argv:list[str]|None=None, # command-line arguments (None: `sys.arg
 # %% ../nbs/07_train.ipynb #bf94eb65
 BRANCH_FILES = ("config.json", "folds.json", "cases.csv")
 
+# %% ../nbs/07_train.ipynb #bf94eb65-1
 def branch(exp, # an analysed and preprocessed experiment
            out, # the new experiment folder (new, or an earlier branch of `exp`)
           ) -> Path:
