@@ -261,3 +261,32 @@ def test_preview_figure_missing_is_caught(preview, tmp_path):
     bad = tmp_path/"bad.html"
     bad.write_text('<html><body><img src="data:image/png;base64,AAAA"></body></html>')
     assert 'data-decoded="0"' in browse(exe, bad, tmp_path)
+
+
+import split_cells
+
+def test_exported_cells_are_short():
+    "Exported cells short enough to read beside their lesson: median <= 10 code lines (tools/split_cells.py splits them)."
+    ls = [n for n, _ in split_cells.exported_lengths(NBS)]
+    med = sorted(ls)[len(ls) // 2]
+    assert med <= 10, f"median exported cell is {med} lines; run `python tools/split_cells.py` then nbdev-export"
+
+
+def test_split_keeps_code_and_order(tmp_path):
+    "Splitting moves only cell boundaries: the statements, their comments and their order are unchanged."
+    src = ("#| export\nX = 1\nY = 2\n\n# the helper\n@staticmethod\ndef f(a):\n    'doc'\n\n    return a\n\n"
+           "class C:\n    z = 3\nREG = {'f': f}\n")
+    nb = {"cells": [{"cell_type": "code", "execution_count": None, "id": "abc", "metadata": {}, "outputs": [], "source": src},
+                    {"cell_type": "code", "execution_count": None, "id": "lesson", "metadata": {}, "outputs": [], "source": "f(1)"}],
+          "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    fn = tmp_path/"x.ipynb"; fn.write_text(json.dumps(nb))
+    assert split_cells.split_notebook(fn) == 3
+    cells = json.loads(fn.read_text())["cells"]
+    bodies = ["".join(c["source"]) for c in cells]
+    assert bodies[0] == "#| export\nX = 1\nY = 2"
+    assert bodies[1].startswith("#| export\n# the helper\n@staticmethod\ndef f(a):") and bodies[1].endswith("return a")
+    assert bodies[2] == "#| export\nclass C:\n    z = 3" and bodies[3] == "#| export\nREG = {'f': f}" and bodies[4] == "f(1)"
+    strip = lambda s: [l for l in s.splitlines() if l.strip() and not l.startswith("#|")]
+    assert sum((strip(b) for b in bodies[:4]), []) == strip(src)
+    assert len({c["id"] for c in cells}) == 5
+    assert split_cells.split_notebook(fn) == 0        # idempotent
