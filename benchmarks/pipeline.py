@@ -104,7 +104,15 @@ def set_key(c:dict, kv:str):
 
 def run_segcook(w:Path, dj:Path, a, seed:int) -> dict:
     "Every segcook stage through its CLI into a fresh experiment; wall seconds per stage."
-    e = w/f"{a.arm}_s{seed}"; shutil.rmtree(e, ignore_errors=True); s = {}; lg = lambda n: w/f"{a.arm}_s{seed}_{n}.log"
+    e = w/f"{a.arm}_s{seed}"; s = {}; lg = lambda n: w/f"{a.arm}_s{seed}_{n}.log"
+    src = w/f"{a.reuse or a.arm}_s{seed}"
+    if a.reuse is not None and src != e and (src/"models").exists() and not e.exists():   # another arm's training, predicted otherwise
+        shutil.copytree(src, e, ignore=shutil.ignore_patterns("predictions"))
+    if a.reuse is not None and (e/"models").exists():   # trained before: predict and score again (e.g. without TTA); train = epoch times in log.csv
+        s["train"] = sum(float(r["seconds"]) for f in (e/"models").glob("fold_*/log.csv") for r in csv.DictReader(open(f)))
+        shutil.rmtree(e/"predictions/test", ignore_errors=True)
+        return _predict(e, dj, a, s, lg)
+    shutil.rmtree(e, ignore_errors=True)
     s["analyze"], _ = timed([SEGCOOK, "analyze", "--data", dj, "--exp", e, "--nfolds", a.nfolds, "--workers", 1, *shlex.split(a.segcook_analyze)], lg("analyze"))
     c = json.loads((e/"config.json").read_text()); c["spatial"]["patch_size"] = list(a.patch); c["train"]["batch_size"] = 2
     c["train"]["seed"] = seed          # weights and patch draws; the folds stay those of analyze's seed
@@ -114,6 +122,11 @@ def run_segcook(w:Path, dj:Path, a, seed:int) -> dict:
     (e/"config.json").write_text(json.dumps(c, indent=2))
     s["preprocess"], _ = timed([SEGCOOK, "preprocess", "--exp", e, "--workers", 1], lg("preprocess"))
     s["train"], _ = timed([SEGCOOK, "train", "--exp", e, "--epochs", a.epochs, "--steps-per-epoch", a.steps, *shlex.split(a.segcook_train)], lg("train"))
+    return _predict(e, dj, a, s, lg)
+
+
+def _predict(e:Path, dj:Path, a, s:dict, lg) -> dict:
+    "The checkpoint choice, out-of-fold prediction and evaluation (unless --no-oof) and the test-set prediction of trained experiment `e`."
     if a.ckpt == "last":   # predict reads best.pt: put the last epoch's weights there (the arm 'no checkpoint choice')
         for d in (e/"models").glob("fold_*"): shutil.copyfile(d/"last.pt", d/"best.pt")
     if not a.no_oof:
@@ -202,6 +215,7 @@ def main():
     p.add_argument("--segcook-predict", default="", help="extra `segcook predict` flags for the test set, e.g. '--no-tta'")
     p.add_argument("--ckpt", choices=["best", "last"], default="best", help="segcook predicts with the best-validation (default) or the last checkpoint")
     p.add_argument("--no-oof", action="store_true", help="segcook skips the out-of-fold prediction and evaluation (ablation runs)")
+    p.add_argument("--reuse", nargs="?", const="", metavar="ARM", help="segcook: do not train; predict and score the models this arm (or ARM, copied) has under --work")
     p.add_argument("--summary", action="store_true", help="only print the table of the runs stored under --work")
     p.add_argument("--match-mist", action="store_true", help="segcook trains with MIST 2.3.0's defaults (AdamW 1e-3, cosine, residual, 2 DS heads)")
     a = p.parse_args()
