@@ -102,7 +102,8 @@ def _dali():
     return fn, types, dmath, pipeline_def
 
 # %% ../nbs/06_loader.ipynb #240fad51-1
-def _i32(x):
+def _int32(x):
+    "`x` cast to int32 in the DALI graph (not `_i32`: IPython keeps the 32nd input under that name)."
     fn, types, _, _ = _dali()
     return fn.cast(x, dtype=types.INT32)
 
@@ -113,15 +114,15 @@ def _patch_anchor(lbl, # (1, X, Y, Z) uint8 DataNode
     fn, types, dmath, _ = _dali()
     box_a, box_s, cls = fn.segmentation.random_object_bbox(
         lbl, foreground_prob=p_fg, classes=list(classes), output_class=True, cache_objects=True)
-    is_fg = _i32(cls != 0)
-    pix = _i32(fn.segmentation.random_mask_pixel(lbl, value=_i32(cls), foreground=is_fg))
-    start = pix * is_fg + _i32(box_a) * (1 - is_fg)
-    shape = 1 * is_fg + _i32(box_s) * (1 - is_fg)
+    is_fg = _int32(cls != 0)
+    pix = _int32(fn.segmentation.random_mask_pixel(lbl, value=_int32(cls), foreground=is_fg))
+    start = pix * is_fg + _int32(box_a) * (1 - is_fg)
+    shape = 1 * is_fg + _int32(box_s) * (1 - is_fg)
     crop = types.Constant(np.array([1, *ps], np.int32))
     sh = lbl.shape(dtype=types.INT32)
     room = dmath.max(sh, crop)
     anc = fn.roi_random_crop(roi_start=start, roi_shape=shape, crop_shape=[1, *ps], in_shape=room)
-    return _i32(anc - (room - sh) // 2)
+    return _int32(anc - (room - sh) // 2)
 
 # %% ../nbs/06_loader.ipynb #204a2cc6
 def _affine(anc, ps, aug:Augment, rot, zoom):
@@ -212,8 +213,8 @@ def _region(xs, anc, ps, rot, zoom, do):
     lin = _linear(rot, zoom)
     w = types.Constant(np.tile(np.array([*ps[::-1], 0], np.float32), (3, 1)))
     ext = fn.reductions.sum(dmath.abs(lin) * w, axes=[1])                 # (z, y, x) extent of the warped patch
-    ext = _i32(dmath.ceil(ext)) + 2
-    d = _i32(do)
+    ext = _int32(dmath.ceil(ext)) + 2
+    d = _int32(do)
     size = fn.stack(ext[2], ext[1], ext[0]) * d + types.Constant(np.array(ps, np.int32)) * (1 - d)
     start = anc[1:] + types.Constant(np.array(ps, np.int32) // 2) - size // 2
     cut = lambda x: fn.pad(fn.slice(x, start, size, axes=[1, 2, 3], out_of_bounds_policy="pad", fill_values=0), axes=[1, 2, 3], fill_value=0)
