@@ -5,8 +5,9 @@
 Every command is a whole process (imports, reading the NIfTI, preprocessing, sliding window, resampling, writing).
 Its wall time and its memory-time area come from one sampler for all three: `segcook.inference.MemoryCurve` (fixed
 interval, trapezoid area), here reading the resident memory (RSS) of the command's whole process tree (nnU-Net's
-predictor starts worker processes) from /proc. segcook's own per-case numbers (`timing.csv`: the case alone, inside
-the process) are listed next to them.
+predictor starts worker processes) from /proc. The in-process time of the case alone is listed next to them:
+segcook's `timing.csv` (with its own memory-time area), nnU-Net's `predict_from_files` call (its worker processes
+included).
 
 Same case, same network: an `abdomen_ct` phantom case (HU, 10 organs); segcook's `nnunet` architecture at width
 `--base` with the topology `segcook.nets.get_topology` gives for `--patch` (trained one step: speed does not depend on
@@ -26,7 +27,7 @@ SEGCOOK = str(Path(sys.executable).parent/"segcook")
 from segcook.inference import MemoryCurve
 
 PEER = r'''
-import sys, json, torch
+import sys, json, time, torch
 from pathlib import Path
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
@@ -44,8 +45,10 @@ def main():
     p = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False, perform_everything_on_device=False,
                         device=torch.device("cpu"), verbose=False, verbose_preprocessing=False, allow_tqdm=False)
     p.manual_initialization(net, pm, cm, [net.state_dict()], dsj, "nnUNetTrainer", None)
+    t0 = time.perf_counter()
     p.predict_from_files([[image]], [str(Path(out)/"case")], save_probabilities=False, overwrite=True,
                          num_processes_preprocessing=1, num_processes_segmentation_export=1)
+    print(f"nnunet case s {time.perf_counter() - t0:.3f}", flush=True)
 
 if __name__ == "__main__": main()   # nnU-Net's workers start with spawn
 '''
@@ -167,7 +170,8 @@ def main():
             load = os.getloadavg()[0]
             wall, area, peak = measured(cmd, env, log, a.interval)
             r = {"rep": i, "command": k, "wall_s": wall, "area_mib_s": area, "peak_mib": peak, "load": load}
-            if not k.startswith("nnU"):
+            if k.startswith("nnU"): r["case_s"] = float([l for l in open(log) if l.startswith("nnunet case s")][-1].split()[-1])
+            else:
                 t = next(csv.DictReader(open(out/"timing.csv")))
                 r.update(case_s=float(t["seconds"]), case_area_mib_s=float(t["mem_area_mib_s"]), tta_passes=int(t["tta_passes"]))
             rows.append(r)
@@ -178,10 +182,10 @@ def main():
         w.writerows(rows)
     med = lambda k, f: statistics.median(r[f] for r in rows if r["command"] == k)
     every = lambda k, f, fmt: ", ".join(format(r[f], fmt) for r in rows if r["command"] == k)
-    print("\n| command | wall s, median (all) | memory-time area MiB s, median (all) | peak RSS MiB | segcook's case s / area (median) |")
+    print("\n| command | wall s, median (all) | memory-time area MiB s, median (all) | peak RSS MiB | in-process case s (all) / segcook's case area |")
     print("|---|---|---|---|---|")
     for k in cmds:
-        own = f"{med(k, 'case_s'):.1f} / {med(k, 'case_area_mib_s'):,.0f}" if not k.startswith("nnU") else "-"
+        own = f"{med(k, 'case_s'):.1f} ({every(k, 'case_s', '.1f')})" + (f" / {med(k, 'case_area_mib_s'):,.0f}" if not k.startswith("nnU") else "")
         print(f"| {k} | {med(k, 'wall_s'):.1f} ({every(k, 'wall_s', '.1f')}) | {med(k, 'area_mib_s'):,.0f} ({every(k, 'area_mib_s', ',.0f')}) "
               f"| {med(k, 'peak_mib'):.0f} | {own} |")
     print("load average (1 min) at each command:", ", ".join(f"{r['load']:.2f}" for r in rows))
