@@ -105,7 +105,8 @@ def setup(work:Path, a):
         if not (exp/"config.json").exists(): analyze(dj, exp, nfolds=2, workers=1, patch_size=list(a.patch), target_spacing=list(a.spacing))
         preprocess(exp, workers=1)
         train(exp, folds=[0], epochs=1, steps_per_epoch=1, arch="nnunet", arch_kwargs={"base": a.base}, loader="global", overwrite=True)
-    plan = load_plan(exp)
+    import torch
+    ck = torch.load(exp/"models"/"fold_0"/"best.pt", map_location="cpu", weights_only=False)["plan"]   # the network predict loads
     case = ds.cases()[0]
     raw = work/"raw"/"Dataset502_abdomen"
     if not (raw/"dataset.json").exists():
@@ -124,13 +125,13 @@ def setup(work:Path, a):
             subprocess.run([str(NNUNET_BIN/c[0]), *c[1:]], check=True, env=env, stdout=subprocess.DEVNULL)
     nn = json.loads(plans.read_text())
     cfg = nn["configurations"]["3d_fullres"]
-    kw = plan.train.arch_kwargs
-    k, s = get_topology(plan.spatial.patch_size, plan.spatial.target_spacing, kw.get("max_pools", 5))
+    kw, patch, spacing = ck["train"]["arch_kwargs"], ck["spatial"]["patch_size"], ck["spatial"]["target_spacing"]
+    k, s = get_topology(patch, spacing, kw.get("max_pools", 5))
     widths = [min(kw.get("base", 32)*2**i, kw.get("max_width", 320)) for i in range(len(s))]
     ak = cfg["architecture"]["arch_kwargs"]
     ak.update(n_stages=len(s), features_per_stage=widths, kernel_sizes=[list(x)[::-1] for x in k], strides=[list(x)[::-1] for x in s],
               n_conv_per_stage=[2]*len(s), n_conv_per_stage_decoder=[2]*(len(s) - 1))
-    cfg["patch_size"], cfg["spacing"] = list(plan.spatial.patch_size)[::-1], list(plan.spatial.target_spacing)[::-1]
+    cfg["patch_size"], cfg["spacing"] = list(patch)[::-1], list(spacing)[::-1]
     (work/"plans_same_net.json").write_text(json.dumps(nn, indent=1))
     with open(work/"one.csv", "w", newline="") as f: csv.writer(f).writerows([["id", "ct"], [case.id, str(case.images["ct"])]])
     (work/"peer.py").write_text(PEER)
@@ -152,10 +153,10 @@ def main():
     work.mkdir(parents=True, exist_ok=True)
     exp, case, raw = setup(work, a)
     import torch
-    from segcook.nets import build_net
-    from segcook.core import load_plan
-    n_sc = sum(p.numel() for p in build_net(load_plan(exp)).parameters())
-    print(f"case {case.id} {a.size} voxels of {a.spacing} mm; segcook params {n_sc}, patch (x, y, z) {load_plan(exp).spatial.patch_size}", flush=True)
+    from segcook.inference import load_models
+    net = load_models(exp, [0], "cpu")[0][0]          # what `segcook predict` runs (the checkpoint's plan, not config.json's)
+    n_sc = sum(p.numel() for p in net.parameters())
+    print(f"case {case.id} {a.size} voxels of {a.spacing} mm; segcook params {n_sc}, widths {[next(c for c in st.modules() if isinstance(c, torch.nn.Conv3d)).out_channels for st in net.encoder]}", flush=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "SEGCOOK_QUIET": "1"}
     log = work/"log.txt"
     cmds = {"segcook predict (default, TTA)": [], "segcook predict --fast": [], "nnUNetPredictor (no TTA)": []}
