@@ -50,6 +50,7 @@ def _sample(a:np.ndarray, max_samples:int|None) -> np.ndarray:
     if max_samples is None or flat.size <= max_samples: return flat
     return flat[::int(math.ceil(flat.size / max_samples))]
 
+# %% ../nbs/02_analysis.ipynb #6b1004cb-1
 def _channel_fg(a:np.ndarray, max_samples:int|None=2**20) -> np.ndarray:
     "Foreground of one image: window at the 33rd/99.5th percentiles, then voxels >= Otsu's threshold."
     s = _sample(a, max_samples).astype(np.float32)
@@ -58,6 +59,7 @@ def _channel_fg(a:np.ndarray, max_samples:int|None=2**20) -> np.ndarray:
     t = otsu_threshold(np.clip(s, lo, hi))
     return a >= t  # the threshold lies in (lo, hi], so windowing would not change this comparison
 
+# %% ../nbs/02_analysis.ipynb #6b1004cb-2
 def foreground_mask(arrs:list[np.ndarray], # one (X,Y,Z) array per channel, same shape
                     max_samples:int|None=2**20, # voxels used to estimate window and threshold (None: all)
                    ) -> np.ndarray:
@@ -92,6 +94,7 @@ def rai_axes(direction, # row-major 3x3 direction cosines (SimpleITK order)
     if sorted(perm) != [0, 1, 2]: raise SegcookError(f"direction {list(np.ravel(direction))} is degenerate (two image axes along one world axis)")
     return perm
 
+# %% ../nbs/02_analysis.ipynb #3a087723-1
 def to_rai(values, # one value per array axis (x, y, z)
            direction, # row-major 3x3 direction cosines of the image
           ) -> list:
@@ -124,6 +127,7 @@ def _inflate(raw:bytes) -> bytes:
     out = d.decompress(raw)
     return out if d.eof and not d.unused_data else igzip.decompress(raw)  # several gzip members
 
+# %% ../nbs/02_analysis.ipynb #0fdb827d-1
 def _inflate_np(raw:bytes, step:int=1 << 22) -> np.ndarray|None:
     "One-member gzip bytes decompressed into a numpy buffer (large pages: far fewer page faults than a bytes object); None if not that simple."
     try: from isal import igzip_lib
@@ -138,12 +142,14 @@ def _inflate_np(raw:bytes, step:int=1 << 22) -> np.ndarray|None:
         pos += len(b)
     return out if pos == n and not d.unused_data else None
 
+# %% ../nbs/02_analysis.ipynb #0fdb827d-2
 def _inflate_buf(raw:bytes):
     "The decompressed bytes of `raw` as a numpy uint8 buffer when possible, else as bytes."
     if raw[:2] != b"\x1f\x8b": return raw
     out = _inflate_np(raw)
     return out if out is not None else _inflate(raw)
 
+# %% ../nbs/02_analysis.ipynb #0fdb827d-3
 def _nifti_array(path:Path) -> np.ndarray:
     "Voxels of a NIfTI file as stored (x, y, z, ...), NaN kept, scaled by scl_slope/scl_inter."
     import nibabel as nib
@@ -161,6 +167,7 @@ def _nifti_array(path:Path) -> np.ndarray:
     if slope is not None and (slope != 1 or (inter or 0) != 0): a = a * slope + (inter or 0)
     return a
 
+# %% ../nbs/02_analysis.ipynb #0fdb827d-4
 def _read_xyz(path:Path) -> tuple[np.ndarray, Geometry]:
     "Voxels (x, y, z) and header of a 3D image file; NaN-preserving for NIfTI."
     g = Geometry.read(path)
@@ -189,11 +196,13 @@ def _label_problem(lbl:np.ndarray, allowed:set) -> str | None:
     extra = sorted({int(v) for v in np.round(vals)} - allowed)
     return f"label values {extra} are not declared in labels {sorted(allowed)}" if extra else None
 
+# %% ../nbs/02_analysis.ipynb #2afa4a32-1
 def _n_nonfinite(a:np.ndarray) -> int:
     "Number of NaN/inf voxels (a float sum is NaN/inf iff one is, barring overflow, which we recount)."
     if not np.issubdtype(a.dtype, np.floating) or np.isfinite(a.sum()): return 0
     return int(a.size - np.count_nonzero(np.isfinite(a)))
 
+# %% ../nbs/02_analysis.ipynb #2afa4a32-2
 def _ct_sample(img:np.ndarray, fg:np.ndarray, max_samples:int) -> np.ndarray:
     "Every 10th foreground intensity (MIST's rule), fewer when that exceeds `max_samples`."
     v = img[fg]
@@ -204,6 +213,7 @@ def _same_geometry(g:Geometry, other:Geometry, what:str, ref:str, path, tol:dict
     diff = g.compare(other, **tol)
     if diff: raise SegcookError(f"{path}: geometry of {what} disagrees with {ref}: " + "; ".join(diff))
 
+# %% ../nbs/02_analysis.ipynb #a6556c3f-1
 def _measure(case:Case, fp:Fingerprint, ct_channels, allowed, ignore, ct_max_samples, fg_samples, tol) -> Fingerprint:
     "Fill `fp` reading the label, then one channel at a time (at most one image in memory)."
     ref = next(iter(case.images))
@@ -233,6 +243,7 @@ def _measure(case:Case, fp:Fingerprint, ct_channels, allowed, ignore, ct_max_sam
     fp.crop_size = to_rai([b - a for a, b in zip(*fp.bbox)], g.direction)
     return fp
 
+# %% ../nbs/02_analysis.ipynb #a6556c3f-2
 def _fingerprint(case:Case, ct_channels:set=frozenset(), allowed:set|None=None, ignore:int|None=None,
                  ct_max_samples:int=100_000, fg_samples:int|None=2**20, **tol) -> Fingerprint:
     "Read `case` once and measure it (problems are recorded in the fingerprint, not raised)."
@@ -242,6 +253,7 @@ def _fingerprint(case:Case, ct_channels:set=frozenset(), allowed:set|None=None, 
     except Exception as e: fp.problem = f"unexpected error reading the case: {type(e).__name__}: {e}"
     return fp
 
+# %% ../nbs/02_analysis.ipynb #a6556c3f-3
 def _fingerprint_job(args): return _fingerprint(args[0], **args[1])
 
 # %% ../nbs/02_analysis.ipynb #a3960787
@@ -275,6 +287,7 @@ def resampled_size(size, # voxels (x, y, z)
     "Voxels per axis after resampling `size` voxels at `spacing` mm to `target` mm."
     return [int(round(n * s / t)) for n, s, t in zip(size, spacing, target)]
 
+# %% ../nbs/02_analysis.ipynb #a02a7117-1
 def case_bytes(size, # voxels (x, y, z) after resampling
                n_channels:int, # image channels
                n_labels:int, # labels (one-hot channels)
@@ -320,6 +333,7 @@ def use_nonzero(zero_fracs:list[float], # per case, fraction of voxels that are 
     "MIST's sparsity rule: normalise on nonzero voxels when on average >= 20% of the voxels are 0."
     return bool(np.mean(zero_fracs) >= threshold)
 
+# %% ../nbs/02_analysis.ipynb #491b2c88-1
 def ct_stats(samples:list[np.ndarray], # per case, foreground intensities
             ) -> tuple[list[float], float, float]:
     "Dataset-wide CT window (0.5/99.5 percentiles of foreground voxels), and mean, std after windowing."
@@ -340,6 +354,7 @@ def kfold(ids:list[str], # case ids
     order = np.random.default_rng(seed).permutation(sorted(ids))
     return {str(cid): k for k, part in enumerate(np.array_split(order, nfolds)) for cid in part}
 
+# %% ../nbs/02_analysis.ipynb #c69d64f8-1
 def _fold_numbers(raw:dict, path) -> dict[str, int]:
     "Folds as given when they are integers; names (e.g. institutions) are numbered in sorted order."
     try: return {k: int(v) for k, v in raw.items()}
@@ -348,6 +363,7 @@ def _fold_numbers(raw:dict, path) -> dict[str, int]:
     log.info(f"{path}: fold names numbered " + ", ".join(f"{i}={n}" for i, n in enumerate(names)))
     return {k: names.index(str(v)) for k, v in raw.items()}
 
+# %% ../nbs/02_analysis.ipynb #c69d64f8-2
 def read_folds(path, # JSON `{id: fold}` or CSV (id, fold)
                ids:list[str], # the case ids that must all get a fold
               ) -> dict[str, int]:
@@ -369,6 +385,7 @@ def read_folds(path, # JSON `{id: fold}` or CSV (id, fold)
     if ks != list(range(len(ks))) or len(ks) < 2: raise SegcookError(f"{path}: folds should be numbered 0..K-1 with K >= 2, got {ks}")
     return folds
 
+# %% ../nbs/02_analysis.ipynb #c69d64f8-3
 def split_folds(fold_of:dict[str, int], # case id -> test fold
                 val_fraction:float=0.1, # of each fold's training cases, at least one (0: no validation cases)
                 seed:int=42, # seed of the validation draw
@@ -389,11 +406,13 @@ OPTS = dict(crop_threshold=0.2, nonzero_threshold=0.2, max_ratio=3.0, low_res_pc
             target_spacing=None, patch_size=None, overwrite=False, config="3d", slice_axis=None,
             spacing_rtol=1e-3, origin_atol_mm=1e-2, direction_atol=1e-3)
 
+# %% ../nbs/02_analysis.ipynb #672b7423-1
 def _check_opts(opts:dict) -> dict:
     unknown = sorted(set(opts) - set(OPTS))
     if unknown: raise SegcookError(f"analyze: unknown option(s) {unknown}; known: {sorted(OPTS)}")
     return {**OPTS, **opts}
 
+# %% ../nbs/02_analysis.ipynb #672b7423-2
 def _check_exp(exp:Path, ds:Dataset, overwrite:bool):
     "Refuse an experiment folder inside the dataset, or one that already holds a plan."
     exp = exp.resolve()
@@ -416,6 +435,7 @@ def _fingerprints(cases:list[Case], ds:Dataset, o:dict, workers:int) -> list[Fin
         import segcook.nets  # the patch check needs it (torch: seconds); import while the workers read
         return list(progress(it, "analyze", total=len(jobs)))
 
+# %% ../nbs/02_analysis.ipynb #8b160e07-1
 def _exclude(fps:list[Fingerprint]) -> tuple[list[Fingerprint], list[dict]]:
     "Good fingerprints, and {'id','reason'} for the bad ones (warned about, all at once)."
     bad = [{"id": f.id, "reason": f.problem} for f in fps if f.problem]
@@ -446,6 +466,7 @@ def _spatial(fps:list[Fingerprint], ds:Dataset, o:dict, max_patch_size) -> Spati
     return Spatial(target_spacing=ts, patch_size=ps, max_patch_size=[int(m) for m in max_patch_size],
                    crop_to_foreground=bool(crop), orientation="RAI", anisotropic_axis=ax, median_size=med)
 
+# %% ../nbs/02_analysis.ipynb #3652601d-1
 def slice_axis_for(spacings:list, # per case, mm (x, y, z) in RAI order
                    axis=None, # 0, 1, 2 or 'x', 'y', 'z' to choose it; None: the rule
                   ) -> int:
@@ -458,8 +479,10 @@ def slice_axis_for(spacings:list, # per case, mm (x, y, z) in RAI order
     order = np.argsort(med)[::-1]
     return int(order[0]) if med[order[0]] > 1.01 * med[order[1]] else 2
 
+# %% ../nbs/02_analysis.ipynb #3652601d-2
 TWOD_MAX_BATCH = 32  # largest 2d batch analysis chooses
 
+# %% ../nbs/02_analysis.ipynb #3652601d-3
 def batch_size_2d(patch_3d, # the patch a 3d plan would use, voxels (x, y, z)
                   patch_2d, # the 2d patch, voxels (x, y, z), 1 on the slice axis
                   batch_3d:int=2, # the 3d batch size
@@ -469,6 +492,7 @@ def batch_size_2d(patch_3d, # the patch a 3d plan would use, voxels (x, y, z)
     n = int(batch_3d * np.prod(patch_3d, dtype=float) // np.prod(patch_2d, dtype=float))
     return int(min(max_batch, max(batch_3d, n)))
 
+# %% ../nbs/02_analysis.ipynb #3652601d-4
 def _spatial_2d(fps:list[Fingerprint], ds:Dataset, o:dict, max_patch_size) -> Spatial:
     "The 2d plan: in-plane spacing by the 3d rules, native spacing across slices, in-plane patch from the median size, 1 across."
     crop, red = crop_decision([f.size for f in fps], [f.crop_size for f in fps], o["crop_threshold"])
@@ -493,12 +517,14 @@ def _spatial_2d(fps:list[Fingerprint], ds:Dataset, o:dict, max_patch_size) -> Sp
     return Spatial(target_spacing=ts, patch_size=ps, max_patch_size=[int(m) for m in max_patch_size], crop_to_foreground=bool(crop),
                    orientation="RAI", anisotropic_axis=None, median_size=med, config="2d", slice_axis=ax)
 
+# %% ../nbs/02_analysis.ipynb #3652601d-5
 def case_modality(case:Case, # a case (its own `modality`, or None)
                   channel_modality:str, # the channel's modality in the dataset ('ct', 'mr', 'other', 'mixed')
                  ) -> str:
     "The modality one channel of one case has: the case's own when it declares one, else the channel's."
     return case.modality or channel_modality
 
+# %% ../nbs/02_analysis.ipynb #3652601d-6
 def _one_rule(fps:list[Fingerprint], ch:str, mod:str, o:dict) -> Channel:
     "The normalisation of channel `ch` from the fingerprints `fps` of its `mod` cases."
     if mod == "ct":
@@ -506,6 +532,7 @@ def _one_rule(fps:list[Fingerprint], ch:str, mod:str, o:dict) -> Channel:
         return Channel(ch, "ct", "ct", False, win, mu, sd)
     return Channel(ch, mod, "zscore", use_nonzero([f.zero_frac[ch] for f in fps], o["nonzero_threshold"]))
 
+# %% ../nbs/02_analysis.ipynb #3652601d-7
 def _channels(fps:list[Fingerprint], ds:Dataset, o:dict, mods:dict|None=None) -> list[Channel]:
     "Normalisation of each channel, by modality; a channel whose cases differ in modality gets one rule per modality."
     out = []
@@ -525,6 +552,7 @@ def _labels(ds:Dataset) -> Labels:
     return Labels(labels=list(ds.labels), names=dict(ds.label_names), regions=ds.regions,
                   region_thresholds=ds.region_thresholds, ignore_label=ds.ignore_label, final_classes=dict(ds.final_classes))
 
+# %% ../nbs/02_analysis.ipynb #b26b72bc-1
 def _cases_csv(train:list[Case], test:list[Case], fold_of:dict, ds:Dataset) -> str:
     "cases.csv: id, fold, split, one absolute path column per channel, label."
     buf = io.StringIO()
@@ -536,6 +564,7 @@ def _cases_csv(train:list[Case], test:list[Case], fold_of:dict, ds:Dataset) -> s
     for c in test: w.writerow([c.id, -1, "test", *[ap(c.images[ch]) for ch in ds.channel_names], ap(c.label), *([c.modality or ds.modality] if per else [])])
     return buf.getvalue()
 
+# %% ../nbs/02_analysis.ipynb #b26b72bc-2
 def _test_cases(ds:Dataset) -> list[Case]:
     if ds.raw.get("test-cases") is None and ds.raw.get("test-data") is None: return []
     return ds.cases("test")
@@ -550,6 +579,7 @@ def _size_2d(plan:Plan, fps:list[Fingerprint], o:dict, max_patch_size):
     plan.infer.sw_batch_size = plan.train.batch_size
     plan.infer.tta_axes = [a for a in plan.infer.tta_axes if a != s.slice_axis]   # a 2d network sees each slice alone: that flip changes nothing
 
+# %% ../nbs/02_analysis.ipynb #30d10252-1
 def analyze(data, # dataset.json path or Dataset
             exp, # experiment folder to create/fill
             nfolds:int=5, # k of k-fold (ignored with folds_file)

@@ -44,7 +44,6 @@ def _suffix(p: Path) -> str:
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)     # read once: os.umask can only be read by setting it
 
-# %% ../nbs/00_core.ipynb #fdf76c80-2
 @contextlib.contextmanager
 def atomic_path(path, # final file name
                ):

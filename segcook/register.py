@@ -34,8 +34,10 @@ class RegQuality:
     ok: bool = True           # False when the registration raised (then mi_after is nan)
     def to_dict(self): return asdict(self)
 
+# %% ../nbs/18_register.ipynb #36768d04-1
 _SHRINK, _SIGMAS = [4, 2, 1], [2.0, 1.0, 0.0]
 
+# %% ../nbs/18_register.ipynb #36768d04-2
 def _method(bins, iterations, sampling, seed, shrink, sigmas):
     r = sitk.ImageRegistrationMethod()
     r.SetMetricAsMattesMutualInformation(numberOfHistogramBins=bins)
@@ -50,6 +52,7 @@ def _method(bins, iterations, sampling, seed, shrink, sigmas):
     r.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
     return r
 
+# %% ../nbs/18_register.ipynb #36768d04-3
 def _mi(fixed, moving, tf, bins:int=32) -> float:
     "Mattes MI (positive: SimpleITK reports its negative) of `moving` seen through `tf` at full resolution."
     m = sitk.ImageRegistrationMethod()
@@ -60,6 +63,7 @@ def _mi(fixed, moving, tf, bins:int=32) -> float:
     try: return -float(m.MetricEvaluate(fixed, moving))
     except RuntimeError: return float("nan")
 
+# %% ../nbs/18_register.ipynb #36768d04-4
 def _affine_of(tf) -> tuple[np.ndarray, np.ndarray]:
     "(3x3 matrix, translation) of a (composite of) matrix-offset transform(s)."
     t = tf
@@ -68,6 +72,7 @@ def _affine_of(tf) -> tuple[np.ndarray, np.ndarray]:
     if hasattr(t, "GetMatrix"): return np.asarray(t.GetMatrix()).reshape(3, 3), np.asarray(t.GetTranslation())
     return np.eye(3), np.zeros(3)
 
+# %% ../nbs/18_register.ipynb #36768d04-5
 def transfer_labels(fixed:sitk.Image, # the sequence that needs labels (its grid is the result's grid)
                     moving:sitk.Image, # the labelled sequence of the same patient
                     moving_labels:sitk.Image, # labels on `moving`'s grid
@@ -134,20 +139,24 @@ def judge(q:RegQuality, # from `transfer_labels`
 # %% ../nbs/18_register.ipynb #a18737b2
 _ID = re.compile(r"^(.*)_[^_]+$")
 
+# %% ../nbs/18_register.ipynb #a18737b2-1
 def _stem(p) -> str:
     n = Path(p).name
     for ext in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd"):
         if n.endswith(ext): return n[:-len(ext)]
     return Path(n).stem
 
+# %% ../nbs/18_register.ipynb #a18737b2-2
 def _patient(p) -> str|None:
     "The patient part of `<id>_<sequence>.nii.gz` (None when the name has no '_')."
     m = _ID.match(_stem(p))
     return m.group(1) if m else None
 
+# %% ../nbs/18_register.ipynb #a18737b2-3
 def _write_tfm(tf, path:Path):
     with atomic_path(path) as tmp: sitk.WriteTransform(tf, str(tmp))
 
+# %% ../nbs/18_register.ipynb #a18737b2-4
 def register_files(fixed, # image file that needs labels
                    moving, # labelled image file of the same patient
                    labels, # label file on `moving`'s grid
@@ -184,6 +193,7 @@ def _labels_of(labels, ds) -> dict:
     if p.is_dir(): return {_stem(f): f for f in sorted(p.iterdir()) if f.name.endswith((".nii.gz", ".nii", ".nrrd", ".mha"))}
     raise SegcookError(f"{p}: labels should be a dataset.json with labels or a folder of <id>.nii.gz")
 
+# %% ../nbs/18_register.ipynb #88342704-1
 def _id_problems(cases, labels:dict, source:str) -> list[str]:
     ids, errs = {c.id for c in cases}, []
     unknown = sorted(set(labels) - ids)
@@ -196,14 +206,17 @@ def _id_problems(cases, labels:dict, source:str) -> list[str]:
             errs.append(f"patient '{c.id}': label {Path(labels[c.id]).name} is not on the grid of its {source} image ({diff[0]})")
     return errs
 
+# %% ../nbs/18_register.ipynb #88342704-2
 def compare_grid(a, # image file
                  b, # image file
                 ) -> list[str]:
     "Differences between two image files' grids (empty: same grid)."
     return Geometry.read(a).compare(Geometry.read(b))
 
+# %% ../nbs/18_register.ipynb #88342704-3
 REPORT_FIELDS = ["id", "sequence", "kept", "reason", "mi_before", "mi_after", "gain", "iterations", "det", "shift_mm", "stop"]
 
+# %% ../nbs/18_register.ipynb #88342704-4
 def transfer_dataset(data, # multi-sequence dataset.json (e.g. an `abdomen_mr` phantom)
                      out, # output folder: <id>/<id>_<seq>_seg.nii.gz (+ .tfm, _quality.json), transfer_report.csv, dataset.json
                      labels=None, # labels of the source sequence: a dataset.json, a folder of <id>.nii.gz, or None (the dataset's own)

@@ -32,6 +32,7 @@ def case_stats(label:np.ndarray, # predicted label map (x, y, z)
     st["confidence"] = float(probs.max(0)[fg].mean()) if probs is not None and fg.any() else (0.0 if probs is not None else None)
     return st
 
+# %% ../nbs/19_selftrain.ipynb #8482c095-1
 def verdict(stats:dict, # from `case_stats`
             names:dict, # label value -> name (for the reasons)
             require_all_labels:bool=False, # every nonzero label must be present
@@ -125,6 +126,7 @@ def _min_volume(v:str|None):
     try: return float(v) if "=" not in v else {k.strip(): float(x) for k, x in (p.split("=") for p in v.split(","))}
     except ValueError: raise SegcookError(f"--min-volume should be a number of ml or name=ml,name=ml, got '{v}'") from None
 
+# %% ../nbs/19_selftrain.ipynb #b759f8c1-1
 def cli_pseudolabel(argv:list[str]|None=None, # command-line arguments (None: `sys.argv[1:]`)
                    ) -> int:
     "segcook pseudolabel: predict unlabelled cases and keep the plausible predictions as a dataset"
@@ -149,6 +151,7 @@ def cli_pseudolabel(argv:list[str]|None=None, # command-line arguments (None: `s
         print(f"{dj}: kept {d['kept']} of {d['of']} case(s)")
     return run_cli(go)
 
+# %% ../nbs/19_selftrain.ipynb #b759f8c1-2
 def cli_efficiency(argv:list[str]|None=None, # command-line arguments (None: `sys.argv[1:]`)
                   ) -> int:
     "segcook efficiency: time and memory-time area per case, default vs fast inference"

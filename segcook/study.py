@@ -27,6 +27,7 @@ __all__ = ['MNI_FILES', 'subset_dataset', 'write_paths', 'prepare', 'mni_templat
 def _all_cases(ds) -> dict:
     return {c.id: c for c in ds.cases("train") + (ds.cases("test") if ds.raw.get("test-data") or ds.raw.get("test-cases") else [])}
 
+# %% ../nbs/17_study.ipynb #596ea52f-1
 def subset_dataset(src, # dataset.json of the source dataset (train and test cases both usable)
                    train_ids:Sequence[str], # the study's training cases (one of them validates, see `prepare`)
                    test_ids:Sequence[str], # the held-out test cases (none: `prepare` makes k folds of the training cases)
@@ -58,6 +59,7 @@ def subset_dataset(src, # dataset.json of the source dataset (train and test cas
     else: (out/"folds_file.json").unlink(missing_ok=True)
     return write_json(out/"dataset.json", d)
 
+# %% ../nbs/17_study.ipynb #596ea52f-2
 def write_paths(dataset, # dataset.json
                 ids:Sequence[str], # the cases to list
                 path, # the CSV to write (id + one column per channel): an input of `segcook predict`
@@ -70,6 +72,7 @@ def write_paths(dataset, # dataset.json
     pd.DataFrame([{"id": i, **{k: str(v) for k, v in cs[i].images.items()}} for i in ids]).to_csv(path, index=False)
     return Path(path)
 
+# %% ../nbs/17_study.ipynb #596ea52f-3
 def prepare(dataset, # dataset.json (a `subset_dataset`'s holds its test cases out as fold 0)
             exp, # experiment folder to create (resumes when it has a plan)
             workers:int=2, # analysis and preprocessing processes
@@ -89,6 +92,7 @@ def prepare(dataset, # dataset.json (a `subset_dataset`'s holds its test cases o
 # %% ../nbs/17_study.ipynb #7ff741be
 MNI_FILES = {k: f"mni_icbm152_{k}_tal_nlin_sym_09a_converted.nii.gz" for k in ("t1", "gm", "wm")}
 
+# %% ../nbs/17_study.ipynb #7ff741be-1
 def mni_template(folder=None, # folder holding the three MNI152 2009a files (default: ../shared/data/mni152, then nilearn's copy)
                 ) -> Path:
     "The folder of the MNI ICBM152 2009a T1 template and its grey/white matter maps."
@@ -106,6 +110,7 @@ def mni_template(folder=None, # folder holding the three MNI152 2009a files (def
                        + "); install nilearn (`pip install nilearn`, it ships the template) or pass the folder holding "
                        + ", ".join(MNI_FILES.values()))
 
+# %% ../nbs/17_study.ipynb #7ff741be-2
 def _mni_base(folder:Path, spacing:float):
     "The template and its tissue maps resampled to `spacing` mm and cropped to the head (with a margin)."
     import SimpleITK as sitk
@@ -119,6 +124,7 @@ def _mni_base(folder:Path, spacing:float):
     lo, hi = np.maximum(nz.min(0) - 2, 0), np.minimum(nz.max(0) + 3, a.shape)
     return {k: im[int(lo[0]):int(hi[0]), int(lo[1]):int(hi[1]), int(lo[2]):int(hi[2])] for k, im in out.items()}
 
+# %% ../nbs/17_study.ipynb #7ff741be-3
 def _mni_case(base:dict, rng, warp_mm:float):
     "One case: the base warped by a random smooth deformation, with a random intensity curve, bias field and noise."
     import SimpleITK as sitk
@@ -144,6 +150,7 @@ def _mni_case(base:dict, rng, warp_mm:float):
     img = (np.clip(t1, 0, None) ** rng.uniform(0.8, 1.25)) * bias * 1000 + rng.normal(0, 15, t1.shape)
     return np.clip(img, 0, None).astype(np.float32), lbl
 
+# %% ../nbs/17_study.ipynb #7ff741be-4
 def mni_dataset(out, # folder to create (a new or empty folder)
                 cases:int=12, # cases to write
                 spacing:float=3.0, # mm, isotropic (3 mm: about 55 x 65 x 55 voxels)
@@ -186,6 +193,7 @@ def run_arm(base, # a prepared experiment (`prepare`)
     predict_oof(e, folds=[0], fast=fast, probs=probs)
     return e
 
+# %% ../nbs/17_study.ipynb #3ccb21fe-1
 def held_out_pairs(exp, # experiment folder (cases.csv, folds.json)
                    pred_dir=None, # folder of `<id>.nii.gz` predictions (default: `<exp>/predictions/oof`)
                    fold:int=0, # whose held-out cases
@@ -199,6 +207,7 @@ def held_out_pairs(exp, # experiment folder (cases.csv, folds.json)
     if missing: raise SegcookError(f"{pred_dir}: no prediction for held-out case(s) {missing[:5]}; predict them first (run_arm, segcook predict --oof)")
     return [(i, rows.loc[i, "label"], str(pred_dir/f"{i}.nii.gz")) for i in ids]
 
+# %% ../nbs/17_study.ipynb #3ccb21fe-2
 def lesionwise_scores(pairs, # (id, label, prediction) of every case
                       version:int=2023, # BraTS metrics version (2023; 2024: post-treatment labels)
                       challenge:str="GLI", # the challenge's rules (dilation, smallest lesion): GLI, SSA, PED, MEN, MET

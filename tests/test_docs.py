@@ -290,3 +290,9 @@ def test_split_keeps_code_and_order(tmp_path):
     assert sum((strip(b) for b in bodies[:4]), []) == strip(src)
     assert len({c["id"] for c in cells}) == 5
     assert split_cells.split_notebook(fn) == 0        # idempotent
+
+
+def test_split_never_ends_a_cell_in_a_bare_expression():
+    "A cell ending in a bare expression would show its value: that statement stays with what follows."
+    parts = split_cells.pieces("#| export\nM = seed(1)\nseed(M)   # sets it back\ndef f(): return M\nY = 2\n")
+    assert parts == ["#| export\nM = seed(1)\nseed(M)   # sets it back\ndef f(): return M", "#| export\nY = 2"]

@@ -31,6 +31,7 @@ def pieces(src:str) -> list[str]:
     body = [l for l in lines if not l.startswith("#|")]
     tree = ast.parse("\n".join(body))
     starts = []   # (first line index, is a definition)
+    shows = lambda n: isinstance(n, ast.Expr) and not isinstance(n.value, ast.Constant)   # a bare expression: its value is shown
     for node in tree.body:
         s = (node.decorator_list[0].lineno if getattr(node, "decorator_list", None) else node.lineno) - 1
         while s > 0 and body[s - 1].lstrip().startswith("#"): s -= 1   # comments above belong to what follows
@@ -38,6 +39,7 @@ def pieces(src:str) -> list[str]:
     if not starts: return [src]
     cuts = [0]
     for k in range(1, len(starts)):
+        if shows(tree.body[k - 1]): continue      # a group must not end in a bare expression (its value would show)
         if starts[k][1] or starts[k - 1][1]: cuts.append(starts[k][0])   # a definition starts or ends a group
     cuts.append(len(body))
     groups = ["\n".join(body[a:b]).strip("\n") for a, b in zip(cuts[:-1], cuts[1:])]
