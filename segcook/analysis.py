@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 from .core import (SegcookError, Plan, DatasetInfo, Channel, Labels, Spatial, Train, Geometry, save_plan,
-                          validate_plan, write_json, write_text, read_json, progress, log, cli_parser, run_cli, to_xyz)
+                          validate_plan, write_json, write_text, read_json, progress, log, cli_parser, run_cli, to_xyz,
+                          AUGMENT_SETS)
 from .data import Dataset, Case, load_dataset, spacing_problem, blank_problem
 
 # %% auto #0
@@ -404,7 +405,8 @@ def split_folds(fold_of:dict[str, int], # case id -> test fold
 OPTS = dict(crop_threshold=0.2, nonzero_threshold=0.2, max_ratio=3.0, low_res_pct=10, min_patch=8,
             val_fraction=0.1, max_case_gb=2.0, ct_max_samples=100_000, fg_samples=2**20,
             target_spacing=None, patch_size=None, overwrite=False, config="3d", slice_axis=None,
-            spacing_rtol=1e-3, origin_atol_mm=1e-2, direction_atol=1e-3)
+            spacing_rtol=1e-3, origin_atol_mm=1e-2, direction_atol=1e-3,
+            augment="mist")
 
 # %% ../nbs/02_analysis.ipynb #672b7423-1
 def _check_opts(opts:dict) -> dict:
@@ -597,6 +599,7 @@ def analyze(data, # dataset.json path or Dataset
     if o["config"] not in ("3d", "2d"): raise SegcookError(f"config should be '3d' or '2d', got {o['config']!r}")
     if o["config"] == "3d" and o["slice_axis"] is not None: raise SegcookError("a slice axis is for the 2d configuration; add --config 2d")
     if o["config"] == "2d" and o["slice_axis"] is not None: slice_axis_for([], o["slice_axis"])   # fail early on a bad axis
+    if o["augment"] not in AUGMENT_SETS: raise SegcookError(f"augment should be one of {sorted(AUGMENT_SETS)}, got {o['augment']!r}")
     check_spatial(o["target_spacing"], o["patch_size"], tuple(max_patch_size), o["min_patch"])
     train, test = ds.cases("train"), _test_cases(ds)
     unlabelled = [c.id for c in train if c.label is None]
@@ -606,7 +609,8 @@ def analyze(data, # dataset.json path or Dataset
     fold_of = read_folds(folds_file, ids) if folds_file else kfold(ids, nfolds, seed)
     plan = Plan(dataset=DatasetInfo(ds.task, str(ds.path), ds.modality, len(good)), channels=_channels(good, ds, o, {c.id: c.modality for c in train}),
                 labels=_labels(ds), spatial=_spatial(good, ds, o, max_patch_size), excluded=bad,
-                train=Train(nfolds=len(set(fold_of.values())), val_fraction=float(o["val_fraction"]), seed=int(seed)))
+                train=Train(nfolds=len(set(fold_of.values())), val_fraction=float(o["val_fraction"]), seed=int(seed)),
+                augment=AUGMENT_SETS[o["augment"]]())
     if plan.spatial.config == "2d": _size_2d(plan, good, o, max_patch_size)
     problems = validate_plan(plan)
     if problems: raise SegcookError("analysis produced an invalid plan: " + "; ".join(problems))
@@ -654,11 +658,14 @@ def cli_analyze(argv:list[str]|None=None, # command-line arguments (None: `sys.a
     p.add_argument("--config", default="3d", choices=["3d", "2d"], help="3d: networks on volumes; 2d: on single slices")
     p.add_argument("--slice-axis", default=None, choices=["x", "y", "z", "0", "1", "2"],
                    help="2d: the axis slices are cut across (default: the coarsest spacing, else z)")
+    p.add_argument("--augment", default="mist", choices=["mist", "nnunet", "off"],
+                   help="training augmentation written to the plan: MIST's set (default), nnU-Net v2's heavier set, or none")
     a = p.parse_args(argv)
     def go():
         ax = None if a.slice_axis is None else int(a.slice_axis) if a.slice_axis.isdigit() else a.slice_axis
         pl = analyze(a.data, a.exp, a.nfolds, a.seed, a.folds_file, a.max_patch_size, a.workers,
-                     val_fraction=a.val_fraction, overwrite=a.overwrite, config=a.config, slice_axis=ax)
+                     val_fraction=a.val_fraction, overwrite=a.overwrite, config=a.config, slice_axis=ax,
+                     augment=a.augment)
         s = pl.spatial
         print(f"{a.exp}: {pl.dataset.n_cases} case(s), {len(pl.excluded)} excluded; {s.config}"
               f"{' across ' + 'xyz'[s.slice_axis] if s.config == '2d' else ''}; spacing {s.target_spacing} mm, "

@@ -15,13 +15,13 @@ import SimpleITK as sitk
 
 # %% auto #0
 __all__ = ['log', 'PROGRESS_STEP', 'PLUGIN_ENV', 'ARCHS', 'LOSSES', 'POSTPROCESSORS', 'METRICS', 'register_arch', 'register_loss',
-           'register_postprocessor', 'register_metric', 'SCHEMA_VERSION', 'OPTIMIZERS', 'SCHEDULES', 'NORMS',
-           'ACT_FLOATS', 'MAX_TRAIN_GIB', 'CONFIGS', 'IMAGE_SUFFIXES', 'SegcookError', 'atomic_path', 'write_text',
-           'write_json', 'read_json', 'progress', 'Registry', 'load_plugins', 'Augment', 'DatasetInfo', 'Channel',
-           'Labels', 'Spatial', 'Preprocess', 'Train', 'Infer', 'Evaluate', 'Plan', 'plan_from_dict', 'plan_to_dict',
-           'train_memory_gib', 'sample_keys', 'sample_probs_problems', 'validate_plan', 'save_plan', 'load_plan',
-           'override', 'channel_for', 'plan_for', 'is_image_file', 'read_image', 'write_image', 'array_to_image',
-           'to_xyz', 'from_xyz', 'Geometry', 'compare_headers', 'cli_parser', 'run_cli']
+           'register_postprocessor', 'register_metric', 'AUGMENT_SETS', 'SCHEMA_VERSION', 'OPTIMIZERS', 'SCHEDULES',
+           'NORMS', 'ACT_FLOATS', 'MAX_TRAIN_GIB', 'CONFIGS', 'IMAGE_SUFFIXES', 'SegcookError', 'atomic_path',
+           'write_text', 'write_json', 'read_json', 'progress', 'Registry', 'load_plugins', 'Augment', 'DatasetInfo',
+           'Channel', 'Labels', 'Spatial', 'Preprocess', 'Train', 'Infer', 'Evaluate', 'Plan', 'plan_from_dict',
+           'plan_to_dict', 'train_memory_gib', 'sample_keys', 'sample_probs_problems', 'validate_plan', 'save_plan',
+           'load_plan', 'override', 'channel_for', 'plan_for', 'is_image_file', 'read_image', 'write_image',
+           'array_to_image', 'to_xyz', 'from_xyz', 'Geometry', 'compare_headers', 'cli_parser', 'run_cli']
 
 # %% ../nbs/00_core.ipynb #39f84f01
 class SegcookError(ValueError):
@@ -217,36 +217,48 @@ def _main_defined(obj) -> bool:
 # %% ../nbs/00_core.ipynb #48ba72fb
 @dataclass
 class Augment:
-    "The training augmentation: per-transform probabilities and ranges (nnU-Net v2 defaults); the plan's `augment` section."
+    "The training augmentation, the plan's `augment` section: MIST 2.3.0's set by default; `Augment.nnunet()` is nnU-Net v2's."
     enabled: bool = True               # False: patches only, no augmentation at all
     p_flip: float = 0.5                # per axis
     flip_axes: list[int] = field(default_factory=lambda: [0, 1, 2])  # array axes (x, y, z) that may flip
-    p_rotate: float = 0.2              # per patch: rotate about all three axes
+    p_rotate: float = 0.0              # per patch: rotate about all three axes
     rotate_axes: list[int] = field(default_factory=lambda: [0, 1, 2])  # array axes (x, y, z) rotated about (2d: the slice axis only)
     rotate_deg: float = 30.0           # max |angle| per axis, degrees
-    p_scale: float = 0.2               # per patch: isotropic zoom
-    scale: list[float] = field(default_factory=lambda: [0.7, 1.4])   # zoom factor range (> 1 enlarges structures)
-    p_noise: float = 0.1               # additive Gaussian noise
-    noise_var: list[float] = field(default_factory=lambda: [0.0, 0.1])   # range of the noise variance (normalised intensities)
-    p_blur: float = 0.2                # Gaussian blur
-    blur_sigma: list[float] = field(default_factory=lambda: [0.5, 1.0])  # voxels
+    p_scale: float = 0.15              # per patch: isotropic zoom
+    scale: list[float] = field(default_factory=lambda: [1.0, 1.43])  # zoom factor range (> 1 enlarges structures; MIST: crop 0.7-1.0 of the patch, resize)
+    p_noise: float = 0.15              # additive Gaussian noise
+    noise_var: list[float] = field(default_factory=lambda: [0.0, 0.11])  # range of the noise variance (normalised intensities; MIST: sd 0-0.33)
+    p_blur: float = 0.15               # Gaussian blur
+    blur_sigma: list[float] = field(default_factory=lambda: [0.5, 1.5])  # voxels
     p_brightness: float = 0.15         # multiplicative brightness
-    brightness: list[float] = field(default_factory=lambda: [0.75, 1.25])   # range of the intensity multiplier
+    brightness: list[float] = field(default_factory=lambda: [0.7, 1.3])   # range of the intensity multiplier
     p_contrast: float = 0.15           # contrast about the mean, range preserved
-    contrast: list[float] = field(default_factory=lambda: [0.75, 1.25])   # range of the contrast factor
-    p_lowres: float = 0.25             # simulate low resolution: nearest down, trilinear up
+    contrast: list[float] = field(default_factory=lambda: [0.65, 1.5])   # range of the contrast factor
+    p_lowres: float = 0.0              # simulate low resolution: nearest down, trilinear up
     lowres_zoom: list[float] = field(default_factory=lambda: [0.5, 1.0])   # range of the downsampling factor (0.5: half the voxels per axis)
-    p_gamma: float = 0.3               # gamma on the [min, max]-normalised patch, mean/std kept
+    p_gamma: float = 0.0               # gamma on the [min, max]-normalised patch, mean/std kept
     gamma: list[float] = field(default_factory=lambda: [0.7, 1.5])   # range of the gamma exponent
-    p_gamma_invert: float = 0.1        # gamma of the inverted image
+    p_gamma_invert: float = 0.0        # gamma of the inverted image
 
     @classmethod
     def off(cls) -> 'Augment':
         "No augmentation (validation-like patches)."
         return cls(enabled=False)
 
+    @classmethod
+    def nnunet(cls) -> 'Augment':
+        "nnU-Net v2's heavier set: adds rotation, low resolution and gamma, zooms both ways."
+        return cls(p_rotate=0.2, p_scale=0.2, scale=[0.7, 1.4], p_noise=0.1, noise_var=[0.0, 0.1], p_blur=0.2,
+                   blur_sigma=[0.5, 1.0], brightness=[0.75, 1.25], contrast=[0.75, 1.25], p_lowres=0.25, p_gamma=0.3,
+                   p_gamma_invert=0.1)
+
     @property
     def spatial(self) -> bool: return self.enabled and (self.p_rotate > 0 or self.p_scale > 0)
+
+
+# %% ../nbs/00_core.ipynb #4aa64dcf
+AUGMENT_SETS = {"mist": Augment, "nnunet": Augment.nnunet, "off": Augment.off}  # `segcook analyze --augment NAME` -> the plan's section
+
 
 # %% ../nbs/00_core.ipynb #ca070f44
 SCHEMA_VERSION = 1
