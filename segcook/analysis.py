@@ -658,7 +658,7 @@ def cli_analyze(argv:list[str]|None=None, # command-line arguments (None: `sys.a
     p.add_argument("--config", default="3d", choices=["3d", "2d"], help="3d: networks on volumes; 2d: on single slices")
     p.add_argument("--slice-axis", default=None, choices=["x", "y", "z", "0", "1", "2"],
                    help="2d: the axis slices are cut across (default: the coarsest spacing, else z)")
-    p.add_argument("--augment", default="mist", choices=["mist", "nnunet", "off"],
+    p.add_argument("--augment", default="mist", choices=sorted(AUGMENT_SETS),
                    help="training augmentation written to the plan: MIST's set (default), nnU-Net v2's heavier set, or none")
     a = p.parse_args(argv)
     def go():
