@@ -254,18 +254,20 @@ def test_cli_writes_three_files_refuses_overwrite_and_bad_max_patch(tmp_path, ph
     assert r.returncode == 2 and "max patch size" in r.stderr and not (tmp_path/"e2").exists()
 
 
-
 def test_augment_set_is_chosen_at_analysis(tmp_path, phantom):
     "MIST's set by default; `--augment nnunet` writes nnU-Net v2's set, `off` none; an unknown name is an error naming the choices."
     from segcook.core import Augment
-    assert load_plan(analyze(phantom, tmp_path/"a", 2, workers=1) and tmp_path/"a").augment == Augment()
+    analyze(phantom, tmp_path/"a", 2, workers=1)
+    assert load_plan(tmp_path/"a").augment == Augment()                       # as written to config.json
     assert cli_analyze(["--data", str(phantom), "--exp", str(tmp_path/"b"), "--nfolds", "2", "--workers", "1", "--augment", "nnunet"]) == 0
     aug = load_plan(tmp_path/"b").augment
     assert aug == Augment.nnunet() and (aug.p_rotate, aug.p_gamma, aug.p_lowres) == (0.2, 0.3, 0.25)
-    assert not load_plan(analyze(phantom, tmp_path/"c", 2, workers=1, augment="off") and tmp_path/"c").augment.enabled
+    analyze(phantom, tmp_path/"c", 2, workers=1, augment="off")
+    assert not load_plan(tmp_path/"c").augment.enabled
     with pytest.raises(SegcookError, match=r"augment should be one of \['mist', 'nnunet', 'off'\], got 'heavy'"):
         analyze(phantom, tmp_path/"d", 2, workers=1, augment="heavy")
     assert not (tmp_path/"d").exists()
+
 
 # ---------------------------------------------------------------- real scans
 def _real_dataset(tmp_path, d, ids, modality, cls):
