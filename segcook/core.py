@@ -9,19 +9,20 @@ from __future__ import annotations
 import json, os, sys, math, errno, tempfile, logging, contextlib, dataclasses, argparse, textwrap
 from dataclasses import dataclass, field, fields, asdict
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import SimpleITK as sitk
 
 # %% auto #0
 __all__ = ['log', 'PROGRESS_STEP', 'PLUGIN_ENV', 'ARCHS', 'LOSSES', 'POSTPROCESSORS', 'METRICS', 'register_arch', 'register_loss',
            'register_postprocessor', 'register_metric', 'AUGMENT_SETS', 'SCHEMA_VERSION', 'OPTIMIZERS', 'SCHEDULES',
-           'NORMS', 'ACT_FLOATS', 'MAX_TRAIN_GIB', 'CONFIGS', 'IMAGE_SUFFIXES', 'SegcookError', 'atomic_path',
+           'NORMS', 'ACT_FLOATS', 'MAX_TRAIN_GIB', 'CONFIGS', 'IMAGE_SUFFIXES', 'AXES', 'SegcookError', 'atomic_path',
            'write_text', 'write_json', 'read_json', 'progress', 'Registry', 'load_plugins', 'Augment', 'DatasetInfo',
            'Channel', 'Labels', 'Spatial', 'Preprocess', 'Train', 'Infer', 'Evaluate', 'Plan', 'plan_from_dict',
            'plan_to_dict', 'train_memory_gib', 'sample_keys', 'sample_probs_problems', 'validate_plan', 'save_plan',
            'load_plan', 'override', 'channel_for', 'plan_for', 'is_image_file', 'read_image', 'write_image',
-           'array_to_image', 'to_xyz', 'from_xyz', 'Geometry', 'compare_headers', 'cli_parser', 'run_cli']
+           'array_to_image', 'to_xyz', 'from_xyz', 'Geometry', 'compare_headers', 'get_topology', 'cli_parser',
+           'run_cli']
 
 # %% ../nbs/00_core.ipynb #39f84f01
 class SegcookError(ValueError):
@@ -819,6 +820,43 @@ def compare_headers(a, # an image or image file
     ga = a if isinstance(a, Geometry) else Geometry.of(a) if isinstance(a, sitk.Image) else Geometry.read(a)
     gb = b if isinstance(b, Geometry) else Geometry.of(b) if isinstance(b, sitk.Image) else Geometry.read(b)
     return ga.compare(gb, **tol)
+
+# %% ../nbs/00_core.ipynb #c1c3a2d7
+AXES = "xyz"
+
+# %% ../nbs/00_core.ipynb #c1c3a2d7-1
+def get_topology(patch_size:Sequence[int], # voxels (x, y, z)
+                 spacing:Sequence[float]|None=None, # mm (x, y, z); None: isotropic
+                 max_pools:int=5, # at most this many halvings (MIST: 5; nnU-Net: as many as fit)
+                 min_size:int=8, # an axis is halved only while it has at least this many voxels
+                 max_ratio:float=2.0, # an axis coarser than this times the finest is not halved
+                ) -> tuple[list[list[int]], list[list[int]]]:
+    "Per-stage `(kernels, strides)` for a U-Net on `patch_size` voxels at `spacing` mm; stage 0 has stride 1."
+    ps, sp = [int(p) for p in patch_size], [float(s) for s in (spacing or [1.0] * len(patch_size))]
+    if len(ps) != 3 or len(sp) != 3: raise SegcookError(f"patch_size {list(patch_size)} and spacing {list(spacing)} should both have 3 values (x, y, z)")
+    if any(p < 1 for p in ps) or any(s <= 0 for s in sp): raise SegcookError(f"patch_size {ps} and spacing {sp} must be positive")
+    kernels, strides, size = [], [[1, 1, 1]], list(ps)
+    live = [p > 1 for p in ps]                     # an axis of one voxel (2d: the slice axis) gets kernel 1 and no pooling
+    if not any(live): raise SegcookError(f"patch_size {ps} has one voxel on every axis; a network needs at least one axis longer than 1")
+    for _ in range(max_pools + 1):
+        ratio = [s / min(x for x, l in zip(sp, live) if l) for s in sp]
+        kernels.append([3 if (r <= max_ratio and l) else 1 for r, l in zip(ratio, live)])
+        if len(strides) > max_pools: break
+        st = [2 if (r <= max_ratio and n >= min_size and l) else 1 for r, n, l in zip(ratio, size, live)]
+        if all(s == 1 for s in st): break
+        for i, (s, n) in enumerate(zip(st, size)):
+            if s == 2 and n % 2:
+                k = len(strides) - 1
+                raise SegcookError(f"patch_size {ps}: axis {i} ({AXES[i]}) has {n} voxels after {k} halving(s), an odd number, "
+                                   f"so the network cannot halve it again; use a multiple of {2**(k+1)} on that axis "
+                                   f"(e.g. {_nearest_multiple(ps[i], 2**(k+1))})")
+        strides.append(st)
+        size, sp = [n // s for n, s in zip(size, st)], [a * s for a, s in zip(sp, st)]
+    kernels[-1] = [3 if n > 1 else 1 for n in size] if all(k == 1 for k in kernels[-1]) else kernels[-1]
+    return kernels, strides
+
+# %% ../nbs/00_core.ipynb #c1c3a2d7-2
+def _nearest_multiple(n, m): return max(m, int(round(n / m)) * m)
 
 # %% ../nbs/00_core.ipynb #2d23dfc1
 def cli_parser(prog:str, # e.g. 'segcook check'

@@ -11,51 +11,14 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 import torch.nn.functional as F
-from .core import SegcookError, ARCHS, register_arch, Plan, cli_parser, run_cli, load_plan
+from .core import SegcookError, ARCHS, register_arch, Plan, cli_parser, run_cli, load_plan, AXES, get_topology, _nearest_multiple
 
 # %% auto #0
-__all__ = ['AXES', 'RESENC_BLOCKS', 'TWOD_ARCHS', 'STUNET_VARIANTS', 'MIND_CHANNELS', 'get_topology', 'ConvNormAct', 'PlainStage',
-           'ResBlock', 'ResStage', 'SegNet', 'net_parts', 'VAEBranch', 'DynamicUNet', 'nnunet', 'unet', 'ConvNorm',
-           'ResBlockD', 'ResEncUNet', 'nnunet_resenc', 'MonaiNet', 'swin_unetr', 'MGNet', 'w_heights', 'fmgnet', 'wnet',
-           'STUNet', 'base_w', 'on_meta', 'count_params', 'init_region_bias', 'n_input_channels', 'n_output_channels',
-           'build_net', 'memory_estimate', 'arch_table', 'cli_archs']
-
-# %% ../nbs/04_nets.ipynb #c1c3a2d7
-AXES = "xyz"
-
-# %% ../nbs/04_nets.ipynb #c1c3a2d7-1
-def get_topology(patch_size:Sequence[int], # voxels (x, y, z)
-                 spacing:Sequence[float]|None=None, # mm (x, y, z); None: isotropic
-                 max_pools:int=5, # at most this many halvings (MIST: 5; nnU-Net: as many as fit)
-                 min_size:int=8, # an axis is halved only while it has at least this many voxels
-                 max_ratio:float=2.0, # an axis coarser than this times the finest is not halved
-                ) -> tuple[list[list[int]], list[list[int]]]:
-    "Per-stage `(kernels, strides)` for a U-Net on `patch_size` voxels at `spacing` mm; stage 0 has stride 1."
-    ps, sp = [int(p) for p in patch_size], [float(s) for s in (spacing or [1.0] * len(patch_size))]
-    if len(ps) != 3 or len(sp) != 3: raise SegcookError(f"patch_size {list(patch_size)} and spacing {list(spacing)} should both have 3 values (x, y, z)")
-    if any(p < 1 for p in ps) or any(s <= 0 for s in sp): raise SegcookError(f"patch_size {ps} and spacing {sp} must be positive")
-    kernels, strides, size = [], [[1, 1, 1]], list(ps)
-    live = [p > 1 for p in ps]                     # an axis of one voxel (2d: the slice axis) gets kernel 1 and no pooling
-    if not any(live): raise SegcookError(f"patch_size {ps} has one voxel on every axis; a network needs at least one axis longer than 1")
-    for _ in range(max_pools + 1):
-        ratio = [s / min(x for x, l in zip(sp, live) if l) for s in sp]
-        kernels.append([3 if (r <= max_ratio and l) else 1 for r, l in zip(ratio, live)])
-        if len(strides) > max_pools: break
-        st = [2 if (r <= max_ratio and n >= min_size and l) else 1 for r, n, l in zip(ratio, size, live)]
-        if all(s == 1 for s in st): break
-        for i, (s, n) in enumerate(zip(st, size)):
-            if s == 2 and n % 2:
-                k = len(strides) - 1
-                raise SegcookError(f"patch_size {ps}: axis {i} ({AXES[i]}) has {n} voxels after {k} halving(s), an odd number, "
-                                   f"so the network cannot halve it again; use a multiple of {2**(k+1)} on that axis "
-                                   f"(e.g. {_nearest_multiple(ps[i], 2**(k+1))})")
-        strides.append(st)
-        size, sp = [n // s for n, s in zip(size, st)], [a * s for a, s in zip(sp, st)]
-    kernels[-1] = [3 if n > 1 else 1 for n in size] if all(k == 1 for k in kernels[-1]) else kernels[-1]
-    return kernels, strides
-
-# %% ../nbs/04_nets.ipynb #c1c3a2d7-2
-def _nearest_multiple(n, m): return max(m, int(round(n / m)) * m)
+__all__ = ['RESENC_BLOCKS', 'TWOD_ARCHS', 'STUNET_VARIANTS', 'MIND_CHANNELS', 'ConvNormAct', 'PlainStage', 'ResBlock', 'ResStage',
+           'SegNet', 'net_parts', 'VAEBranch', 'DynamicUNet', 'nnunet', 'unet', 'ConvNorm', 'ResBlockD', 'ResEncUNet',
+           'nnunet_resenc', 'MonaiNet', 'swin_unetr', 'MGNet', 'w_heights', 'fmgnet', 'wnet', 'STUNet', 'base_w',
+           'on_meta', 'count_params', 'init_region_bias', 'n_input_channels', 'n_output_channels', 'build_net',
+           'memory_estimate', 'arch_table', 'cli_archs']
 
 # %% ../nbs/04_nets.ipynb #6fb0cf2c
 def _norm(kind:str, ch:int) -> nn.Module:

@@ -347,6 +347,41 @@ def resample_label(lbl:sitk.Image, # a label image
 # %% ../nbs/03_preprocess.ipynb #1c2ba3fa
 _BLOCK = 1 << 16   # voxels per block of the float64 arithmetic (stays in cache)
 
+# %% ../nbs/03_preprocess.ipynb #edc20b03
+def _lerp(a:np.ndarray, b:np.ndarray, t:np.ndarray) -> np.ndarray:
+    "a + (b - a) t, from b's side when t >= 0.5: the interpolation `np.percentile` does, operation for operation."
+    d = b - a
+    r = np.add(a, d * t)
+    np.subtract(b, d * (1 - t), out=r, where=t >= 0.5, casting="unsafe", dtype=type(r.dtype))
+    return r
+
+
+# %% ../nbs/03_preprocess.ipynb #ed8be2de
+def _tail_percentiles(v:np.ndarray, # 1-D array
+                      q_lo:float=0.5, q_hi:float=99.5, # percentiles, one in each tail
+                      sample:int=1 << 16, # voxels of the sample that places each tail's threshold
+                     ) -> np.ndarray:
+    "`np.percentile(v, [q_lo, q_hi])`, bit for bit, partitioning only the voxels beyond a threshold in each tail."
+    n = v.size
+    q = np.true_divide(np.asanyarray([q_lo, q_hi]), 100)
+    virt = (n - 1) * q                                                  # numpy's linear rule: between floor and floor + 1
+    prev = np.floor(virt)
+    gamma = np.asanyarray(virt - prev, dtype=virt.dtype)
+    p0, p1 = int(prev[0]), int(prev[1])
+    if n < 8 * sample or not 0 <= p0 < p1 < n - 1: return np.percentile(v, [q_lo, q_hi])
+    s = v[::n // sample]
+    k = s.size
+    klo = min(k - 1, int((p0 + 2) / n * k * 1.3) + 16)                 # 30% more than the tail needs, and 16 voxels
+    khi = max(0, k - 1 - int((n - p1) / n * k * 1.3) - 16)
+    s = np.partition(s, [klo, khi])
+    low, high = v[v <= s[klo]], v[v >= s[khi]]                          # every voxel at or beyond each threshold
+    if low.size < p0 + 2 or high.size < n - p1: return np.percentile(v, [q_lo, q_hi])   # the sample misjudged a tail
+    low.partition([p0, p0 + 1])
+    o = n - high.size                                                   # rank of high's smallest voxel in v
+    high.partition([p1 - o, p1 + 1 - o])
+    return _lerp(np.array([low[p0], high[p1 - o]]), np.array([low[p0 + 1], high[p1 + 1 - o]]), gamma)
+
+
 # %% ../nbs/03_preprocess.ipynb #1c2ba3fa-1
 def _zscore_into(a:np.ndarray, lo, hi, mu:float, sd:float, m:np.ndarray|None, out:np.ndarray) -> np.ndarray:
     "`out` = float32((clip(a, lo, hi) - mu) / sd [* m]) with float64 arithmetic, block by block (`out` may be `a`)."
@@ -387,7 +422,7 @@ def normalize(a:np.ndarray, # one channel (x, y, z), float32
     m = mask if (ch.use_nonzero and mask is not None and mask.any()) else None
     v = a[m] if m is not None else a
     mu, sd = float(v.mean(dtype=np.float64)), float(v.std(dtype=np.float64))   # before windowing, as MIST
-    lo, hi = np.percentile(v, [0.5, 99.5], overwrite_input=m is not None)     # a[m] is a copy: partition it in place
+    lo, hi = _tail_percentiles(v.reshape(-1), 0.5, 99.5)                    # = np.percentile(v, [0.5, 99.5])
     if sd == 0:                                                               # constant image: no information
         if inplace and a.dtype == np.float32:
             a[...] = 0
@@ -594,16 +629,30 @@ def _cropped(g:Geometry, start, stop) -> Geometry:
     return Geometry([int(b - a) for a, b in zip(start, stop)], list(h.GetSpacing()),
                     list(h.TransformIndexToPhysicalPoint([int(a) for a in start]) if crop else h.GetOrigin()), list(h.GetDirection()))
 
+# %% ../nbs/03_preprocess.ipynb #1545a54b
+def _copy_tiled(dst:np.ndarray, # 3-D destination (C order)
+                src:np.ndarray, # 3-D source, same shape (here: a Fortran-ordered NIfTI crop)
+                tile:int=32, # tile edge along the first and last axes
+               ) -> np.ndarray:
+    "`dst[...] = src`, in tiles: a Fortran-ordered source lands in a C-ordered destination about 2x faster (fewer cache misses)."
+    if src.ndim != 3 or src.flags.c_contiguous:
+        dst[...] = src
+        return dst
+    for i in range(0, dst.shape[0], tile):
+        for k in range(0, dst.shape[2], tile): dst[i:i + tile, :, k:k + tile] = src[i:i + tile, :, k:k + tile]
+    return dst
+
+
 # %% ../nbs/03_preprocess.ipynb #83878e47-5
 def _numpy_case(arrs:list[np.ndarray], lab, g:Geometry, box, plan:Plan, cid) -> tuple[np.ndarray, np.ndarray|None, dict]:
     "`_spatial` + `_intensity` for a case that only needs cropping (see `_numpy_ok`, `_on_target`): numpy, in place."
     start, stop = box
     sl = tuple(slice(int(a), int(b)) for a, b in zip(start, stop))
     image = np.empty((len(arrs), *[b - a for a, b in zip(start, stop)]), np.float32)
-    for x, a in zip(image, arrs): x[...] = a[sl]                            # crop, in (x, y, z) C order
+    for x, a in zip(image, arrs): _copy_tiled(x, a[sl])                     # crop, in (x, y, z) C order
     if lab is not None:
         out = np.empty((1, *image.shape[1:]), np.uint8)
-        out[0] = lab[sl]
+        _copy_tiled(out[0], lab[sl])
         lab = out
     nz = None
     if any(c.use_nonzero and c.norm == "zscore" for c in plan.channels):

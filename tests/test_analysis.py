@@ -1,5 +1,5 @@
 "segcook analyze: each MIST rule against a hand computation, folds, exclusions, CLI, real CT scans."
-import csv, json, shutil, subprocess
+import csv, json, shutil, subprocess, sys
 from pathlib import Path
 import numpy as np, pytest
 import SimpleITK as sitk
@@ -316,3 +316,14 @@ def test_real_mr_brains_flipped_axis_and_nonzero_rule(tmp_path, shared):
     exp = np.median(sp, axis=0); exp[2] = np.percentile(sp[:, 2], 10)
     np.testing.assert_allclose(plan.spatial.target_spacing, exp, rtol=1e-9)
     assert plan.spatial.anisotropic_axis == 2 and not plan.excluded
+
+
+def test_analysis_does_not_import_torch(tmp_path):
+    "Analysis checks patch sizes with core's get_topology: `segcook analyze` never pays for importing torch."
+    dj = make_phantom(tmp_path/"ph", cases=3, size=(24, 24, 16))
+    code = ("import sys; from segcook.analysis import analyze; "
+            f"analyze({str(dj)!r}, {str(tmp_path/'exp')!r}, nfolds=2, workers=2); print('torch' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().splitlines()[-1] == "False"
+    assert (tmp_path/"exp"/"config.json").exists()

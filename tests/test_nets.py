@@ -3,6 +3,7 @@ import warnings
 import pytest, torch
 from segcook.core import Plan, SegcookError, ARCHS
 from segcook.nets import *
+from segcook.core import get_topology
 from segcook.losses import build_loss, DiceCELoss
 
 warnings.filterwarnings("ignore")

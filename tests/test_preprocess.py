@@ -373,3 +373,25 @@ def test_one_builder_of_the_geometry_meta(tmp_path):
     assert fast["crop"]["stop"] != fast["original"]["size"]                 # the crop was taken (a real test of the record)
     src = Path(pre.__file__).read_text()
     assert src.count('"anisotropic_axis"') == 1, "the geometry record is written in one place: geometry_meta"
+
+
+def test_tail_percentiles_are_numpys_bit_for_bit():
+    "The two z-score percentiles, taken from the tails only, equal np.percentile's for any distribution and size."
+    from segcook.preprocess import _tail_percentiles
+    rng = np.random.default_rng(7)
+    draws = [lambda n: rng.normal(size=n), lambda n: rng.integers(-4, 4, n), lambda n: rng.exponential(size=n) ** 4,
+             lambda n: np.round(rng.normal(size=n) * 50) / 7, lambda n: np.r_[np.zeros(n - n // 100), rng.normal(size=n // 100)]]
+    for n in (1, 5_000, 524_288, 524_289, 1_000_003, 2_500_000):
+        for draw in draws:
+            x = draw(n).astype(np.float32)
+            for q in ((0.5, 99.5), (2.0, 98.0)):
+                want, got = np.percentile(x, list(q)), _tail_percentiles(x, *q)
+                assert got.dtype == want.dtype and got.tobytes() == want.tobytes(), (n, q, got, want)
+
+
+def test_tiled_copy_equals_plain_assignment():
+    from segcook.preprocess import _copy_tiled
+    a = np.asfortranarray(np.random.default_rng(0).normal(size=(70, 45, 37)).astype(np.float32))
+    for sl in [(slice(3, 70), slice(0, 45), slice(5, 36)), (slice(0, 1), slice(2, 3), slice(0, 37))]:
+        out = np.empty(a[sl].shape, np.float32)
+        assert np.array_equal(_copy_tiled(out, a[sl]), a[sl]) and out.flags.c_contiguous
