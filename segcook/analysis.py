@@ -52,13 +52,25 @@ def _sample(a:np.ndarray, max_samples:int|None) -> np.ndarray:
     return flat[::int(math.ceil(flat.size / max_samples))]
 
 # %% ../nbs/02_analysis.ipynb #6b1004cb-1
-def _channel_fg(a:np.ndarray, max_samples:int|None=2**20) -> np.ndarray:
-    "Foreground of one image: window at the 33rd/99.5th percentiles, then voxels >= Otsu's threshold."
+def _fg_threshold(a:np.ndarray, max_samples:int|None=2**20) -> float|None:
+    "Otsu's threshold of one image after a window at the 33rd/99.5th percentiles (both from a sample); None when the window is empty."
     s = _sample(a, max_samples).astype(np.float32)
     lo, hi = np.percentile(s, [33, 99.5], overwrite_input=True)  # s is a copy; Otsu's histogram ignores the order
-    if not hi > lo: return np.zeros(a.shape, bool)  # constant after windowing: no information
-    t = otsu_threshold(np.clip(s, lo, hi))
-    return a >= t  # the threshold lies in (lo, hi], so windowing would not change this comparison
+    if not hi > lo: return None                                  # constant after windowing: no information
+    return otsu_threshold(np.clip(s, lo, hi))
+
+
+# %% ../nbs/02_analysis.ipynb #940f5f08
+def _fg_from(a:np.ndarray, t:float|None) -> np.ndarray:
+    "The voxels of `a` at or above threshold `t` (none when `t` is None)."
+    return np.zeros(a.shape, bool) if t is None else a >= t     # t lies in (lo, hi]: windowing would not change this comparison
+
+
+# %% ../nbs/02_analysis.ipynb #b5998070
+def _channel_fg(a:np.ndarray, max_samples:int|None=2**20) -> np.ndarray:
+    "Foreground of one image: window at the 33rd/99.5th percentiles, then voxels >= Otsu's threshold."
+    return _fg_from(a, _fg_threshold(a, max_samples))
+
 
 # %% ../nbs/02_analysis.ipynb #6b1004cb-2
 def foreground_mask(arrs:list[np.ndarray], # one (X,Y,Z) array per channel, same shape
@@ -115,6 +127,7 @@ class Fingerprint:
     ct_samples: dict = field(default_factory=dict)     # CT channel -> float32 foreground intensities
     problem: str | None = None                         # why the case cannot be used
     label_fg: int | None = None                        # foreground voxels of the label (None: no label)
+    fg: dict = field(default_factory=dict)             # channel -> {file, size, mtime_ns, threshold}: the Otsu threshold, for preprocessing
 
 # %% ../nbs/02_analysis.ipynb #0fdb827d
 def _inflate(raw:bytes) -> bytes:
@@ -233,7 +246,10 @@ def _measure(case:Case, fp:Fingerprint, ct_channels, allowed, ignore, ct_max_sam
         if ch != ref: _same_geometry(g, gc, ch, ref, p, tol)
         if (bad := _n_nonfinite(a)): raise SegcookError(f"{p}: {ch} has {bad} NaN/inf voxels; fix or remove the case")
         if (bad := blank_problem(a)): raise SegcookError(f"{p}: {ch} {bad}")
-        m = foreground_mask([a], fg_samples)
+        t = _fg_threshold(a, fg_samples)
+        m = _fg_from(a, t)
+        st = os.stat(p)
+        fp.fg[ch] = {"file": str(Path(p).resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "threshold": t}
         if fg is None: fg = m
         else: fg |= m
         fp.zero_frac[ch] = float((a.size - np.count_nonzero(a != 0)) / a.size)   # a != 0 first: 8x faster on float voxels
@@ -570,6 +586,13 @@ def _test_cases(ds:Dataset) -> list[Case]:
     if ds.raw.get("test-cases") is None and ds.raw.get("test-data") is None: return []
     return ds.cases("test")
 
+# %% ../nbs/02_analysis.ipynb #0c56659b
+def _foreground_json(fps:list[Fingerprint], fg_samples:int|None) -> dict:
+    "What preprocessing may reuse of the foreground estimate: each training case's per-channel Otsu thresholds and their files' size and mtime."
+    return {"about": "per case and channel: the Otsu threshold of the foreground (analysis), reused by `segcook preprocess` while "
+                     "the file keeps this size and mtime_ns", "fg_samples": fg_samples, "cases": {f.id: f.fg for f in fps}}
+
+
 # %% ../nbs/02_analysis.ipynb #30d10252
 def _size_2d(plan:Plan, fps:list[Fingerprint], o:dict, max_patch_size):
     "2d: the batch (`batch_size_2d` against the 3d plan's patch), as many windows per network call, and no test-time flip across slices."
@@ -615,6 +638,7 @@ def analyze(data, # dataset.json path or Dataset
     if problems: raise SegcookError("analysis produced an invalid plan: " + "; ".join(problems))
     write_text(exp/"cases.csv", _cases_csv([c for c in train if c.id in fold_of], test, fold_of, ds))
     write_json(exp/"folds.json", split_folds(fold_of, o["val_fraction"], seed))
+    write_json(exp/"foreground.json", _foreground_json(good, o["fg_samples"]))
     save_plan(plan, exp/"config.json")
     log.info(f"analysed {len(good)} case(s) ({len(bad)} excluded) in {time.time() - t0:.1f} s -> {exp/'config.json'}")
     return plan

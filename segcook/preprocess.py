@@ -16,7 +16,7 @@ import numpy as np
 import SimpleITK as sitk
 from .core import (Plan, Channel, SegcookError, log, load_plan, read_image, to_xyz, from_xyz, Geometry,
                           compare_headers, atomic_path, write_json, read_json, progress, cli_parser, run_cli, plan_for)
-from .analysis import foreground_mask, bbox_of
+from .analysis import foreground_mask, bbox_of, _fg_from
 from .analysis import _read_xyz, _n_nonfinite
 
 # %% auto #0
@@ -24,7 +24,7 @@ __all__ = ['N4_THREADS', 'MIND_CHANNELS', 'META_FORMAT', 'label_values', 'read_c
            'sitk_code', 'orientation_of', 'reorient', 'coarse_axis', 'bspline_axis', 'nearest_axis', 'resample_image',
            'resample_label', 'normalize', 'rescale_2_98', 'hist_match', 'mind_ssc', 'distance_map', 'distance_maps',
            'geometry_meta', 'case_spacing', 'preprocess_case', 'to_native', 'read_cases_csv', 'case_dir', 'is_done',
-           'run_case', 'histmatch_reference', 'preprocess', 'cli_preprocess']
+           'cached_thresholds', 'run_case', 'histmatch_reference', 'preprocess', 'cli_preprocess']
 
 # %% ../nbs/03_preprocess.ipynb #1876b547
 def _case_err(cid, path, msg) -> SegcookError:
@@ -114,9 +114,14 @@ def _xyz_view(img:sitk.Image) -> np.ndarray:
     return sitk.GetArrayViewFromImage(img).T
 
 # %% ../nbs/03_preprocess.ipynb #057c4726-1
-def _fg_box(arrs:list[np.ndarray], lab:np.ndarray|None=None, margin:int=0) -> tuple[list[int], list[int]]:
+def _fg_box(arrs:list[np.ndarray], lab:np.ndarray|None=None, margin:int=0,
+            thresholds:list|None=None, # each channel's Otsu threshold from analysis (None: estimate them here)
+           ) -> tuple[list[int], list[int]]:
     "The foreground box (start, stop) of the (x, y, z) arrays of a case, labelled voxels included."
-    m = foreground_mask(arrs)
+    if thresholds is None: m = foreground_mask(arrs)
+    else:
+        m = _fg_from(arrs[0], thresholds[0])
+        for a, t in zip(arrs[1:], thresholds[1:]): m |= _fg_from(a, t)
     if lab is not None: m |= lab > 0
     return bbox_of(m, margin)
 
@@ -674,6 +679,7 @@ def preprocess_case(images:dict, # channel name -> image path, in the plan's cha
                     reference:dict|None=None, # channel -> image path of the 'histmatch' reference case
                     cid:str|None=None, # case id for messages and meta
                     modality:str|None=None, # the case's modality ('ct', 'mr'): which rule a mixed channel uses (None: single-modality plan)
+                    fg_thresholds:list|None=None, # each channel's foreground threshold from analysis (`cached_thresholds`; None: estimated here)
                    ) -> tuple[np.ndarray, np.ndarray|None, dict]:
     "Image (C, x, y, z) float32, label (1, x, y, z) uint8 or None, and the meta needed to go back."
     cid = cid or Path(str(next(iter(images.values())))).name.split(".")[0]
@@ -685,7 +691,7 @@ def preprocess_case(images:dict, # channel name -> image path, in the plan's cha
     names = [c.name for c in chans]
     box = None
     if not plan.preprocess.skip:
-        box = _fg_box(arrs, lab) if plan.spatial.crop_to_foreground else ([0, 0, 0], list(geoms[0].size))
+        box = _fg_box(arrs, lab, thresholds=fg_thresholds) if plan.spatial.crop_to_foreground else ([0, 0, 0], list(geoms[0].size))
         sp = case_spacing(plan, geoms[0].spacing)
         if sp is not None and _numpy_ok(geoms, plan, n4) and _on_target([b - a for a, b in zip(*box)], geoms[0], sp):
             image, lab, meta = _numpy_case(arrs, lab, geoms[0], box, plan, cid)   # no SimpleITK step needed
@@ -802,6 +808,33 @@ def _clean(d:Path):
     for f in d.glob("*"):
         if f.is_file(): f.unlink()
 
+# %% ../nbs/03_preprocess.ipynb #fb183352
+@lru_cache(maxsize=4)
+def _foreground_json(path:str, mtime_ns:int) -> dict:
+    "The parsed `<exp>/foreground.json` (read once per process while it is unchanged)."
+    return read_json(path)
+
+
+# %% ../nbs/03_preprocess.ipynb #59cf95ac
+def cached_thresholds(exp, # experiment folder
+                      row:dict, # a row of `read_cases_csv`
+                     ) -> list|None:
+    "The foreground thresholds analysis measured for this case, in channel order, if every file is unchanged (path, size, mtime); else None."
+    p = Path(exp)/"foreground.json"
+    try: fj = _foreground_json(str(p), p.stat().st_mtime_ns)
+    except (OSError, ValueError, SegcookError): return None
+    case = fj.get("cases", {}).get(row["id"]) if fj.get("fg_samples") == 2**20 else None   # the sample size `foreground_mask` uses
+    if not case: return None
+    out = []
+    for ch, path in row["images"].items():
+        e = case.get(ch)
+        try: st = os.stat(path)
+        except OSError: return None
+        if not e or e.get("file") != str(Path(path).resolve()) or (e.get("size"), e.get("mtime_ns")) != (st.st_size, st.st_mtime_ns): return None
+        out.append(e.get("threshold"))
+    return out
+
+
 # %% ../nbs/03_preprocess.ipynb #ae58488b-5
 def run_case(exp, # experiment folder
              row:dict, # a row of `read_cases_csv`
@@ -813,7 +846,8 @@ def run_case(exp, # experiment folder
     d = case_dir(exp, row["id"])
     d.mkdir(parents=True, exist_ok=True)
     _clean(d)
-    img, lbl, meta = preprocess_case(row["images"], plan, row["label"], n4, reference, row["id"], row.get("modality"))
+    img, lbl, meta = preprocess_case(row["images"], plan, row["label"], n4, reference, row["id"], row.get("modality"),
+                                     cached_thresholds(exp, row))
     _save_npy(d/"image.npy", img)
     if lbl is not None: _save_npy(d/"label.npy", lbl)
     if lbl is not None and plan.preprocess.distance_maps and not plan.preprocess.skip:

@@ -233,11 +233,11 @@ def test_impossible_spacing_or_patch_rejected_by_name(tmp_path, phantom):
 
 
 # ---------------------------------------------------------------- CLI
-def test_cli_writes_three_files_refuses_overwrite_and_bad_max_patch(tmp_path, phantom):
+def test_cli_writes_four_files_refuses_overwrite_and_bad_max_patch(tmp_path, phantom):
     exp = tmp_path/"exp"
     r = subprocess.run(segcook_cmd("analyze", "--data", phantom, "--exp", exp, "--nfolds", "2", "--workers", "1"), capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    assert sorted(p.name for p in exp.iterdir()) == ["cases.csv", "config.json", "folds.json"]
+    assert sorted(p.name for p in exp.iterdir()) == ["cases.csv", "config.json", "folds.json", "foreground.json"]
     plan = load_plan(exp)
     ds = load_dataset(phantom)
     assert [c.name for c in plan.channels] == ds.channel_names and plan.labels.regions == ds.regions

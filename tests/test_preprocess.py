@@ -395,3 +395,35 @@ def test_tiled_copy_equals_plain_assignment():
     for sl in [(slice(3, 70), slice(0, 45), slice(5, 36)), (slice(0, 1), slice(2, 3), slice(0, 37))]:
         out = np.empty(a[sl].shape, np.float32)
         assert np.array_equal(_copy_tiled(out, a[sl]), a[sl]) and out.flags.c_contiguous
+
+
+def test_foreground_thresholds_from_analysis_are_reused_only_for_unchanged_files(tmp_path):
+    "preprocess reuses analysis' per-channel Otsu thresholds (same arrays as estimating them again), never for a changed file."
+    import shutil
+    from segcook.analysis import analyze
+    from segcook.core import load_plan
+    from segcook.preprocess import cached_thresholds, preprocess, read_cases_csv
+    src = make_phantom(tmp_path/"data", cases=3, size=(40, 40, 24))
+    analyze(src, tmp_path/"exp", nfolds=3, workers=1)
+    fj = tmp_path/"exp"/"foreground.json"
+    shutil.copytree(tmp_path/"exp", tmp_path/"nocache"); (tmp_path/"nocache"/"foreground.json").unlink()
+    plan = load_plan(tmp_path/"exp")
+    rows = read_cases_csv(tmp_path/"exp", plan)
+    assert all(isinstance(t, float) for t in cached_thresholds(tmp_path/"exp", rows[0]))
+    preprocess(tmp_path/"exp", workers=2); preprocess(tmp_path/"nocache", workers=2)
+    for r in rows:
+        for f in ("image.npy", "label.npy", "meta.json"):
+            assert (tmp_path/"exp"/"preprocessed"/r["id"]/f).read_bytes() == (tmp_path/"nocache"/"preprocessed"/r["id"]/f).read_bytes()
+    # the thresholds are really used: an absurd one empties the foreground, so the crop shrinks to the label's box
+    d = json.loads(fj.read_text())
+    for e in d["cases"][rows[0]["id"]].values(): e["threshold"] = 1e30
+    fj.write_text(json.dumps(d))
+    img, lab, meta = preprocess_case(rows[0]["images"], plan, rows[0]["label"], cid=rows[0]["id"],
+                                     fg_thresholds=cached_thresholds(tmp_path/"exp", rows[0]))
+    ref = np.load(tmp_path/"nocache"/"preprocessed"/rows[0]["id"]/"image.npy")
+    assert np.prod(img.shape) < np.prod(ref.shape) and (lab > 0).any()
+    # a file touched after analysis: its case is estimated again
+    f = rows[0]["images"][plan.channels[0].name]; st = os.stat(f)
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 1))
+    assert cached_thresholds(tmp_path/"exp", rows[0]) is None
+    assert cached_thresholds(tmp_path/"exp", rows[1]) is not None
