@@ -77,9 +77,14 @@ def main():
     import torch
     sd = torch.load(exp/"models"/"fold_0"/"best.pt", map_location="cpu", weights_only=True)["model"]
     print("segcook params", sum(v.numel() for v in sd.values()), "patch (x, y, z)", json.loads((exp/"config.json").read_text())["spatial"]["patch_size"])
+    # the case's files under other names (hard links): segcook predict must read and preprocess them, as nnU-Net does,
+    # not take the arrays `segcook preprocess` left in the experiment for this training case
+    inp = work/"input"; shutil.rmtree(inp, ignore_errors=True); inp.mkdir(parents=True)
+    names = list(case.images)
+    for n in names: os.link(case.images[n], inp/Path(case.images[n]).name)
     with open(work/"one.csv", "w", newline="") as f:
-        w = csv.writer(f); names = list(case.images)
-        w.writerow(["id", *names]); w.writerow([case.id, *[str(case.images[n]) for n in names]])
+        w = csv.writer(f)
+        w.writerow(["id", *names]); w.writerow([case.id, *[str(inp/Path(case.images[n]).name) for n in names]])
     (work/"peer.py").write_text(PEER)
     t = {"nnU-Net predictor (no TTA)": [], "segcook predict --fast": [], "segcook predict --no-tta": []}
     for i in range(a.reps):
