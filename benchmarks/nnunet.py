@@ -20,7 +20,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 NNUNET_BIN = Path(os.environ.get("NNUNET_BIN", "/work/peers/nnunet/bin"))
-SEGCOOK = str(Path(sys.executable).parent/"segcook")
+SEGCOOK = os.environ.get("SEGCOOK_BIN", str(Path(sys.executable).parent/"segcook"))   # the segcook command
 
 
 def to_nnunet_raw(dj:Path, raw:Path, did:int=501) -> Path:

@@ -8,6 +8,9 @@ NIfTI files, preprocessing the case, sliding window, resampling back, writing), 
   (default mode without flips), same patch as nnU-Net's plan, tile overlap 0.5, `nnunet` architecture trained
   for one step (weights do not change the speed).
 
+With `--device cuda` both run on the GPU (nnU-Net: `perform_everything_on_device=True`); with `--tta` also nnU-Net with
+mirroring (8 passes) against segcook's default mode (8 flips).
+
 Needs the folders made by benchmarks/nnunet.py (same --work) and its peer venv. Run:
     PYTHONPATH=. .venv/bin/python benchmarks/nnunet_predict.py --data /work/peers/data/ph8/dataset.json --reps 3
 """
@@ -15,7 +18,7 @@ import argparse, csv, json, os, shutil, statistics, subprocess, sys, time
 from pathlib import Path
 
 NNUNET_PY = Path(os.environ.get("NNUNET_BIN", "/work/peers/nnunet/bin"))/"python"
-SEGCOOK = str(Path(sys.executable).parent/"segcook")
+SEGCOOK = os.environ.get("SEGCOOK_BIN", str(Path(sys.executable).parent/"segcook"))   # the segcook command
 
 PEER = r'''
 import sys, json, torch
@@ -34,8 +37,9 @@ def main():
     net = get_network_from_plans(cm.network_arch_class_name, cm.network_arch_init_kwargs, cm.network_arch_init_kwargs_req_import,
                                  nin, nout, allow_init=True, deep_supervision=False)
     print("nnunet params", sum(p.numel() for p in net.parameters()), "patch", cm.patch_size, flush=True)
-    p = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False, perform_everything_on_device=False,
-                        device=torch.device("cpu"), verbose=False, verbose_preprocessing=False, allow_tqdm=False)
+    dev, mirror = torch.device(sys.argv[6]), sys.argv[7] == "1"
+    p = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=mirror, perform_everything_on_device=dev.type == "cuda",
+                        device=dev, verbose=False, verbose_preprocessing=False, allow_tqdm=False)
     p.manual_initialization(net, pm, cm, [net.state_dict()], dsj, "nnUNetTrainer", None)
     files = [str(raw/"imagesTr"/f"{case}_{i:04d}.nii.gz") for i in range(nin)]
     p.predict_from_files([files], [str(out/case)], save_probabilities=False, overwrite=True,
@@ -58,6 +62,8 @@ def main():
     ap.add_argument("--work", default="/work/peers/bench_nnunet")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda (nnU-Net then keeps everything on the GPU)")
+    ap.add_argument("--tta", action="store_true", help="also: nnU-Net with mirroring vs segcook's default mode (8 flips each)")
     a = ap.parse_args()
     work = Path(a.work); log = work/"predict_log.txt"
     raw = next((work/"raw").glob("Dataset*"))
@@ -87,21 +93,24 @@ def main():
         w.writerow(["id", *names]); w.writerow([case.id, *[str(inp/Path(case.images[n]).name) for n in names]])
     (work/"peer.py").write_text(PEER)
     t = {"nnU-Net predictor (no TTA)": [], "segcook predict --fast": [], "segcook predict --no-tta": []}
+    if a.tta: t |= {"nnU-Net predictor (mirroring, 8 passes)": [], "segcook predict (default, 8 flips)": []}
     for i in range(a.reps):
         for k in t:
             out = work/"pred"/"".join(ch if ch.isalnum() else "_" for ch in k)
             shutil.rmtree(out, ignore_errors=True); out.mkdir(parents=True)
             if k.startswith("nnU-Net"):
-                cmd = [str(NNUNET_PY), str(work/"peer.py"), str(pre), str(raw), case.id, str(out), str(a.threads)]
+                cmd = [str(NNUNET_PY), str(work/"peer.py"), str(pre), str(raw), case.id, str(out), str(a.threads), a.device,
+                       "1" if "mirroring" in k else "0"]
             else:
                 cmd = [SEGCOOK, "predict", "--exp", str(exp), "--input", str(work/"one.csv"), "--out", str(out), "--folds", "0",
-                       "--device", "cpu", k.split()[-1]]
+                       "--device", a.device] + ([k.split()[-1]] if k.split()[-1].startswith("--") else [])
             t[k].append(timed(cmd, env, log))
         print(f"rep {i}: " + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in t.items()), f"(load {os.getloadavg()[0]:.2f})", flush=True)
     print("| command | median wall s | all wall s |\n|---|---|---|")
     for k, v in t.items(): print(f"| {k} | {statistics.median(v):.1f} | {', '.join(f'{x:.1f}' for x in v)} |")
-    base = t["nnU-Net predictor (no TTA)"]
     for k in list(t)[1:]:
+        base = t["nnU-Net predictor (mirroring, 8 passes)" if "8 flips" in k else "nnU-Net predictor (no TTA)"]
+        if "mirroring" in k: continue
         r = [b / x for b, x in zip(base, t[k])]
         print(f"nnU-Net / {k}: per repetition {', '.join(f'{x:.2f}' for x in r)}; median {statistics.median(r):.2f}x")
 

@@ -22,7 +22,7 @@ import argparse, csv, json, os, shutil, statistics, subprocess, sys, time
 from pathlib import Path
 
 NNUNET_PY = Path(os.environ.get("NNUNET_BIN", "/work/peers/nnunet/bin"))/"python"
-SEGCOOK = str(Path(sys.executable).parent/"segcook")
+SEGCOOK = os.environ.get("SEGCOOK_BIN", str(Path(sys.executable).parent/"segcook"))   # the segcook command
 
 PEER = r'''
 import sys, json, time, torch
