@@ -163,11 +163,32 @@ def _inflate_buf(raw:bytes):
     out = _inflate_np(raw)
     return out if out is not None else _inflate(raw)
 
+# %% ../nbs/02_analysis.ipynb #c3a6d00f
+def _inflate_file(path) -> np.ndarray|None:
+    "A one-member .gz file inflated straight into a numpy buffer by ISA-L's C gzip reader (no copy of the compressed or inflated bytes); None if not possible."
+    try: from isal.isal_zlib import _GzipReader
+    except ImportError: return None
+    with open(path, "rb") as f:
+        if f.read(2) != b"\x1f\x8b": return None
+        f.seek(-4, 2)
+        n = int.from_bytes(f.read(4), "little")                        # ISIZE: the size mod 2**32
+        f.seek(0)
+        out, pos, r = np.empty(n, np.uint8), 0, _GzipReader(f)
+        mv = memoryview(out)
+        while pos < n:
+            k = r.readinto(mv[pos:])
+            if not k: return None                                        # shorter than ISIZE says
+            pos += k
+        if r.readinto(bytearray(1)): return None                         # longer: over 4 GiB, ISIZE wrapped
+    return out
+
+
 # %% ../nbs/02_analysis.ipynb #0fdb827d-3
 def _nifti_array(path:Path) -> np.ndarray:
     "Voxels of a NIfTI file as stored (x, y, z, ...), NaN kept, scaled by scl_slope/scl_inter."
     import nibabel as nib
-    raw = _inflate_buf(Path(path).read_bytes())
+    raw = _inflate_file(path)
+    if raw is None: raw = _inflate_buf(Path(path).read_bytes())
     try:
         head = bytes(raw[:4096])
         n2 = 540 in (int.from_bytes(head[:4], "little"), int.from_bytes(head[:4], "big"))

@@ -327,3 +327,21 @@ def test_analysis_does_not_import_torch(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip().splitlines()[-1] == "False"
     assert (tmp_path/"exp"/"config.json").exists()
+
+
+def test_inflating_into_numpy_equals_gzip(tmp_path):
+    "ISA-L's reader fills the numpy buffer with exactly gzip's bytes; files it cannot do (several members, not gzip) fall back."
+    import gzip
+    from segcook.analysis import _inflate_file, _nifti_array
+    data = np.random.default_rng(0).integers(0, 7, 3_000_000).astype(np.uint8).tobytes()
+    one = tmp_path/"one.gz"; one.write_bytes(gzip.compress(data))
+    assert _inflate_file(one).tobytes() == data
+    two = tmp_path/"two.gz"; two.write_bytes(gzip.compress(data[:1000]) + gzip.compress(data[1000:]))
+    got = _inflate_file(two)
+    assert got is None or got.tobytes() == data                       # ISIZE is the last member's: not a full read
+    (tmp_path/"raw.bin").write_bytes(data)
+    assert _inflate_file(tmp_path/"raw.bin") is None                  # not gzip: the caller reads the bytes as they are
+    img = sitk.GetImageFromArray(np.arange(24 * 20 * 16, dtype=np.float32).reshape(16, 20, 24)); img.SetSpacing((1, 2, 3))
+    for name in ("a.nii.gz", "a.nii"):
+        sitk.WriteImage(img, str(tmp_path/name))
+        assert np.array_equal(_nifti_array(tmp_path/name), sitk.GetArrayFromImage(img).T)
