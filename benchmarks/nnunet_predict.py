@@ -79,7 +79,8 @@ def main():
         cfg = json.loads((exp/"config.json").read_text())
         cfg["spatial"]["patch_size"] = patch_zyx[::-1]                # nnU-Net's patch, in segcook's (x, y, z) order
         (exp/"config.json").write_text(json.dumps(cfg, indent=2))
-        timed([SEGCOOK, "train", "--exp", str(exp), "--folds", "0", "--epochs", "1", "--steps-per-epoch", "1", "--arch", "nnunet"], env, log)
+        timed([SEGCOOK, "train", "--exp", str(exp), "--folds", "0", "--epochs", "1", "--steps-per-epoch", "1", "--arch", "nnunet",
+               *(["--gpus", "1"] if a.device == "cuda" else [])], env, log)
     import torch
     sd = torch.load(exp/"models"/"fold_0"/"best.pt", map_location="cpu", weights_only=True)["model"]
     print("segcook params", sum(v.numel() for v in sd.values()), "patch (x, y, z)", json.loads((exp/"config.json").read_text())["spatial"]["patch_size"])
