@@ -13,7 +13,9 @@ Run:
     PYTHONPATH=. .venv/bin/python benchmarks/nnunet.py --data /work/peers/data/ph8/dataset.json --reps 3 --workers 2
 
 The nnU-Net raw dataset (Dataset501_<task>) is written once from the segcook dataset: each channel becomes
-`<case>_000<c>.nii.gz` (a hard link to the same file when possible), labels 0..3 as nnU-Net labels.
+`<case>_000<c>.nii.gz` (a hard link to the same file when possible; other formats, such as the real NRRD scans, are
+converted to NIfTI once, untimed), the dataset's labels as nnU-Net labels. The real scans of benchmarks/preprocess.py:
+    PYTHONPATH=. .venv/bin/python benchmarks/nnunet.py --data /work/peers/data/ct_real/dataset.json --work /work/peers/bench_nnunet_ct --nfolds 2
 """
 import argparse, json, os, resource, shutil, statistics, subprocess, sys, time
 from pathlib import Path
@@ -32,6 +34,9 @@ def to_nnunet_raw(dj:Path, raw:Path, did:int=501) -> Path:
     if (out/"dataset.json").exists(): return out
     (out/"imagesTr").mkdir(parents=True, exist_ok=True); (out/"labelsTr").mkdir(exist_ok=True)
     def link(a, b):
+        if not str(a).endswith(".nii.gz"):                                # e.g. the real NRRD scans: nnU-Net reads NIfTI here
+            import SimpleITK as sitk
+            return sitk.WriteImage(sitk.ReadImage(str(a)), str(b), True)
         try: os.link(a, b)
         except OSError: shutil.copyfile(a, b)
     cases = ds.cases()
@@ -65,11 +70,11 @@ def run_nnunet(raw_ds:Path, work:Path, workers:int, log:Path):
                   "-npfp", str(workers)], env, log)
 
 
-def run_segcook(dj:Path, work:Path, workers:int, log:Path):
+def run_segcook(dj:Path, work:Path, workers:int, log:Path, nfolds:int=5):
     exp = work/"segcook"
     shutil.rmtree(exp, ignore_errors=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "SEGCOOK_QUIET": "1"}
-    w1, c1 = timed([SEGCOOK, "analyze", "--data", str(dj), "--exp", str(exp), "--workers", str(workers)], env, log)
+    w1, c1 = timed([SEGCOOK, "analyze", "--data", str(dj), "--exp", str(exp), "--workers", str(workers), "--nfolds", str(nfolds)], env, log)
     w2, c2 = timed([SEGCOOK, "preprocess", "--exp", str(exp), "--workers", str(workers)], env, log)
     return w1 + w2, c1 + c2
 
@@ -92,6 +97,7 @@ def main():
     ap.add_argument("--work", default="/work/peers/bench_nnunet")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--nfolds", type=int, default=5, help="segcook's folds (2 for a 2-case dataset; nnU-Net plans without them)")
     a = ap.parse_args()
     work = Path(a.work); work.mkdir(parents=True, exist_ok=True)
     raw_ds = to_nnunet_raw(Path(a.data), work/"raw")
@@ -100,7 +106,7 @@ def main():
     for i in range(a.reps):
         order = ["nnU-Net v2", "segcook"] if i % 2 == 0 else ["segcook", "nnU-Net v2"]   # interleaved, alternating first
         for tool in order:
-            t[tool].append(run_nnunet(raw_ds, work, a.workers, log) if tool == "nnU-Net v2" else run_segcook(Path(a.data), work, a.workers, log))
+            t[tool].append(run_nnunet(raw_ds, work, a.workers, log) if tool == "nnU-Net v2" else run_segcook(Path(a.data), work, a.workers, log, a.nfolds))
         print(f"rep {i}: " + ", ".join(f"{k} {v[-1][0]:.1f} s wall / {v[-1][1]:.1f} s cpu" for k, v in t.items()),
               f"(load {os.getloadavg()[0]:.2f})", flush=True)
     print(json.dumps(plans(raw_ds, work), indent=1))
