@@ -59,18 +59,15 @@ def _fg_threshold(a:np.ndarray, max_samples:int|None=2**20) -> float|None:
     if not hi > lo: return None                                  # constant after windowing: no information
     return otsu_threshold(np.clip(s, lo, hi))
 
-
 # %% ../nbs/02_analysis.ipynb #940f5f08
 def _fg_from(a:np.ndarray, t:float|None) -> np.ndarray:
     "The voxels of `a` at or above threshold `t` (none when `t` is None)."
     return np.zeros(a.shape, bool) if t is None else a >= t     # t lies in (lo, hi]: windowing would not change this comparison
 
-
 # %% ../nbs/02_analysis.ipynb #b5998070
 def _channel_fg(a:np.ndarray, max_samples:int|None=2**20) -> np.ndarray:
     "Foreground of one image: window at the 33rd/99.5th percentiles, then voxels >= Otsu's threshold."
     return _fg_from(a, _fg_threshold(a, max_samples))
-
 
 # %% ../nbs/02_analysis.ipynb #6b1004cb-2
 def foreground_mask(arrs:list[np.ndarray], # one (X,Y,Z) array per channel, same shape
@@ -182,7 +179,6 @@ def _inflate_file(path) -> np.ndarray|None:
         if r.readinto(bytearray(1)): return None                         # longer: over 4 GiB, ISIZE wrapped
     return out
 
-
 # %% ../nbs/02_analysis.ipynb #0fdb827d-3
 def _nifti_array(path:Path) -> np.ndarray:
     "Voxels of a NIfTI file as stored (x, y, z, ...), NaN kept, scaled by scl_slope/scl_inter."
@@ -263,13 +259,13 @@ def _measure(case:Case, fp:Fingerprint, ct_channels, allowed, ignore, ct_max_sam
         if ct_channels: fgm = (lab != 0) & (lab != ignore) if ignore is not None else lab != 0
     fg = None
     for ch, p in case.images.items():
+        st = os.stat(p)                                    # before reading: a file changed meanwhile never looks unchanged
         a, gc = _read_xyz(p)
         if ch != ref: _same_geometry(g, gc, ch, ref, p, tol)
         if (bad := _n_nonfinite(a)): raise SegcookError(f"{p}: {ch} has {bad} NaN/inf voxels; fix or remove the case")
         if (bad := blank_problem(a)): raise SegcookError(f"{p}: {ch} {bad}")
         t = _fg_threshold(a, fg_samples)
         m = _fg_from(a, t)
-        st = os.stat(p)
         fp.fg[ch] = {"file": str(Path(p).resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "threshold": t}
         if fg is None: fg = m
         else: fg |= m
@@ -612,7 +608,6 @@ def _foreground_json(fps:list[Fingerprint], fg_samples:int|None) -> dict:
     "What preprocessing may reuse of the foreground estimate: each training case's per-channel Otsu thresholds and their files' size and mtime."
     return {"about": "per case and channel: the Otsu threshold of the foreground (analysis), reused by `segcook preprocess` while "
                      "the file keeps this size and mtime_ns", "fg_samples": fg_samples, "cases": {f.id: f.fg for f in fps}}
-
 
 # %% ../nbs/02_analysis.ipynb #30d10252
 def _size_2d(plan:Plan, fps:list[Fingerprint], o:dict, max_patch_size):

@@ -256,10 +256,8 @@ class Augment:
     @property
     def spatial(self) -> bool: return self.enabled and (self.p_rotate > 0 or self.p_scale > 0)
 
-
 # %% ../nbs/00_core.ipynb #4aa64dcf
 AUGMENT_SETS = {"mist": Augment, "nnunet": Augment.nnunet, "off": Augment.off}  # `segcook analyze --augment NAME` -> the plan's section
-
 
 # %% ../nbs/00_core.ipynb #ca070f44
 SCHEMA_VERSION = 1

@@ -360,7 +360,6 @@ def _lerp(a:np.ndarray, b:np.ndarray, t:np.ndarray) -> np.ndarray:
     np.subtract(b, d * (1 - t), out=r, where=t >= 0.5, casting="unsafe", dtype=type(r.dtype))
     return r
 
-
 # %% ../nbs/03_preprocess.ipynb #ed8be2de
 def _tail_percentiles(v:np.ndarray, # 1-D array
                       q_lo:float=0.5, q_hi:float=99.5, # percentiles, one in each tail
@@ -385,7 +384,6 @@ def _tail_percentiles(v:np.ndarray, # 1-D array
     o = n - high.size                                                   # rank of high's smallest voxel in v
     high.partition([p1 - o, p1 + 1 - o])
     return _lerp(np.array([low[p0], high[p1 - o]]), np.array([low[p0 + 1], high[p1 + 1 - o]]), gamma)
-
 
 # %% ../nbs/03_preprocess.ipynb #1c2ba3fa-1
 def _zscore_into(a:np.ndarray, lo, hi, mu:float, sd:float, m:np.ndarray|None, out:np.ndarray) -> np.ndarray:
@@ -647,7 +645,6 @@ def _copy_tiled(dst:np.ndarray, # 3-D destination (C order)
         for k in range(0, dst.shape[2], tile): dst[i:i + tile, :, k:k + tile] = src[i:i + tile, :, k:k + tile]
     return dst
 
-
 # %% ../nbs/03_preprocess.ipynb #83878e47-5
 def _numpy_case(arrs:list[np.ndarray], lab, g:Geometry, box, plan:Plan, cid) -> tuple[np.ndarray, np.ndarray|None, dict]:
     "`_spatial` + `_intensity` for a case that only needs cropping (see `_numpy_ok`, `_on_target`): numpy, in place."
@@ -814,7 +811,6 @@ def _foreground_json(path:str, mtime_ns:int) -> dict:
     "The parsed `<exp>/foreground.json` (read once per process while it is unchanged)."
     return read_json(path)
 
-
 # %% ../nbs/03_preprocess.ipynb #59cf95ac
 def cached_thresholds(exp, # experiment folder
                       row:dict, # a row of `read_cases_csv`
@@ -833,7 +829,6 @@ def cached_thresholds(exp, # experiment folder
         if not e or e.get("file") != str(Path(path).resolve()) or (e.get("size"), e.get("mtime_ns")) != (st.st_size, st.st_mtime_ns): return None
         out.append(e.get("threshold"))
     return out
-
 
 # %% ../nbs/03_preprocess.ipynb #ae58488b-5
 def run_case(exp, # experiment folder
