@@ -18,10 +18,10 @@ from .core import (SegcookError, Plan, DatasetInfo, Channel, Labels, Spatial, Tr
 from .data import Dataset, Case, load_dataset, spacing_problem, blank_problem
 
 # %% auto #0
-__all__ = ['OPTS', 'TWOD_MAX_BATCH', 'otsu_threshold', 'foreground_mask', 'bbox_of', 'rai_axes', 'to_rai', 'Fingerprint',
-           'crop_decision', 'target_spacing', 'resampled_size', 'case_bytes', 'patch_size_for', 'check_spatial',
-           'use_nonzero', 'ct_stats', 'kfold', 'read_folds', 'split_folds', 'slice_axis_for', 'batch_size_2d',
-           'case_modality', 'analyze', 'show_crop', 'cli_analyze']
+__all__ = ['FG_SAMPLES', 'OPTS', 'TWOD_MAX_BATCH', 'otsu_threshold', 'foreground_mask', 'bbox_of', 'rai_axes', 'to_rai',
+           'Fingerprint', 'crop_decision', 'target_spacing', 'resampled_size', 'case_bytes', 'patch_size_for',
+           'check_spatial', 'use_nonzero', 'ct_stats', 'kfold', 'read_folds', 'split_folds', 'slice_axis_for',
+           'batch_size_2d', 'case_modality', 'analyze', 'show_crop', 'cli_analyze']
 
 # %% ../nbs/02_analysis.ipynb #dbd3acc4
 def otsu_threshold(a:np.ndarray, # any array of intensities
@@ -52,7 +52,9 @@ def _sample(a:np.ndarray, max_samples:int|None) -> np.ndarray:
     return flat[::int(math.ceil(flat.size / max_samples))]
 
 # %% ../nbs/02_analysis.ipynb #6b1004cb-1
-def _fg_threshold(a:np.ndarray, max_samples:int|None=2**20) -> float|None:
+FG_SAMPLES = 2**20   # voxels a channel's Otsu foreground threshold is estimated from (analysis and preprocess agree on it)
+
+def _fg_threshold(a:np.ndarray, max_samples:int|None=FG_SAMPLES) -> float|None:
     "Otsu's threshold of one image after a window at the 33rd/99.5th percentiles (both from a sample); None when the window is empty."
     s = _sample(a, max_samples).astype(np.float32)
     lo, hi = np.percentile(s, [33, 99.5], overwrite_input=True)  # s is a copy; Otsu's histogram ignores the order
@@ -65,13 +67,13 @@ def _fg_from(a:np.ndarray, t:float|None) -> np.ndarray:
     return np.zeros(a.shape, bool) if t is None else a >= t     # t lies in (lo, hi]: windowing would not change this comparison
 
 # %% ../nbs/02_analysis.ipynb #b5998070
-def _channel_fg(a:np.ndarray, max_samples:int|None=2**20) -> np.ndarray:
+def _channel_fg(a:np.ndarray, max_samples:int|None=FG_SAMPLES) -> np.ndarray:
     "Foreground of one image: window at the 33rd/99.5th percentiles, then voxels >= Otsu's threshold."
     return _fg_from(a, _fg_threshold(a, max_samples))
 
 # %% ../nbs/02_analysis.ipynb #6b1004cb-2
 def foreground_mask(arrs:list[np.ndarray], # one (X,Y,Z) array per channel, same shape
-                    max_samples:int|None=2**20, # voxels used to estimate window and threshold (None: all)
+                    max_samples:int|None=FG_SAMPLES, # voxels used to estimate window and threshold (None: all)
                    ) -> np.ndarray:
     "Union over channels of each channel's Otsu foreground (after a 33/99.5 percentile window)."
     if not len(arrs): raise ValueError("foreground_mask needs at least one channel")
@@ -279,7 +281,7 @@ def _measure(case:Case, fp:Fingerprint, ct_channels, allowed, ignore, ct_max_sam
 
 # %% ../nbs/02_analysis.ipynb #a6556c3f-2
 def _fingerprint(case:Case, ct_channels:set=frozenset(), allowed:set|None=None, ignore:int|None=None,
-                 ct_max_samples:int=100_000, fg_samples:int|None=2**20, **tol) -> Fingerprint:
+                 ct_max_samples:int=100_000, fg_samples:int|None=FG_SAMPLES, **tol) -> Fingerprint:
     "Read `case` once and measure it (problems are recorded in the fingerprint, not raised)."
     fp = Fingerprint(case.id)
     try: return _measure(case, fp, ct_channels, allowed, ignore, ct_max_samples, fg_samples, tol)
@@ -436,7 +438,7 @@ def split_folds(fold_of:dict[str, int], # case id -> test fold
 
 # %% ../nbs/02_analysis.ipynb #672b7423
 OPTS = dict(crop_threshold=0.2, nonzero_threshold=0.2, max_ratio=3.0, low_res_pct=10, min_patch=8,
-            val_fraction=0.1, max_case_gb=2.0, ct_max_samples=100_000, fg_samples=2**20,
+            val_fraction=0.1, max_case_gb=2.0, ct_max_samples=100_000, fg_samples=FG_SAMPLES,
             target_spacing=None, patch_size=None, overwrite=False, config="3d", slice_axis=None,
             spacing_rtol=1e-3, origin_atol_mm=1e-2, direction_atol=1e-3,
             augment="mist")
@@ -604,7 +606,7 @@ def _test_cases(ds:Dataset) -> list[Case]:
     return ds.cases("test")
 
 # %% ../nbs/02_analysis.ipynb #0c56659b
-def _foreground_json(fps:list[Fingerprint], fg_samples:int|None) -> dict:
+def _foreground_record(fps:list[Fingerprint], fg_samples:int|None) -> dict:
     "What preprocessing may reuse of the foreground estimate: each training case's per-channel Otsu thresholds and their files' size and mtime."
     return {"about": "per case and channel: the Otsu threshold of the foreground (analysis), reused by `segcook preprocess` while "
                      "the file keeps this size and mtime_ns", "fg_samples": fg_samples, "cases": {f.id: f.fg for f in fps}}
@@ -654,7 +656,7 @@ def analyze(data, # dataset.json path or Dataset
     if problems: raise SegcookError("analysis produced an invalid plan: " + "; ".join(problems))
     write_text(exp/"cases.csv", _cases_csv([c for c in train if c.id in fold_of], test, fold_of, ds))
     write_json(exp/"folds.json", split_folds(fold_of, o["val_fraction"], seed))
-    write_json(exp/"foreground.json", _foreground_json(good, o["fg_samples"]))
+    write_json(exp/"foreground.json", _foreground_record(good, o["fg_samples"]))
     save_plan(plan, exp/"config.json")
     log.info(f"analysed {len(good)} case(s) ({len(bad)} excluded) in {time.time() - t0:.1f} s -> {exp/'config.json'}")
     return plan

@@ -103,11 +103,13 @@ def soft_dice(p, # probabilities (B, C, ...)
               smooth_nr=1e-5, # added to the numerator
               smooth_dr=1e-5, # added to the denominator
               batch=False, # sum over the batch too (one Dice per channel)
+              squared=False, # squared denominator `|p|^2 + |y|^2` (V-Net, MIST): `1 - 2py/(p^2 + y^2) = |p - y|^2 / (|p|^2 + |y|^2)`
              ) -> torch.Tensor:
     "Soft Dice loss per channel (and per sample unless `batch`): `1 - (2|p y| + s_nr) / (|p| + |y| + s_dr)`."
     if m is not None: p, y = p * m, y * m
     dims = ([0] if batch else []) + _spatial(p)
-    inter, den = (p * y).sum(dims), p.sum(dims) + y.sum(dims)
+    inter = (p * y).sum(dims)
+    den = (p * p).sum(dims) + (y * y).sum(dims) if squared else p.sum(dims) + y.sum(dims)
     return 1 - (2 * inter + smooth_nr) / (den + smooth_dr)
 
 # %% ../nbs/05_losses.ipynb #4590cc9d-2
@@ -117,13 +119,14 @@ class DiceLoss(SegLoss):
                  smooth_nr=1e-5, # added to the Dice numerator
                  smooth_dr=1e-5, # added to the Dice denominator
                  batch=False, # sum over the batch too (one Dice per channel, not per sample and channel)
+                 squared=False, # squared denominator `|p|^2 + |y|^2` (MIST's Dice) instead of `|p| + |y|`
                  **kw, # `SegLoss` options (labels, regions, ignore_label, ...)
                 ):
         super().__init__(**kw)
-        self.smooth_nr, self.smooth_dr, self.batch = smooth_nr, smooth_dr, batch
+        self.smooth_nr, self.smooth_dr, self.batch, self.squared = smooth_nr, smooth_dr, batch, squared
     def dice(self, b:Prepared):
         c = self.overlap_channels(b)
-        return soft_dice(b.p[:, c], b.y[:, c], b.m, self.smooth_nr, self.smooth_dr, self.batch).mean()
+        return soft_dice(b.p[:, c], b.y[:, c], b.m, self.smooth_nr, self.smooth_dr, self.batch, self.squared).mean()
     def compute(self, b, dtm=None): return self.dice(b)
 
 # %% ../nbs/05_losses.ipynb #eaf6a4a5
@@ -371,10 +374,11 @@ class DeepSupervisionLoss(nn.Module):
     "Apply `loss` to every head of a deep-supervision output with weights 1, 1/2, 1/4, ... (normalised)."
     def __init__(self,
                  loss:nn.Module, # the loss applied to every head
-                 mode:str="nearest", # how label targets shrink to a coarser head: 'nearest' or 'max' (max pooling); distance maps: nearest
+                 mode:str="nearest", # label targets shrink to a coarser head ('nearest', 'max': max pooling), or the head's logits grow to the target ('upsample': trilinear, MIST)
                 ):
         super().__init__()
-        if mode not in ("nearest", "max"): raise SegcookError(f"deep supervision: mode should be 'nearest' or 'max', got '{mode}'")
+        if mode not in ("nearest", "max", "upsample"):
+            raise SegcookError(f"deep supervision: mode should be 'nearest', 'max' or 'upsample', got '{mode}'")
         self.loss, self.mode = loss, mode
     def set_progress(self, t): 
         if hasattr(self.loss, "set_progress"): self.loss.set_progress(t)
@@ -391,6 +395,8 @@ class DeepSupervisionLoss(nn.Module):
         if torch.is_tensor(logits): return self.loss(logits, target, dtm)
         out = 0
         for w, lg in zip(self.weights(len(logits)), logits):
+            if self.mode == "upsample" and lg.shape[2:] != target.shape[2:]:
+                lg = F.interpolate(lg, size=tuple(target.shape[2:]), mode="trilinear" if lg.dim() == 5 else "bilinear", align_corners=False)
             sz = lg.shape[2:]
             out = out + w * self.loss(lg, self._down(target, sz, True), None if dtm is None else self._down(dtm, sz, False))
         return out

@@ -16,7 +16,7 @@ import numpy as np
 import SimpleITK as sitk
 from .core import (Plan, Channel, SegcookError, log, load_plan, read_image, to_xyz, from_xyz, Geometry,
                           compare_headers, atomic_path, write_json, read_json, progress, cli_parser, run_cli, plan_for)
-from .analysis import foreground_mask, bbox_of, _fg_from
+from .analysis import FG_SAMPLES, foreground_mask, bbox_of, _fg_from
 from .analysis import _read_xyz, _n_nonfinite
 
 # %% auto #0
@@ -807,7 +807,7 @@ def _clean(d:Path):
 
 # %% ../nbs/03_preprocess.ipynb #fb183352
 @lru_cache(maxsize=4)
-def _foreground_json(path:str, mtime_ns:int) -> dict:
+def _read_foreground_json(path:str, mtime_ns:int) -> dict:
     "The parsed `<exp>/foreground.json` (read once per process while it is unchanged)."
     return read_json(path)
 
@@ -817,9 +817,9 @@ def cached_thresholds(exp, # experiment folder
                      ) -> list|None:
     "The foreground thresholds analysis measured for this case, in channel order, if every file is unchanged (path, size, mtime); else None."
     p = Path(exp)/"foreground.json"
-    try: fj = _foreground_json(str(p), p.stat().st_mtime_ns)
+    try: fj = _read_foreground_json(str(p), p.stat().st_mtime_ns)
     except (OSError, ValueError, SegcookError): return None
-    case = fj.get("cases", {}).get(row["id"]) if fj.get("fg_samples") == 2**20 else None   # the sample size `foreground_mask` uses
+    case = fj.get("cases", {}).get(row["id"]) if fj.get("fg_samples") == FG_SAMPLES else None   # the sample size `foreground_mask` uses
     if not case: return None
     out = []
     for ch, path in row["images"].items():
