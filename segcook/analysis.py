@@ -6,7 +6,7 @@ Docs: https://segcook.github.io/segcook/analysis.html.md"""
 
 # %% ../nbs/02_analysis.ipynb #4648375a
 from __future__ import annotations
-import csv, io, math, os, time
+import copy, csv, io, math, os, time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,8 +18,8 @@ from .core import (SegcookError, Plan, DatasetInfo, Channel, Labels, Spatial, Tr
 from .data import Dataset, Case, load_dataset, spacing_problem, blank_problem
 
 # %% auto #0
-__all__ = ['FG_SAMPLES', 'OPTS', 'TWOD_MAX_BATCH', 'otsu_threshold', 'foreground_mask', 'bbox_of', 'rai_axes', 'to_rai',
-           'Fingerprint', 'crop_decision', 'target_spacing', 'resampled_size', 'case_bytes', 'patch_size_for',
+__all__ = ['FG_SAMPLES', 'OPTS', 'TWOD_MAX_BATCH', 'REGION_RECIPES', 'otsu_threshold', 'foreground_mask', 'bbox_of', 'rai_axes',
+           'to_rai', 'Fingerprint', 'crop_decision', 'target_spacing', 'resampled_size', 'case_bytes', 'patch_size_for',
            'check_spatial', 'use_nonzero', 'ct_stats', 'kfold', 'read_folds', 'split_folds', 'slice_axis_for',
            'batch_size_2d', 'case_modality', 'analyze', 'show_crop', 'cli_analyze']
 
@@ -441,7 +441,7 @@ OPTS = dict(crop_threshold=0.2, nonzero_threshold=0.2, max_ratio=3.0, low_res_pc
             val_fraction=0.1, max_case_gb=2.0, ct_max_samples=100_000, fg_samples=FG_SAMPLES,
             target_spacing=None, patch_size=None, overwrite=False, config="3d", slice_axis=None,
             spacing_rtol=1e-3, origin_atol_mm=1e-2, direction_atol=1e-3,
-            augment="mist")
+            augment="mist", region_recipe="mist")
 
 # %% ../nbs/02_analysis.ipynb #672b7423-1
 def _check_opts(opts:dict) -> dict:
@@ -584,9 +584,17 @@ def _channels(fps:list[Fingerprint], ds:Dataset, o:dict, mods:dict|None=None) ->
     return out
 
 # %% ../nbs/02_analysis.ipynb #b26b72bc
-def _labels(ds:Dataset) -> Labels:
-    return Labels(labels=list(ds.labels), names=dict(ds.label_names), regions=ds.regions,
-                  region_thresholds=ds.region_thresholds, ignore_label=ds.ignore_label, final_classes=dict(ds.final_classes))
+REGION_RECIPES = {   # `segcook analyze --region-recipe`: how a dataset with regions (BraTS's WT/TC/ET) is predicted and trained
+    "mist": dict(head="softmax", train=dict(   # MIST 2.3.0's choices: at equal budget they match MIST (benchmarks/RESULTS.md §17c)
+        loss_kwargs={"squared": True, "include_background": True, "lambda_dice": 0.5, "lambda_ce": 0.5, "ds_mode": "upsample"},
+        optimizer="adamw", lr=1e-3, scheduler="cosine", deep_supervision=2, arch_kwargs={"residual": True})),
+    "sigmoid": dict(head="sigmoid", train={}),  # one sigmoid head per region, segcook's general training defaults (before issue 18)
+}
+
+def _labels(ds:Dataset, head:str="softmax") -> Labels:
+    "The plan's labels: values, names, regions (predicted by `head`), thresholds, ignore label, evaluation classes."
+    return Labels(labels=list(ds.labels), names=dict(ds.label_names), regions=ds.regions, region_thresholds=ds.region_thresholds,
+                  head=head, ignore_label=ds.ignore_label, final_classes=dict(ds.final_classes))
 
 # %% ../nbs/02_analysis.ipynb #b26b72bc-1
 def _cases_csv(train:list[Case], test:list[Case], fold_of:dict, ds:Dataset) -> str:
@@ -640,6 +648,8 @@ def analyze(data, # dataset.json path or Dataset
     if o["config"] == "3d" and o["slice_axis"] is not None: raise SegcookError("a slice axis is for the 2d configuration; add --config 2d")
     if o["config"] == "2d" and o["slice_axis"] is not None: slice_axis_for([], o["slice_axis"])   # fail early on a bad axis
     if o["augment"] not in AUGMENT_SETS: raise SegcookError(f"augment should be one of {sorted(AUGMENT_SETS)}, got {o['augment']!r}")
+    if o["region_recipe"] not in REGION_RECIPES: raise SegcookError(f"region_recipe should be one of {sorted(REGION_RECIPES)}, got {o['region_recipe']!r}")
+    recipe = REGION_RECIPES[o["region_recipe"]] if ds.regions else dict(head="sigmoid", train={})
     check_spatial(o["target_spacing"], o["patch_size"], tuple(max_patch_size), o["min_patch"])
     train, test = ds.cases("train"), _test_cases(ds)
     unlabelled = [c.id for c in train if c.label is None]
@@ -648,8 +658,8 @@ def analyze(data, # dataset.json path or Dataset
     ids = [f.id for f in good]
     fold_of = read_folds(folds_file, ids) if folds_file else kfold(ids, nfolds, seed)
     plan = Plan(dataset=DatasetInfo(ds.task, str(ds.path), ds.modality, len(good)), channels=_channels(good, ds, o, {c.id: c.modality for c in train}),
-                labels=_labels(ds), spatial=_spatial(good, ds, o, max_patch_size), excluded=bad,
-                train=Train(nfolds=len(set(fold_of.values())), val_fraction=float(o["val_fraction"]), seed=int(seed)),
+                labels=_labels(ds, recipe["head"]), spatial=_spatial(good, ds, o, max_patch_size), excluded=bad,
+                train=Train(nfolds=len(set(fold_of.values())), val_fraction=float(o["val_fraction"]), seed=int(seed), **copy.deepcopy(recipe["train"])),
                 augment=AUGMENT_SETS[o["augment"]]())
     if plan.spatial.config == "2d": _size_2d(plan, good, o, max_patch_size)
     problems = validate_plan(plan)
@@ -701,12 +711,15 @@ def cli_analyze(argv:list[str]|None=None, # command-line arguments (None: `sys.a
                    help="2d: the axis slices are cut across (default: the coarsest spacing, else z)")
     p.add_argument("--augment", default="mist", choices=sorted(AUGMENT_SETS),
                    help="training augmentation written to the plan: MIST's set (default), nnU-Net v2's heavier set, or none")
+    p.add_argument("--region-recipe", default="mist", choices=sorted(REGION_RECIPES),
+                   help="datasets with regions: softmax over labels, regions as sums, trained with MIST's loss and optimiser (default), "
+                        "or one sigmoid head per region with segcook's general training defaults")
     a = p.parse_args(argv)
     def go():
         ax = None if a.slice_axis is None else int(a.slice_axis) if a.slice_axis.isdigit() else a.slice_axis
         pl = analyze(a.data, a.exp, a.nfolds, a.seed, a.folds_file, a.max_patch_size, a.workers,
                      val_fraction=a.val_fraction, overwrite=a.overwrite, config=a.config, slice_axis=ax,
-                     augment=a.augment)
+                     augment=a.augment, region_recipe=a.region_recipe)
         s = pl.spatial
         print(f"{a.exp}: {pl.dataset.n_cases} case(s), {len(pl.excluded)} excluded; {s.config}"
               f"{' across ' + 'xyz'[s.slice_axis] if s.config == '2d' else ''}; spacing {s.target_spacing} mm, "

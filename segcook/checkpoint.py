@@ -87,7 +87,8 @@ def load_model(path, # checkpoint file
 
 # %% ../nbs/04a_checkpoint.ipynb #6fd38f91
 FIT_FIELDS = {"channels": lambda p: [c.name for c in p.channels], "labels.labels": lambda p: p.labels.labels,
-              "labels.regions": lambda p: p.labels.regions, "spatial.patch_size": lambda p: p.spatial.patch_size}
+              "labels.regions": lambda p: p.labels.regions,
+              "labels.head": lambda p: p.labels.head if p.labels.regions else None, "spatial.patch_size": lambda p: p.spatial.patch_size}
 
 # %% ../nbs/04a_checkpoint.ipynb #6fd38f91-1
 def check_fits(mine:Plan, # the experiment's plan

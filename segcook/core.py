@@ -290,10 +290,16 @@ class Labels:
     "What the label maps contain and what the network predicts."
     labels: list[int] = field(default_factory=lambda: [0, 1])  # values in the label files, 0 first
     names: dict[str, int] = field(default_factory=dict)        # optional names, e.g. {'edema': 2}
-    regions: dict[str, list[int]] | None = None  # overlapping sigmoid outputs, e.g. BraTS {'WT':[1,2,3],...}
+    regions: dict[str, list[int]] | None = None  # overlapping regions predicted, e.g. BraTS {'WT':[1,2,3],...}
     region_thresholds: dict[str, float] | None = None  # per region; default 0.5
+    head: str = "sigmoid"  # regions from one sigmoid output each ('sigmoid'), or from a softmax over labels, a region's probability the sum of its labels' ('softmax')
     ignore_label: int | None = None    # voxels with this value carry no loss and no metric
     final_classes: dict[str, list[int]] = field(default_factory=dict)  # evaluation classes (MIST's)
+
+    @property
+    def sigmoid_regions(self) -> bool:
+        "Whether the network has one sigmoid output per region (else one softmax output per label)."
+        return bool(self.regions) and self.head == "sigmoid"
 
     def eval_classes(self) -> dict[str, list[int]]:
         "The classes scored: `final_classes`, or else one per label other than background and the ignore label."
@@ -578,6 +584,7 @@ def validate_plan(plan:Plan, # the plan to check
     for nm, ls in (p.labels.regions or {}).items():
         bad = [l for l in ls if l not in p.labels.labels]
         if bad: out.append(f"labels.regions['{nm}'] uses labels {bad} not in labels.labels {p.labels.labels}")
+    if p.labels.head not in ("sigmoid", "softmax"): out.append(f"labels.head should be 'sigmoid' or 'softmax', got '{p.labels.head}'")
     if p.labels.ignore_label is not None and p.labels.ignore_label in (p.labels.labels or []):
         out.append(f"labels.ignore_label {p.labels.ignore_label} is also a class in labels.labels; use a value outside it")
     for c in p.channels:

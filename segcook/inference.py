@@ -21,9 +21,10 @@ from .checkpoint import load_model, check_fits
 
 # %% auto #0
 __all__ = ['BRATS_THRESHOLDS', 'TIMING_FIELDS', 'gaussian_weights', 'window_starts', 'sliding_window', 'flip_sets',
-           'predict_volume', 'region_thresholds', 'regions_to_labels', 'labels_of', 'with_thresholds', 'resample_torch',
-           'native_probs', 'native_fast', 'available_folds', 'load_models', 'find_inputs', 'predict_case',
-           'MemoryCurve', 'run_cases', 'input_modalities', 'predict', 'predict_oof', 'cli_predict']
+           'predict_volume', 'region_thresholds', 'regions_to_labels', 'labels_of', 'softmax_regions',
+           'with_thresholds', 'resample_torch', 'native_probs', 'native_fast', 'available_folds', 'load_models',
+           'find_inputs', 'predict_case', 'MemoryCurve', 'run_cases', 'input_modalities', 'predict', 'predict_oof',
+           'cli_predict']
 
 # %% ../nbs/09_inference.ipynb #0e08455b
 def gaussian_weights(ps:Sequence[int], # window size (x, y, z)
@@ -206,6 +207,15 @@ def labels_of(out:torch.Tensor, # (K, X, Y, Z) probabilities or logits (argmax i
     "Argmax over channels, mapped to the label values."
     lut = torch.as_tensor(list(labels), device=out.device)
     return lut[out.argmax(0)].to(torch.uint8 if max(labels) < 256 else torch.int16).cpu().numpy()
+
+# %% ../nbs/09_inference.ipynb #9ed9063b
+def softmax_regions(probs, # (K, ...) softmax probabilities, one channel per label, in `labels` order
+                    labels:Sequence[int], # label value of each channel
+                    regions:dict[str, list[int]], # name -> labels
+                   ) -> torch.Tensor:
+    "Region probabilities (R, ...) from label probabilities: each region the sum of its labels' channels."
+    probs, at = torch.as_tensor(probs), {int(l): i for i, l in enumerate(labels)}
+    return torch.stack([probs[[at[int(l)] for l in ls]].sum(0) for ls in regions.values()])
 
 # %% ../nbs/09_inference.ipynb #39b674bc
 def _parse_thresholds(t) -> dict[str, float]:
@@ -392,6 +402,7 @@ def _labels(out:torch.Tensor|np.ndarray, plan, is_prob:bool) -> np.ndarray:
     "Label map from (C, ...) outputs: region rule on probabilities, or argmax."
     L = plan.labels
     out = torch.as_tensor(out)
+    if L.regions and not L.sigmoid_regions and not is_prob: out, is_prob = softmax_regions(torch.softmax(out.float(), 0), L.labels, L.regions), True
     if L.regions: return regions_to_labels(out if is_prob else torch.sigmoid(out), L.regions, L.region_thresholds)
     return labels_of(out, L.labels)
 
@@ -409,17 +420,18 @@ def predict_case(nets:Sequence[torch.nn.Module], # the ensemble (eval mode)
     "(label image on the input's grid, probabilities (C, x, y, z) or None)."
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     inf, regions = plan.infer, plan.labels.regions
-    act = None if fast else ("sigmoid" if regions else "softmax")
+    act = None if fast else ("sigmoid" if plan.labels.sigmoid_regions else "softmax")
+    as_regions = (lambda p: softmax_regions(p, plan.labels.labels, regions)) if regions and not plan.labels.sigmoid_regions else (lambda p: p)
     x = torch.tensor(np.asarray(image), dtype=torch.float32, device=device)
     out = predict_volume(nets, x, plan.spatial.patch_size, act, None if fast else tta_axes, inf.overlap, inf.sigma,
                          inf.sw_batch_size, stitch_device or device, device, amp=device.type == "cuda" and plan.train.amp)
     if fast:
         g = native_fast(out, meta)
-        probs = _activate(g[None], "sigmoid" if regions else "softmax")[0].cpu().numpy() if with_probs else None
+        probs = as_regions(_activate(g[None], "sigmoid" if plan.labels.sigmoid_regions else "softmax")[0]).cpu().numpy() if with_probs else None
         img = _unreorient_label(_labels(g, plan, False), meta)
         if probs is not None: probs = _vector_to_xyz(_unreorient_probs(probs, meta))
         return img, probs
-    probs = native_probs(out, meta)
+    probs = native_probs(as_regions(out), meta)
     o = meta["original"]
     img = from_xyz(_labels(probs, plan, True), spacing=o["spacing"], origin=o["origin"], direction=o["direction"])
     return img, probs if with_probs else None

@@ -62,7 +62,7 @@ def check_dtm(d, # a folder `<exp>/preprocessed/<id>`
               plan:Plan, # the plan (one map per output: its regions, or its labels)
              ) -> tuple[int, ...]:
     "Check a case's distance maps `dtm.npy`: float32 (L, X, Y, Z), one map per network output, on the image's grid; returns its shape."
-    d, n = Path(d), len(plan.labels.regions) if plan.labels.regions else len(plan.labels.labels)
+    d, n = Path(d), len(plan.labels.regions) if plan.labels.sigmoid_regions else len(plan.labels.labels)
     if not (d/"dtm.npy").exists():
         raise SegcookError(f"case {d.name}: {d/'dtm.npy'} is missing; the loss reads distance maps: set preprocess.distance_maps "
                            "to true in config.json and run `segcook preprocess --overwrite`")

@@ -405,7 +405,8 @@ class DeepSupervisionLoss(nn.Module):
 def loss_kwargs(plan:Plan, # the experiment plan
                ) -> dict:
     "The label-handling keywords every loss gets from the plan."
-    return dict(labels=list(plan.labels.labels), regions=plan.labels.regions, ignore_label=plan.labels.ignore_label,
+    return dict(labels=list(plan.labels.labels), regions=plan.labels.regions if plan.labels.sigmoid_regions else None,
+                ignore_label=plan.labels.ignore_label,
                 spacing=list(plan.spatial.target_spacing) if plan.spatial.target_spacing else None)
 
 # %% ../nbs/05_losses.ipynb #19ddc427-1

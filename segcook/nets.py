@@ -634,8 +634,8 @@ def n_input_channels(plan:Plan, # the experiment plan
 # %% ../nbs/04_nets.ipynb #08161a91-2
 def n_output_channels(plan:Plan, # the experiment plan
                      ) -> int:
-    "One output per region (sigmoid) if the plan has regions, else one per label (softmax)."
-    return len(plan.labels.regions) if plan.labels.regions else len(plan.labels.labels)
+    "One output per region if the plan's regions have sigmoid heads, else one per label (softmax)."
+    return len(plan.labels.regions) if plan.labels.sigmoid_regions else len(plan.labels.labels)
 
 # %% ../nbs/04_nets.ipynb #08161a91-3
 def build_net(plan:Plan, # the experiment plan
@@ -649,7 +649,7 @@ def build_net(plan:Plan, # the experiment plan
     args = dict(in_channels=n_input_channels(plan), out_channels=n_output_channels(plan),
                 patch_size=list(ps), spacing=list(plan.spatial.target_spacing or [1.0, 1.0, 1.0]))
     net = ARCHS[name](**args, **kw)
-    if plan.labels.regions: init_region_bias(net, args["out_channels"])
+    if plan.labels.sigmoid_regions: init_region_bias(net, args["out_channels"])
     net.build_args = {"arch": name, **args, **kw}
     return net
 

@@ -503,8 +503,8 @@ def distance_map(mask:np.ndarray, # boolean (x, y, z)
 
 # %% ../nbs/03_preprocess.ipynb #e6c9dffb-2
 def _channel_masks(lbl:np.ndarray, plan:Plan):
-    "One mask per network output: each region (if the plan has regions) or each label."
-    if plan.labels.regions: return [np.isin(lbl, ls) for ls in plan.labels.regions.values()]
+    "One mask per network output: each region (if the plan has sigmoid region heads) or each label."
+    if plan.labels.sigmoid_regions: return [np.isin(lbl, ls) for ls in plan.labels.regions.values()]
     return [lbl == l for l in plan.labels.labels]
 
 # %% ../nbs/03_preprocess.ipynb #e6c9dffb-3

@@ -237,7 +237,11 @@ def class_masks(logits:torch.Tensor, # (1, out, X, Y, Z)
     L, t = plan.labels, lbl[0, 0].long()
     if L.regions:
         thr = L.region_thresholds or {}
-        pred = {n: torch.sigmoid(logits[0, i].float()) > thr.get(n, 0.5) for i, n in enumerate(L.regions)}
+        if L.sigmoid_regions: p = torch.sigmoid(logits[0].float())
+        else:
+            from segcook.inference import softmax_regions                  # not at module level: inference never depends on train
+            p = softmax_regions(torch.softmax(logits[0].float(), 0), L.labels, L.regions)
+        pred = {n: p[i] > thr.get(n, 0.5) for i, n in enumerate(L.regions)}
         return pred, {n: torch.isin(t, torch.tensor(ls)) for n, ls in L.regions.items()}
     lab = torch.tensor(L.labels)[logits[0].argmax(0)]
     groups = L.eval_classes()

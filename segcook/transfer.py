@@ -387,8 +387,9 @@ def compare_plans(source:Plan, # the pretrained model's plan
         notes.append(f"modality: pretrained on {say(ma)}, fine-tuning on {say(mb)}: allowed (SegBook transfers CT to MR); intensities differ in kind")
     if len(ma) != len(mb): notes.append(f"channels: {len(ma)} pretrained, {len(mb)} here: the stem is adapted ({b.stem_adapt})")
     la, lb = source.labels, plan.labels
-    if (la.regions or la.labels) != (lb.regions or lb.labels):
-        what = lambda l: f"regions {list(l.regions)}" if l.regions else f"labels {l.labels}"
+    outs = lambda l: l.regions if l.sigmoid_regions else l.labels
+    if outs(la) != outs(lb):
+        what = lambda l: f"regions {list(l.regions)}" if l.sigmoid_regions else f"labels {l.labels}"
         notes.append(f"classes: {what(la)} pretrained, {what(lb)} here: " + ("new heads" if b.reinit_head else "heads of other shapes are new"))
     if a.deep_supervision != b.deep_supervision:
         notes.append(f"train.deep_supervision: {a.deep_supervision} pretrained, {b.deep_supervision} here: heads that have no counterpart start new")
