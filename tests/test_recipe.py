@@ -31,7 +31,7 @@ def test_recipe_smoke(tmp_path):
     t = ck["plan"]["train"]
     assert (t["deep_supervision"], t["l2"], t["scheduler"], t["lr"], t["arch_kwargs"]["residual"]) == (2, 1e-5, "cosine", 1e-3, True)
     cfg = json.loads((exp/"config.json").read_text())
-    assert cfg["train"]["deep_supervision"] == 0                              # the protocol stayed out of config.json
+    assert cfg["train"]["l2"] == 0                                            # the protocol (l2 1e-5) stayed out of config.json
     # inference -> evaluation -> postprocessing selection -> test inference
     import SimpleITK as sitk
     from segcook.core import read_image, compare_headers
