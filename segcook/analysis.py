@@ -14,7 +14,7 @@ import numpy as np
 import SimpleITK as sitk
 from .core import (SegcookError, Plan, DatasetInfo, Channel, Labels, Spatial, Train, Geometry, save_plan,
                           validate_plan, write_json, write_text, read_json, progress, log, cli_parser, run_cli, to_xyz,
-                          AUGMENT_SETS)
+                          AUGMENT_SETS, get_topology)
 from .data import Dataset, Case, load_dataset, spacing_problem, blank_problem
 
 # %% auto #0
@@ -662,6 +662,9 @@ def analyze(data, # dataset.json path or Dataset
                 train=Train(nfolds=len(set(fold_of.values())), val_fraction=float(o["val_fraction"]), seed=int(seed), **copy.deepcopy(recipe["train"])),
                 augment=AUGMENT_SETS[o["augment"]]())
     if plan.spatial.config == "2d": _size_2d(plan, good, o, max_patch_size)
+    if plan.train.deep_supervision:   # the recipe's extra heads, no more than the planned network has coarser levels
+        levels = len(get_topology(plan.spatial.patch_size, plan.spatial.target_spacing)[0])
+        plan.train.deep_supervision = max(0, min(plan.train.deep_supervision, levels - 2))
     problems = validate_plan(plan)
     if problems: raise SegcookError("analysis produced an invalid plan: " + "; ".join(problems))
     write_text(exp/"cases.csv", _cases_csv([c for c in train if c.id in fold_of], test, fold_of, ds))
