@@ -41,7 +41,11 @@ Scoring (outside both timings): `segcook evaluate --paths CSV --classes classes.
 cases, then per arm the mean and sample SD of those over seeds.
 
 Measurements: benchmarks/RESULTS.md section 7 (2 test cases, one run, 2026-11-22) and section 17 (issue 18:
-6 test cases, seeds, the ablation of segcook's defaults toward MIST's).
+6 test cases, seeds, the ablation of segcook's defaults toward MIST's; 17c: the defaults after the change).
+Since 17c, `segcook analyze` gives data with regions MIST's recipe (softmax over labels, squared-denominator Dice
+with background + CE, 2 deep-supervision heads upsampled, AdamW 1e-3 cosine, residual blocks). The arm
+`--segcook-analyze "--region-recipe sigmoid"` is the plan before it (one sigmoid head per region, Adam 3e-4, no
+deep supervision), and `--match-mist` only matters on top of that.
 """
 import argparse, csv, json, os, shlex, shutil, subprocess, sys, textwrap, time
 from pathlib import Path

@@ -48,7 +48,7 @@ class Dataset:
     mask_patterns: list[str]                  # filename patterns of the label map ("mask"); empty: no labels
     labels: list[int]                         # label values, background first ("labels")
     final_classes: dict[str, list[int]]       # evaluation classes: name -> labels, e.g. {'WT': [1, 2, 3]}
-    regions: dict[str, list[int]] | None = None   # overlapping sigmoid outputs: name -> labels; None: softmax over labels
+    regions: dict[str, list[int]] | None = None   # overlapping regions to predict: name -> labels; None: labels only
     region_thresholds: dict[str, float] | None = None   # probability threshold per region (default 0.5)
     ignore_label: int | None = None           # label value meaning "not annotated" (sparse annotation)
     label_names: dict[str, int] = field(default_factory=dict)   # name -> label value, e.g. {'ET': 3}
