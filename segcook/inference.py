@@ -402,7 +402,10 @@ def _labels(out:torch.Tensor|np.ndarray, plan, is_prob:bool) -> np.ndarray:
     "Label map from (C, ...) outputs: region rule on probabilities, or argmax."
     L = plan.labels
     out = torch.as_tensor(out)
-    if L.regions and not L.sigmoid_regions and not is_prob: out, is_prob = softmax_regions(torch.softmax(out.float(), 0), L.labels, L.regions), True
+    if L.regions and not L.sigmoid_regions:            # softmax head: argmax, or the region rule when thresholds are set
+        p = out if is_prob else torch.softmax(out.float(), 0)
+        if L.region_thresholds: return regions_to_labels(softmax_regions(p, L.labels, L.regions), L.regions, L.region_thresholds)
+        return labels_of(p, L.labels)
     if L.regions: return regions_to_labels(out if is_prob else torch.sigmoid(out), L.regions, L.region_thresholds)
     return labels_of(out, L.labels)
 
@@ -431,10 +434,10 @@ def predict_case(nets:Sequence[torch.nn.Module], # the ensemble (eval mode)
         img = _unreorient_label(_labels(g, plan, False), meta)
         if probs is not None: probs = _vector_to_xyz(_unreorient_probs(probs, meta))
         return img, probs
-    probs = native_probs(as_regions(out), meta)
+    probs = native_probs(out, meta)
     o = meta["original"]
     img = from_xyz(_labels(probs, plan, True), spacing=o["spacing"], origin=o["origin"], direction=o["direction"])
-    return img, probs if with_probs else None
+    return img, as_regions(torch.from_numpy(probs)).numpy() if with_probs else None
 
 # %% ../nbs/09_inference.ipynb #fdc0e368-2
 def _unreorient_probs(p:np.ndarray, meta:dict):

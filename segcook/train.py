@@ -235,7 +235,7 @@ def class_masks(logits:torch.Tensor, # (1, out, X, Y, Z)
                ) -> tuple[dict, dict]:
     "Predicted and true boolean masks per scored class: `({name: mask}, {name: mask})`."
     L, t = plan.labels, lbl[0, 0].long()
-    if L.regions:
+    if L.sigmoid_regions or (L.regions and L.region_thresholds):
         thr = L.region_thresholds or {}
         if L.sigmoid_regions: p = torch.sigmoid(logits[0].float())
         else:
