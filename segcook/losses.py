@@ -62,7 +62,7 @@ class SegLoss(nn.Module):
                     else " It looks like a region model (one sigmoid channel per region) given to a softmax loss." if not self.regions and C != len(self.labels)
                     else "")
             raise SegcookError(f"{type(self).__name__}: the network outputs {C} channels but the loss expects {what}.{hint} "
-                               "Build the network and the loss from the same plan (labels.regions decides).")
+                               "Build the network and the loss from the same plan (labels.regions and labels.head decide).")
         if target.dim() != logits.dim() or target.shape[1] != 1 or target.shape[2:] != logits.shape[2:] or target.shape[0] != logits.shape[0]:
             raise SegcookError(f"{type(self).__name__}: target should be (B, 1, *spatial) = {(logits.shape[0], 1, *logits.shape[2:])} "
                                f"integer labels, got {tuple(target.shape)}")

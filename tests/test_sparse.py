@@ -9,6 +9,7 @@ from segcook.sparse import select, simulate, interpolate, cli_sparse
 from segcook.cli import main
 from segcook.analysis import analyze
 from segcook.losses import build_loss
+from segcook.nets import n_output_channels
 from segcook.evaluate import evaluate
 
 L, M = 24, 5          # slices along z in the phantom; 0.2 * 24 = 4.8 -> 5 slices per volume
@@ -88,7 +89,7 @@ def test_plan_gets_the_ignore_label_and_the_loss_ignores_it(derived, tmp_path):
     ign = (t == 4)
     assert ign.any() and (~ign).any()
     loss = build_loss(plan)
-    nout = len(plan.labels.regions) if plan.labels.regions else len(plan.labels.labels)
+    nout = n_output_channels(plan)                                          # one per label: the plan's softmax head
     g = torch.Generator().manual_seed(0)
     x = torch.randn((1, nout, *t.shape[2:]), generator=g, requires_grad=True)
     l1 = loss(x, t); l1.backward()
