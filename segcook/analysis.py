@@ -586,7 +586,7 @@ def _channels(fps:list[Fingerprint], ds:Dataset, o:dict, mods:dict|None=None) ->
 # %% ../nbs/02_analysis.ipynb #b26b72bc
 REGION_RECIPES = {   # `segcook analyze --region-recipe`: how a dataset with regions (BraTS's WT/TC/ET) is predicted and trained
     "mist": dict(head="softmax", train=dict(   # MIST 2.3.0's choices: at equal budget they match MIST (benchmarks/RESULTS.md §17c)
-        loss_kwargs={"squared": True, "include_background": True, "lambda_dice": 0.5, "lambda_ce": 0.5, "ds_mode": "upsample"},
+        loss="mist_dice_ce", loss_kwargs={"ds_mode": "upsample"},
         optimizer="adamw", lr=1e-3, scheduler="cosine", deep_supervision=2, arch_kwargs={"residual": True})),
     "sigmoid": dict(head="sigmoid", train={}),  # one sigmoid head per region, segcook's general training defaults (before issue 18)
 }

@@ -357,6 +357,8 @@ def _reg(name, cls, doc, **defaults):
 
 # %% ../nbs/05_losses.ipynb #fb2bfc94-1
 _reg("dice_ce", DiceCELoss, "Dice + cross-entropy (default; nnU-Net, MIST)")
+_reg("mist_dice_ce", DiceCELoss, "MIST's Dice + cross-entropy: squared-denominator Dice with background, 0.5 Dice + 0.5 CE",
+     squared=True, include_background=True, lambda_dice=0.5, lambda_ce=0.5)
 _reg("dice", DiceLoss, "soft Dice")
 _reg("ce", CELoss, "cross-entropy (softmax over labels, binary per region)")
 _reg("focal", FocalLoss, "focal loss, gamma=2 (Lin et al.)")
