@@ -62,11 +62,10 @@ def test_lesion_dice_equals_brats_lesionwise(seed):
 
 
 # ---------------------------------------------------------------- an experiment: analyze + random-weight checkpoints
-@pytest.fixture(scope="module")
-def exp(phantom, tmp_path_factory):
+def _random_exp(phantom, e, **opts):
+    "An analysed phantom experiment with random-weight checkpoints for both folds."
     from segcook.analysis import analyze
-    e = tmp_path_factory.mktemp("thr")/"exp"
-    analyze(phantom, e, nfolds=2, workers=1, patch_size=(16, 16, 16))
+    analyze(phantom, e, nfolds=2, workers=1, patch_size=(16, 16, 16), **opts)
     plan = load_plan(e)
     plan.train.arch_kwargs = {"base": 4, "max_width": 8, "max_pools": 2}
     for k in (0, 1):
@@ -75,6 +74,30 @@ def exp(phantom, tmp_path_factory):
         torch.save({"format": "segcook-ckpt-1", "plan": plan_to_dict(plan), "model": build_net(plan).state_dict(), "epoch": 0,
                     "best_score": 0.0, "fold": k}, d/"best.pt")
     return e
+
+
+@pytest.fixture(scope="module")
+def exp(phantom, tmp_path_factory):
+    "One sigmoid head per region: the plan the thresholds were designed for (BraTS's 0.45/0.40/0.45 by default)."
+    return _random_exp(phantom, tmp_path_factory.mktemp("thr")/"exp", region_recipe="sigmoid")
+
+
+def test_softmax_plan_predicts_argmax_unless_thresholds(phantom, tmp_path):
+    "A softmax head with regions writes region probabilities; its labels are their argmax, or the region rule once given thresholds."
+    e = _random_exp(phantom, tmp_path/"exp")
+    assert load_plan(e).labels.head == "softmax"
+    done = predict(e, phantom, tmp_path/"default", fast=True, probs=True, device="cpu")
+    ruled = predict(e, phantom, tmp_path/"ruled", fast=True, probs=True, device="cpu", thresholds="WT=0.5,TC=0.5,ET=0.5")
+    for p, q in zip(done, ruled):
+        pr = np.load(p.parent/f"{p.name.split('.')[0]}_probs.npz")["probs"]         # WT, TC, ET, each a sum of label probabilities
+        wt, tc, et = pr
+        assert (wt >= tc - 1e-5).all() and (tc >= et - 1e-5).all()
+        by_label = np.stack([1 - wt, tc - et, wt - tc, et])                             # labels 0, 1, 2, 3 back from the sums
+        top = np.sort(by_label, 0)
+        sure = top[-1] - top[-2] > 1e-5                                                # float sums may swap near-ties only
+        assert sure.mean() > 0.99
+        np.testing.assert_array_equal(to_xyz(read_image(p))[sure], np.array([0, 1, 2, 3])[by_label.argmax(0)][sure])
+        np.testing.assert_array_equal(to_xyz(read_image(q)), regions_to_labels(pr, BRATS, {"WT": 0.5, "TC": 0.5, "ET": 0.5}))
 
 
 def test_no_probabilities_says_how_to_write_them(exp, capsys):
