@@ -423,7 +423,7 @@ def read_folds(path, # JSON `{id: fold}` or CSV (id, fold)
 
 # %% ../nbs/02_analysis.ipynb #c69d64f8-3
 def split_folds(fold_of:dict[str, int], # case id -> test fold
-                val_fraction:float=0.1, # of each fold's training cases, at least one (0: no validation cases)
+                val_fraction:float=0.1, # of each fold's training cases, rounded (0, or a fold too small for one: no validation cases)
                 seed:int=42, # seed of the validation draw
                ) -> dict[str, dict[str, list[str]]]:
     "Per fold: disjoint `train`, `val` (drawn from the training part) and `test` case ids. The one splitter of segcook."
@@ -431,7 +431,7 @@ def split_folds(fold_of:dict[str, int], # case id -> test fold
     for k in sorted(set(fold_of.values())):
         test = sorted(i for i, f in fold_of.items() if f == k)
         rest = sorted(i for i, f in fold_of.items() if f != k)
-        nval = min(max(1, int(round(val_fraction * len(rest)))), len(rest) - 1) if val_fraction > 0 else 0
+        nval = min(int(round(val_fraction * len(rest))), len(rest) - 1) if val_fraction > 0 else 0
         val = sorted(np.random.default_rng([seed, k]).choice(rest, nval, replace=False).tolist()) if nval > 0 else []
         out[str(k)] = {"train": [i for i in rest if i not in set(val)], "val": val, "test": test}
     return out
