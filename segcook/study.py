@@ -29,7 +29,7 @@ def _all_cases(ds) -> dict:
 
 # %% ../nbs/17_study.ipynb #596ea52f-1
 def subset_dataset(src, # dataset.json of the source dataset (train and test cases both usable)
-                   train_ids:Sequence[str], # the study's training cases (one of them validates, see `prepare`)
+                   train_ids:Sequence[str], # the study's training cases (val_fraction of them validate, rounded: see `split_folds`)
                    test_ids:Sequence[str], # the held-out test cases (none: `prepare` makes k folds of the training cases)
                    out, # folder for dataset.json and folds_file.json (outside the source dataset)
                    test_src=None, # dataset.json the test cases come from (default `src`), e.g. the dense labels of a sparse study
