@@ -649,7 +649,7 @@ def analyze(data, # dataset.json path or Dataset
     if o["config"] == "2d" and o["slice_axis"] is not None: slice_axis_for([], o["slice_axis"])   # fail early on a bad axis
     if o["augment"] not in AUGMENT_SETS: raise SegcookError(f"augment should be one of {sorted(AUGMENT_SETS)}, got {o['augment']!r}")
     if o["region_recipe"] not in REGION_RECIPES: raise SegcookError(f"region_recipe should be one of {sorted(REGION_RECIPES)}, got {o['region_recipe']!r}")
-    recipe = REGION_RECIPES[o["region_recipe"]] if ds.regions else dict(head="sigmoid", train={})
+    recipe = REGION_RECIPES[o["region_recipe"] if ds.regions else "sigmoid"]   # no regions: segcook's general defaults
     check_spatial(o["target_spacing"], o["patch_size"], tuple(max_patch_size), o["min_patch"])
     train, test = ds.cases("train"), _test_cases(ds)
     unlabelled = [c.id for c in train if c.label is None]

@@ -235,15 +235,14 @@ def class_masks(logits:torch.Tensor, # (1, out, X, Y, Z)
                ) -> tuple[dict, dict]:
     "Predicted and true boolean masks per scored class: `({name: mask}, {name: mask})`."
     L, t = plan.labels, lbl[0, 0].long()
-    if L.sigmoid_regions or (L.regions and L.region_thresholds):
+    if L.sigmoid_regions:
         thr = L.region_thresholds or {}
-        if L.sigmoid_regions: p = torch.sigmoid(logits[0].float())
-        else:
-            from segcook.inference import softmax_regions                  # not at module level: inference never depends on train
-            p = softmax_regions(torch.softmax(logits[0].float(), 0), L.labels, L.regions)
-        pred = {n: p[i] > thr.get(n, 0.5) for i, n in enumerate(L.regions)}
+        pred = {n: torch.sigmoid(logits[0, i].float()) > thr.get(n, 0.5) for i, n in enumerate(L.regions)}
         return pred, {n: torch.isin(t, torch.tensor(ls)) for n, ls in L.regions.items()}
-    lab = torch.tensor(L.labels)[logits[0].argmax(0)]
+    if L.regions:                 # softmax head with regions: the label map `segcook predict` makes (argmax, or the region rule)
+        from segcook.inference import _labels                              # not at module level: inference never depends on train
+        lab = torch.as_tensor(_labels(logits[0], plan, False)).long()
+    else: lab = torch.tensor(L.labels)[logits[0].argmax(0)]
     groups = L.eval_classes()
     return ({n: torch.isin(lab, torch.tensor(g)) for n, g in groups.items()},
             {n: torch.isin(t, torch.tensor(g)) for n, g in groups.items()})
